@@ -1,0 +1,31 @@
+"""Packaging for Vespa. The twistd plugin lives in ``twisted/plugins`` (no ``__init__.py``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="vespa-worker",
+    version="0.1.0",
+    description="Serverless worker proxy for GPU model servers on Vast.ai, built on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # twisted/plugins must not be a package of ours: it is listed by name so the
+    # plugin module is installed into Twisted's plugin directory.
+    packages=find_packages(include=["vespa", "vespa.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/vespa_plugin.py"], "vespa": ["py.typed"]},
+    install_requires=[
+        "twisted[tls,http2]>=24.7",
+        "treq",
+        "pyopenssl",
+        "service-identity",
+        "pycryptodome",
+        "psutil",
+    ],
+    extras_require={
+        "test": ["hypothesis"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+    ],
+)

@@ -1,0 +1,381 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Settings: command line, environment and defaults, turned into one frozen config.
+
+Each setting is declared once, in a table, with its option name, its
+environment name and its parser. A value comes from the command line, else from
+``VESPA_<NAME>``, else from ``PYWORKER_<NAME>`` (so an existing Vast template
+works unchanged), else from the default. A value that does not parse is a
+:class:`ConfigError` naming the option and where the value came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from constantly import NamedConstant  # type: ignore[import-untyped]
+from twisted.logger import LogLevel
+
+from vespa.log import LEVELS
+
+T = TypeVar("T")
+
+ENV_PREFIXES = ("VESPA_", "PYWORKER_")
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """
+    One setting of a daemon.
+
+    :ivar name: the long option name, ``backend-url``.
+    :ivar env: the environment name without prefix, ``BACKEND_URL``.
+    :ivar parse: turns the text form into the value; raises ``ValueError``.
+    :ivar default: the value when nothing is given (already parsed).
+    :ivar help: one line for ``--help``.
+    :ivar flag: a command-line switch that takes no value.
+    """
+
+    name: str
+    env: str
+    parse: Callable[[str], T]
+    default: T
+    help: str
+    flag: bool = False
+
+    def env_names(self) -> list[str]:
+        """
+        The environment variables read for this setting, first one wins.
+        """
+        return [prefix + self.env for prefix in ENV_PREFIXES]
+
+    def option_help(self) -> str:
+        """
+        The ``--help`` text, with the environment names and the default.
+        """
+        default = "" if self.flag or self.default is None else f" [default: {_show(self.default)}]"
+        return f"{self.help}{default} (env {' / '.join(self.env_names())})"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "none"
+    if isinstance(value, NamedConstant):
+        return str(value.name)
+    return str(value)
+
+
+def resolve(
+    settings: Iterable[Setting[Any]],
+    given: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> dict[str, Any]:
+    """
+    Resolve every setting to its value.
+
+    :param settings: the table of settings.
+    :param given: command-line values by option name; ``None`` (or ``0`` for a
+        flag) means "not given".
+    :param environ: the process environment.
+    :return: values by option name.
+    :raise ConfigError: naming the option, the source and the reason.
+    """
+    values: dict[str, Any] = {}
+    for setting in settings:
+        raw = given.get(setting.name)
+        if setting.flag:
+            raw = "true" if raw else None
+        source = f"--{setting.name}"
+        if raw is None:
+            for env_name in setting.env_names():
+                if environ.get(env_name, "") != "":
+                    raw, source = environ[env_name], f"{env_name} (for --{setting.name})"
+                    break
+        if raw is None:
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.parse(str(raw))
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    return values
+
+
+# Parsers. Each takes the text form and raises ValueError with a reason.
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    """
+    Parse ``true/false``, ``yes/no``, ``on/off`` or ``1/0``, in any case.
+    """
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_port(text: str) -> int:
+    """
+    Parse a TCP port number, 1 to 65535.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return port
+
+
+def parse_seconds(text: str) -> float | None:
+    """
+    Parse a duration in seconds; ``0`` or ``off`` means no limit (``None``).
+    """
+    word = text.strip().lower()
+    if word in ("off", "none", "0"):
+        return None
+    try:
+        seconds = float(word.removesuffix("s"))
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {text!r}")
+    return seconds or None
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """
+    Parse a byte size: ``1048576``, ``512k``, ``64MB``, ``1GiB`` (binary units).
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (examples: 1048576, 512k, 64MB)")
+    number, unit = match.groups()
+    size = int(number) * _UNITS[(unit or "")[:1].lower()]
+    if size <= 0:
+        raise ValueError("must be more than 0 bytes")
+    return size
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """
+    Parse a comma-separated list; blanks are dropped.
+    """
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_log_level(text: str) -> LogLevel:
+    """
+    Parse a log level name: debug, info, warning, error or critical.
+    """
+    try:
+        level: LogLevel = LEVELS[text.strip().lower()]
+        return level
+    except KeyError:
+        raise ValueError(f"unknown log level {text!r} (one of {', '.join(LEVELS)})") from None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """
+    A backend's origin: scheme, host and port, and nothing else.
+
+    :ivar scheme: ``http`` or ``https``.
+    :ivar host: a host name or an IP address (IPv6 without brackets).
+    :ivar port: the TCP port.
+    """
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def netloc(self) -> str:
+        """The ``Host`` header value: the port is left out when it is the default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The origin as a URL, without a trailing slash."""
+        return f"{self.scheme}://{self.netloc}"
+
+    @property
+    def is_ip(self) -> bool:
+        """True when the host is an IP address literal."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def parse_origin(text: str) -> Origin:
+    """
+    Parse an origin URL such as ``http://127.0.0.1:8000``.
+
+    A path (other than ``/``), query, fragment or user info is refused: the
+    backend receives the caller's own path, so a base path would be ambiguous.
+    """
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"not a URL: {text!r} ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an origin like http://127.0.0.1:8000, got {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"must be an origin without a path, got {text!r}: the caller's path is "
+            "appended as it is"
+        )
+    if parts.username or parts.password:
+        raise ValueError("must not carry user info")
+    default = 443 if parts.scheme == "https" else 80
+    return Origin(parts.scheme, parts.hostname, port or default)
+
+
+def parse_listen(text: str) -> str:
+    """
+    Check a Twisted strports server description, such as ``tcp:3000:interface=127.0.0.1``.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"not a listening description: {text!r} ({e})") from None
+    return text
+
+
+WORKER_SETTINGS: tuple[Setting[Any], ...] = (
+    Setting("backend-url", "BACKEND_URL", parse_origin, None,
+            "Origin of the model server, e.g. http://127.0.0.1:8000 (required unless --demo)"),
+    Setting("port", "WORKER_PORT", parse_port, 3000, "TCP port to serve on (all interfaces)"),
+    Setting("listen", "LISTEN", parse_listen, None,
+            "Twisted endpoint description to serve on; overrides --port "
+            "(e.g. tcp:3000:interface=127.0.0.1)"),
+    Setting("unsecured", "UNSECURED", parse_bool, False,
+            "Forward every request as it is, without signature checks (local development)",
+            flag=True),
+    Setting("blocked-paths", "BLOCKED_PATHS", parse_list, (),
+            "Comma-separated path patterns answered 403 (* and ? wildcards), e.g. /admin/*,/debug"),
+    Setting("max-body-size", "MAX_BODY_SIZE", parse_size, 64 << 20,
+            "Largest request body accepted (bytes, or 512k, 64MB); larger gets 413"),
+    Setting("connect-timeout", "CONNECT_TIMEOUT", parse_seconds, 10.0,
+            "Seconds to connect to the backend (0 = no limit)"),
+    Setting("first-byte-timeout", "FIRST_BYTE_TIMEOUT", parse_seconds, 600.0,
+            "Seconds from sending a request to the backend's response headers (0 = no limit)"),
+    Setting("idle-timeout", "IDLE_TIMEOUT", parse_seconds, 300.0,
+            "Seconds the backend may stay silent mid-response (0 = no limit)"),
+    Setting("total-timeout", "TOTAL_TIMEOUT", parse_seconds, None,
+            "Seconds for a whole exchange; off by default, generations can be long"),
+    Setting("backend-keepalive", "BACKEND_KEEPALIVE", parse_seconds, 4.0,
+            "Seconds an idle backend connection is kept; keep it below the backend's own "
+            "keep-alive (uvicorn, used by vLLM, closes after 5 s)"),
+    Setting("max-backend-connections", "MAX_BACKEND_CONNECTIONS", parse_port, 256,
+            "Idle backend connections kept for reuse; size it to the concurrency"),
+    Setting("access-log", "ACCESS_LOG", str, None,
+            "Write an access log line per request to this file (- for the daemon log)"),
+    Setting("log-level", "LOG_LEVEL", parse_log_level, LogLevel.info,
+            "debug, info, warning, error or critical"),
+    Setting("demo", "DEMO", parse_bool, False,
+            "Also run the built-in demo model server on the --backend-url port "
+            "(default 127.0.0.1:8000)", flag=True),
+)
+
+DEMO_BACKEND = Origin("http", "127.0.0.1", 8000)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """
+    The worker daemon's settings, validated.
+
+    :ivar backend: the model server's origin.
+    :ivar listen: the strports description to serve on.
+    :ivar unsecured: forward requests without signature checks.
+    :ivar blocked_paths: path patterns answered 403.
+    :ivar max_body_size: the largest request body, in bytes.
+    :ivar connect_timeout: seconds to connect to the backend, or ``None``.
+    :ivar first_byte_timeout: seconds to the backend's response headers, or ``None``.
+    :ivar idle_timeout: seconds of backend silence mid-response, or ``None``.
+    :ivar total_timeout: seconds for a whole exchange, or ``None``.
+    :ivar backend_keepalive: seconds an idle backend connection is kept, or ``None``.
+    :ivar max_backend_connections: idle backend connections kept for reuse.
+    :ivar access_log: access log path, ``-`` for the daemon log, or ``None``.
+    :ivar log_level: the lowest level of Vespa's events that is logged.
+    :ivar demo: also run the demo model server at ``backend``.
+    """
+
+    backend: Origin
+    listen: str = "tcp:3000"
+    unsecured: bool = False
+    blocked_paths: tuple[str, ...] = ()
+    max_body_size: int = 64 << 20
+    connect_timeout: float | None = 10.0
+    first_byte_timeout: float | None = 600.0
+    idle_timeout: float | None = 300.0
+    total_timeout: float | None = None
+    backend_keepalive: float | None = 4.0
+    max_backend_connections: int = 256
+    access_log: str | None = None
+    log_level: LogLevel = LogLevel.info
+    demo: bool = False
+
+    @classmethod
+    def from_sources(cls, given: Mapping[str, Any], environ: Mapping[str, str]) -> WorkerConfig:
+        """
+        Build the config from command-line values and the environment.
+
+        :param given: command-line values by option name (``None`` = not given).
+        :param environ: the process environment.
+        :raise ConfigError: for a bad or missing value, naming the option.
+        """
+        v = resolve(WORKER_SETTINGS, given, environ)
+        backend = v["backend-url"]
+        if backend is None:
+            if not v["demo"]:
+                raise ConfigError(
+                    "--backend-url is required (or VESPA_BACKEND_URL), "
+                    "e.g. --backend-url http://127.0.0.1:8000; or try --demo"
+                )
+            backend = DEMO_BACKEND
+        if v["demo"] and (backend.scheme != "http" or not backend.is_ip):
+            raise ConfigError("--demo needs an http://<ip>:<port> --backend-url to serve on")
+        return cls(
+            backend=backend,
+            listen=v["listen"] or f"tcp:{v['port']}",
+            unsecured=v["unsecured"],
+            blocked_paths=v["blocked-paths"],
+            max_body_size=v["max-body-size"],
+            connect_timeout=v["connect-timeout"],
+            first_byte_timeout=v["first-byte-timeout"],
+            idle_timeout=v["idle-timeout"],
+            total_timeout=v["total-timeout"],
+            backend_keepalive=v["backend-keepalive"],
+            max_backend_connections=v["max-backend-connections"],
+            access_log=v["access-log"],
+            log_level=v["log-level"],
+            demo=v["demo"],
+        )

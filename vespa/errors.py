@@ -1,0 +1,108 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+The errors Vespa answers with, and the one place that turns them into HTTP.
+
+Every error Vespa itself produces is JSON ``{"error": ..., "origin": ...}`` with
+the status code of its type. Errors from the backend are never produced here:
+they pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from twisted.web.iweb import IRequest
+
+
+class VespaError(Exception):
+    """
+    An error Vespa answers itself.
+
+    :param message: what went wrong, in words a caller can act on.
+    :param headers: extra response headers (for example ``Retry-After``).
+    :param details: extra JSON fields for the body.
+    """
+
+    status: ClassVar[int] = 500
+    origin: ClassVar[str] = "vespa"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+        self.details = dict(details or {})
+
+    def body(self) -> dict[str, Any]:
+        """
+        The JSON body of this error.
+        """
+        return {"error": self.message, "origin": self.origin, **self.details}
+
+
+class BadRequest(VespaError):
+    """The request is malformed (400)."""
+
+    status = 400
+
+
+class PathBlocked(VespaError):
+    """The path matches ``--blocked-paths`` (403)."""
+
+    status = 403
+
+
+class MethodNotAllowed(VespaError):
+    """The method cannot be relayed, such as ``CONNECT`` (405)."""
+
+    status = 405
+
+
+class BodyTooLarge(VespaError):
+    """The request body is over ``--max-body-size`` (413)."""
+
+    status = 413
+
+
+class BackendUnavailable(VespaError):
+    """The backend refused, was unreachable, or failed before answering (502)."""
+
+    status = 502
+
+
+class ServiceUnavailable(VespaError):
+    """Vespa cannot serve now (503); ``Retry-After`` says when to try again."""
+
+    status = 503
+
+
+class BackendTimeout(VespaError):
+    """The backend did not connect, answer, or send data in time (504)."""
+
+    status = 504
+
+
+def write_error(request: IRequest, error: VespaError) -> bytes:
+    """
+    Set the status and headers of ``request`` for ``error`` and return its body.
+
+    The caller writes the returned bytes (or returns them from ``render``).
+
+    :param request: the request being answered; nothing must have been written yet.
+    :param error: the error to answer with.
+    :return: the JSON body.
+    """
+    body = json.dumps(error.body()).encode("utf-8")
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+    for name, value in error.headers.items():
+        request.responseHeaders.setRawHeaders(name.encode("ascii"), [value.encode("latin-1")])
+    return body

@@ -1,0 +1,1 @@
+"""The Vast wire protocol: envelopes, signatures and reports, free of I/O."""

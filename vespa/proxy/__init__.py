@@ -1,0 +1,1 @@
+"""HTTP relaying shared by the worker and the client; knows nothing of Vast."""

@@ -1,0 +1,100 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Header filtering for a transparent proxy, one pass per message.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, not the
+message, so they are removed in both directions, together with every header a
+``Connection`` header names.
+"""
+
+from __future__ import annotations
+
+from twisted.web.http_headers import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Removed from requests only: the backend gets its own Host, the body producer
+# sets the length, Vespa has already answered any 100-continue, and the
+# forwarding headers are rebuilt below.
+_REQUEST_ONLY = frozenset(
+    {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+
+
+def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )
+
+
+def request_headers(
+    incoming: Headers,
+    *,
+    host: bytes,
+    client_ip: bytes | None,
+    proto: bytes,
+) -> Headers:
+    """
+    The headers to send to the backend for a client's request.
+
+    End-to-end headers are kept in order with repeats; hop-by-hop ones are
+    dropped; ``Host`` becomes the backend's; ``X-Forwarded-For`` gets the client
+    appended; ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` describe the
+    client's request.
+
+    :param incoming: the client's request headers.
+    :param host: the backend's ``Host`` value.
+    :param client_ip: the client's address, or ``None`` when not known.
+    :param proto: ``http`` or ``https``, as the client connected.
+    """
+    drop = HOP_BY_HOP | _REQUEST_ONLY | _connection_tokens(incoming)
+    out = Headers()
+    forwarded_for: list[bytes] = []
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if lower == b"x-forwarded-for":
+            forwarded_for.extend(values)
+        elif lower not in drop:
+            out.setRawHeaders(name, values)
+    if client_ip is not None:
+        forwarded_for.append(client_ip)
+    if forwarded_for:
+        out.setRawHeaders(b"X-Forwarded-For", [b", ".join(forwarded_for)])
+    original_host = incoming.getRawHeaders(b"host")
+    if original_host:
+        out.setRawHeaders(b"X-Forwarded-Host", original_host[:1])
+    out.setRawHeaders(b"X-Forwarded-Proto", [proto])
+    out.setRawHeaders(b"Host", [host])
+    return out
+
+
+def copy_response_headers(upstream: Headers, downstream: Headers) -> None:
+    """
+    Copy a backend response's end-to-end headers onto the client's response.
+
+    A header the backend sent replaces Vespa's own of the same name (``Date``);
+    Vespa's ``Server`` header is removed so the backend's shows, or none.
+
+    :param upstream: the backend's response headers.
+    :param downstream: the client response's headers, changed in place.
+    """
+    downstream.removeHeader(b"server")
+    drop = HOP_BY_HOP | _connection_tokens(upstream)
+    for name, values in upstream.getAllRawHeaders():
+        if name.lower() not in drop:
+            downstream.setRawHeaders(name, values)

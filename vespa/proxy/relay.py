@@ -1,0 +1,544 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The streaming relay: one request from a ``twisted.web`` client to one backend.
+
+The backend is reached through a pooled, kept-alive :class:`Agent` whose
+endpoint is fixed at start: whatever the request says (absolute-form target,
+``Host`` header), no traffic goes anywhere but the configured backend.
+
+Response bodies stream: each chunk is written to the client when it arrives.
+The relay registers itself as the client connection's producer, so a slow
+client pauses the backend read and memory stays flat. A client that goes away
+cancels the backend request at once (the backend sees the connection close).
+
+Every exchange ends in one :class:`RelayOutcome`, for the caller's accounting.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+from dataclasses import dataclass
+from typing import IO, Any
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import Cooperator
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
+from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from vespa.config import Origin
+from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
+from vespa.log import get_logger
+from vespa.proxy.headers import copy_response_headers, request_headers
+
+log = get_logger(__name__)
+
+# Bodies up to this size are sent in one write; larger ones stream from their
+# file through a cooperator so one upload cannot monopolise the reactor.
+_ONE_WRITE_BODY = 256 * 1024
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_CONNECTION_DONE = Failure(ierror.ConnectionDone())
+
+
+class RelayOutcome(enum.Enum):
+    """How an exchange ended."""
+
+    #: The backend's response (any status) reached the client complete.
+    SERVED = "served"
+    #: Vespa could not relay: backend unreachable, timed out, or died mid-response.
+    ERRORED = "errored"
+    #: The client went away first.
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    """
+    The end of one exchange.
+
+    :ivar outcome: how it ended.
+    :ivar status: the backend's status code, when a response arrived.
+    :ivar error: what went wrong, for ``ERRORED``.
+    """
+
+    outcome: RelayOutcome
+    status: int | None = None
+    error: VespaError | None = None
+
+
+@dataclass(frozen=True)
+class RelayTimeouts:
+    """
+    Deadlines of an exchange, in seconds; ``None`` is no limit.
+
+    :ivar connect: to open a backend connection.
+    :ivar first_byte: from sending the request to the response headers.
+    :ivar idle: of backend silence once the response has started.
+    :ivar total: for the whole exchange.
+    """
+
+    connect: float | None = 10.0
+    first_byte: float | None = 600.0
+    idle: float | None = 300.0
+    total: float | None = None
+
+
+@implementer(IBodyProducer)
+class BytesBodyProducer:
+    """
+    A request body already in memory, written in one go.
+
+    :param data: the body.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """The pool's connection factory, without a log line per backend connection."""
+
+    noisy = False
+
+
+@implementer(IStreamClientEndpoint)
+class _NoDelayEndpoint:
+    """Sets ``TCP_NODELAY`` on each new connection: small SSE events must not wait."""
+
+    def __init__(self, inner: IStreamClientEndpoint) -> None:
+        self._inner = inner
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        def no_delay(protocol: Any) -> Any:
+            transport = protocol.transport
+            if ITCPTransport.providedBy(transport):
+                transport.setTcpNoDelay(True)
+            return protocol
+
+        return self._inner.connect(factory).addCallback(no_delay)
+
+
+@implementer(IAgentEndpointFactory)
+class _FixedEndpointFactory:
+    """Every URI maps to the one backend endpoint, built once (no per-request IDNA work)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        return self._endpoint
+
+
+def backend_endpoint(
+    reactor: Any, origin: Origin, connect_timeout: float | None
+) -> IStreamClientEndpoint:
+    """
+    The endpoint for ``origin``: TCP (TLS for https), with ``TCP_NODELAY``.
+
+    :param reactor: the reactor to connect with.
+    :param origin: the backend.
+    :param connect_timeout: seconds to connect, or ``None`` for an hour.
+    """
+    timeout = connect_timeout or 3600.0
+    tcp: IStreamClientEndpoint
+    if origin.is_ip and ":" in origin.host:
+        tcp = TCP6ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
+    elif origin.is_ip:
+        tcp = TCP4ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
+    else:
+        tcp = HostnameEndpoint(reactor, origin.host, origin.port, timeout=timeout)
+    endpoint: IStreamClientEndpoint = _NoDelayEndpoint(tcp)
+    if origin.scheme == "https":
+        endpoint = wrapClientTLS(optionsForClientTLS(origin.host), endpoint)
+    return endpoint
+
+
+class BackendRelay:
+    """
+    Relays requests to one backend over a pool of kept-alive connections.
+
+    :param reactor: provides TCP (and time, unless ``clock`` is given).
+    :param origin: the backend.
+    :param timeouts: the deadlines of each exchange.
+    :param keepalive: seconds an idle connection is kept, ``None`` to keep none;
+        keep it below the backend's own keep-alive timeout, because a POST on a
+        connection the backend has just closed cannot be retried safely.
+    :param max_connections: idle connections kept; size it to the concurrency
+        (Twisted's default of 2 halves throughput under load).
+    :param cooperator: schedules large request bodies; the global one if ``None``.
+    :param endpoint: the backend endpoint; built from ``origin`` if ``None``.
+    :param clock: runs the exchange deadlines; ``reactor`` if ``None``.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        origin: Origin,
+        *,
+        timeouts: RelayTimeouts = RelayTimeouts(),
+        keepalive: float | None = 4.0,
+        max_connections: int = 256,
+        cooperator: Cooperator | None = None,
+        endpoint: IStreamClientEndpoint | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.clock: IReactorTime = clock or reactor
+        self.origin = origin
+        self.timeouts = timeouts
+        self._cooperator = cooperator
+        self.pool = HTTPConnectionPool(reactor, persistent=keepalive is not None)
+        self.pool._factory = _QuietClientFactory
+        self.pool.maxPersistentPerHost = max_connections
+        # Typed int in Twisted, but it only goes to callLater: fractions work.
+        self.pool.cachedConnectionTimeout = keepalive or 0  # type: ignore[assignment]
+        self.pool.retryAutomatically = True  # idempotent methods only, once
+        if endpoint is None:
+            endpoint = backend_endpoint(reactor, origin, timeouts.connect)
+        self.agent = Agent.usingEndpointFactory(
+            reactor, _FixedEndpointFactory(endpoint), pool=self.pool
+        )
+        self._base = origin.url.encode("ascii")
+        self._host = origin.netloc.encode("ascii")
+
+    def forward(
+        self, request: Request, target: bytes, *, body: bytes | None = None
+    ) -> Deferred[RelayResult]:
+        """
+        Relay ``request`` to the backend and its response back, streaming.
+
+        The caller must not touch ``request`` until the returned Deferred fires:
+        the relay answers it (the backend's response, or a JSON error) or, when
+        the response had already started, ends the client's stream abnormally.
+
+        :param request: the client's request; its body is ``request.content``.
+        :param target: the origin-form target to send (``/path?query``).
+        :param body: a replacement body, or ``None`` to send the request's own.
+        :return: fires with the :class:`RelayResult` once the exchange is over.
+        """
+        client = request.getClientAddress()
+        host = getattr(client, "host", None)
+        headers = request_headers(
+            request.requestHeaders,
+            host=self._host,
+            client_ip=host.encode("ascii") if isinstance(host, str) else None,
+            proto=b"https" if request.isSecure() else b"http",
+        )
+        method = request.method
+        producer = self._producer(method, body, request.content)
+        exchange = _Exchange(self, request, method, self._base + target, headers, producer)
+        return exchange.start()
+
+    def _producer(
+        self, method: bytes, body: bytes | None, content: IO[bytes] | None
+    ) -> IBodyProducer | None:
+        if body is not None:
+            return BytesBodyProducer(body)
+        if content is None:
+            return BytesBodyProducer(b"") if method in _BODY_METHODS else None
+        content.seek(0, io.SEEK_END)
+        length = content.tell()
+        content.seek(0)
+        if length == 0 and method not in _BODY_METHODS:
+            return None
+        if length <= _ONE_WRITE_BODY:
+            return BytesBodyProducer(content.read())
+        if self._cooperator is None:
+            return FileBodyProducer(content)
+        return FileBodyProducer(content, cooperator=self._cooperator)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the idle backend connections (at shutdown).
+        """
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
+
+
+class _Exchange:
+    """One request relayed: waits for headers, then streams the body through."""
+
+    def __init__(
+        self,
+        relay: BackendRelay,
+        request: Request,
+        method: bytes,
+        url: bytes,
+        headers: Headers,
+        producer: IBodyProducer | None,
+    ) -> None:
+        self._relay = relay
+        self._request = request
+        self._method = method
+        self._url = url
+        self._headers = headers
+        self._producer = producer
+        self._done: Deferred[RelayResult] = Deferred()
+        self._finished = False
+        self._client_gone = False
+        self._pending: Deferred[IResponse] | None = None
+        self._body: _BodyRelay | None = None
+        self._status: int | None = None
+        self._timeout: VespaError | None = None
+        self._first_byte_call: IDelayedCall | None = None
+        self._total_call: IDelayedCall | None = None
+
+    def start(self) -> Deferred[RelayResult]:
+        self._request.notifyFinish().addErrback(self._client_lost)
+        timeouts = self._relay.timeouts
+        if timeouts.first_byte is not None:
+            self._first_byte_call = self._later(
+                timeouts.first_byte,
+                BackendTimeout(f"the backend sent no response within {timeouts.first_byte:g} s"),
+            )
+        if timeouts.total is not None:
+            self._total_call = self._later(
+                timeouts.total,
+                BackendTimeout(f"the exchange took longer than {timeouts.total:g} s"),
+            )
+        self._pending = self._relay.agent.request(
+            self._method, self._url, self._headers, self._producer
+        )
+        self._pending.addCallbacks(self._response_received, self._request_failed)
+        return self._done
+
+    # Events
+
+    def _client_lost(self, reason: Failure) -> None:
+        self._client_gone = True
+        if self._pending is not None:
+            self._pending.cancel()
+        elif self._body is not None:
+            self._body.stop()
+
+    def _expire(self, error: VespaError) -> None:
+        self._timeout = error
+        if self._pending is not None:
+            self._pending.cancel()
+        elif self._body is not None:
+            self._body.stop()
+
+    def _request_failed(self, reason: Failure) -> None:
+        self._pending = None
+        if self._client_gone:
+            self._end(RelayResult(RelayOutcome.CANCELLED))
+            return
+        error = self._timeout or _error_for(reason, self._relay.origin)
+        log.warn(
+            "{method} {target}: {error}",
+            method=self._method.decode("ascii", "replace"),
+            target=self._target_for_log(),
+            error=error.message,
+        )
+        self._answer_error(error)
+
+    def _response_received(self, response: IResponse) -> None:
+        self._pending = None
+        _cancel(self._first_byte_call)
+        request = self._request
+        self._status = response.code
+        request.setResponseCode(response.code, response.phrase)
+        copy_response_headers(response.headers, request.responseHeaders)
+        if (
+            response.length is not UNKNOWN_LENGTH
+            and self._method != b"HEAD"
+            and response.code not in NO_BODY_CODES
+        ):
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (response.length,)])
+        self._body = _BodyRelay(self, request, self._relay.clock, self._relay.timeouts.idle)
+        response.deliverBody(self._body)
+
+    def body_ended(self, reason: Failure) -> None:
+        """
+        The backend's body ended, completely or not; finish the client's side.
+        """
+        request = self._request
+        if self._client_gone:
+            self._end(RelayResult(RelayOutcome.CANCELLED, self._status))
+            return
+        request.unregisterProducer()
+        if self._timeout is None and reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+            self._end(RelayResult(RelayOutcome.SERVED, self._status))
+            return
+        error = self._timeout or BackendUnavailable(
+            "the backend closed the connection before the response was complete"
+        )
+        log.warn(
+            "{method} {target}: {error}",
+            method=self._method.decode("ascii", "replace"),
+            target=self._target_for_log(),
+            error=error.message,
+        )
+        if not request.startedWriting:
+            # Nothing reached the client yet: it can still get a clean error.
+            request.responseHeaders = Headers()
+            self._answer_error(error)
+            return
+        # The status line is gone; the only honest signal left is to end the
+        # stream abnormally (no terminating chunk, connection closed) so the
+        # client cannot take a truncated body for a complete one.
+        request.loseConnection()
+        self._end(RelayResult(RelayOutcome.ERRORED, self._status, error))
+
+    # Helpers
+
+    def _answer_error(self, error: VespaError) -> None:
+        request = self._request
+        request.write(write_error(request, error))
+        request.finish()
+        self._end(RelayResult(RelayOutcome.ERRORED, self._status, error))
+
+    def _end(self, result: RelayResult) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        _cancel(self._first_byte_call)
+        _cancel(self._total_call)
+        self._done.callback(result)
+
+    def _later(self, seconds: float, error: VespaError) -> IDelayedCall:
+        return self._relay.clock.callLater(seconds, self._expire, error)
+
+    def _target_for_log(self) -> str:
+        return self._url[len(self._relay._base):][:200].decode("ascii", "replace")
+
+
+@implementer(IPushProducer)
+class _BodyRelay(Protocol):
+    """
+    Receives the backend's body and writes each chunk to the client.
+
+    It is the client connection's producer: when the client's send buffer
+    fills, twisted.web pauses it and it pauses the backend transport, so the
+    backend's TCP window closes instead of Vespa's memory growing. The idle
+    timer only runs while reading, so a slow client is never taken for a
+    silent backend.
+    """
+
+    def __init__(
+        self, exchange: _Exchange, request: Request, clock: IReactorTime, idle: float | None
+    ) -> None:
+        self._exchange = exchange
+        self._request = request
+        self._clock = clock
+        self._idle = idle
+        self._idle_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._request.registerProducer(self, True)
+        self._arm_idle_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle)  # type: ignore[arg-type]
+        self._request.write(data)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._disarm_idle_timer()
+        self._exchange.body_ended(reason)
+
+    # IPushProducer, called by the client's connection.
+
+    def pauseProducing(self) -> None:
+        self._disarm_idle_timer()
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        self._arm_idle_timer()
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """
+        Abort the backend response (client gone, or a deadline passed).
+        """
+        self._disarm_idle_timer()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle is not None and self._idle_call is None:
+            self._idle_call = self._clock.callLater(self._idle, self._idle_expired)
+
+    def _disarm_idle_timer(self) -> None:
+        _cancel(self._idle_call)
+        self._idle_call = None
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        self._exchange._expire(
+            BackendTimeout(f"the backend sent nothing for {self._idle:g} s mid-response")
+        )
+
+
+def _error_for(reason: Failure, origin: Origin) -> VespaError:
+    """The answer for a backend request that failed before its response headers."""
+    where = origin.url
+    if reason.check(ierror.ConnectionRefusedError):
+        return BackendUnavailable(f"the backend at {where} refused the connection")
+    if reason.check(ierror.TimeoutError, ierror.TCPTimedOutError):
+        return BackendTimeout(f"connecting to the backend at {where} timed out")
+    if reason.check(ierror.DNSLookupError):
+        return BackendUnavailable(f"the backend host of {where} could not be resolved")
+    if reason.check(ierror.ConnectError):
+        return BackendUnavailable(f"the backend at {where} is unreachable: {reason.value}")
+    if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
+        return BackendUnavailable(
+            f"the backend at {where} closed the connection without a response"
+        )
+    return BackendUnavailable(f"the backend request failed: {reason.getErrorMessage()}")
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()

@@ -1,0 +1,90 @@
+# -*- test-case-name: tests.test_target -*-
+"""
+Request targets: what path is forwarded, and whether a path is blocked.
+
+The forwarded target is always origin-form (``/path?query``), taken byte for
+byte from the request line, so the backend sees exactly what the client sent.
+An absolute-form target (``GET http://169.254.169.254/ HTTP/1.1``) keeps only
+its path and query: Vespa talks to the configured backend and nothing else.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from urllib.parse import unquote_to_bytes
+
+from vespa.errors import BadRequest
+
+_ABSOLUTE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+def origin_form(uri: bytes) -> bytes:
+    """
+    The origin-form target to forward for a request-line target.
+
+    :param uri: the target exactly as received.
+    :return: ``/path?query``, never with a scheme or authority.
+    :raise BadRequest: for a target that is not a path (``*``, garbage).
+    """
+    match = _ABSOLUTE.match(uri)
+    if match is not None:
+        uri = uri[match.end():] or b"/"
+        if uri.startswith(b"?"):
+            uri = b"/" + uri
+    if not uri.startswith(b"/"):
+        raise BadRequest(f"the request target must be a path, got {uri[:80]!r}")
+    return uri.split(b"#", 1)[0]
+
+
+def normalized_path(target: bytes) -> str:
+    """
+    The path a backend would route ``target`` to: percent-decoded, dot segments
+    resolved and repeated slashes collapsed, so ``/a/../admin`` and ``//%61dmin``
+    both read ``/admin``.
+
+    :param target: an origin-form target.
+    """
+    raw = target.split(b"?", 1)[0]
+    path = unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
+    path = re.sub(r"/{2,}", "/", path)
+    normal = posixpath.normpath(path)
+    # normpath drops a trailing slash, which patterns such as /admin/* rely on.
+    if path.endswith("/") and normal != "/":
+        normal += "/"
+    return normal
+
+
+class PathBlocklist:
+    """
+    Path patterns refused with 403, using ``*`` and ``?`` wildcards.
+
+    A pattern matches the normalized path (see :func:`normalized_path`), so
+    encoding or dot segments cannot get around it. ``*`` also crosses ``/``:
+    ``/admin/*`` blocks everything below ``/admin/``.
+
+    :param patterns: the patterns, such as ``("/admin/*", "/debug")``.
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(p if p.startswith(("/", "*")) else "/" + p for p in patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def blocks(self, target: bytes) -> bool:
+        """
+        Whether ``target`` is blocked.
+
+        :param target: an origin-form target, query included or not.
+        """
+        if not self.patterns:
+            return False
+        path = normalized_path(target)
+        # "/debug" also blocks "/debug/", which most routers treat alike.
+        bare = path.rstrip("/") or "/"
+        return any(
+            fnmatchcase(path, pattern) or fnmatchcase(bare, pattern) for pattern in self.patterns
+        )

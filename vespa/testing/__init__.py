@@ -1,0 +1,1 @@
+"""Shipped fakes: stand-ins for model servers and the autoscaler, for demos and tests."""

@@ -1,0 +1,1 @@
+"""The worker daemon: verifies, admits, accounts and relays requests to a model server."""
