@@ -1,0 +1,194 @@
+"""
+The ``twistd vespa`` command as a user runs it: real processes, real sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_twistd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    """Run ``twistd -n --pidfile= vespa ARGS`` to completion (for usage errors)."""
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "vespa", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**_clean_env(), **(env or {})},
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("VESPA_", "PYWORKER_"))}
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], deadline: float = 20.0) -> None:
+    """Poll until ``port`` accepts connections, or fail if the process exits or time runs out."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"twistd exited with {process.returncode}: {output}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listened on {port} within {deadline} s")
+
+
+def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP request; returns status, headers and body, errors included."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+class UsageErrorTests(SynchronousTestCase):
+    """A bad setting stops the daemon with a message naming it, never a traceback."""
+
+    def assert_usage_error(self, result: subprocess.CompletedProcess[str], *words: str) -> None:
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", output)
+        for word in words:
+            self.assertIn(word, output)
+
+    def test_backend_url_is_required(self) -> None:
+        """Without --backend-url (and not in demo mode) the message says what to pass."""
+        self.assert_usage_error(run_twistd(), "--backend-url is required")
+
+    def test_backend_url_with_a_path(self) -> None:
+        """A backend URL with a path is refused, naming the option."""
+        self.assert_usage_error(
+            run_twistd("--backend-url", "http://127.0.0.1:8000/v1"),
+            "--backend-url",
+            "without a path",
+        )
+
+    def test_unparsable_backend_url(self) -> None:
+        """An unparsable URL is refused, naming the option."""
+        self.assert_usage_error(run_twistd("--backend-url", "http://[::1"), "--backend-url")
+
+    def test_port_out_of_range_from_the_environment(self) -> None:
+        """A bad value from PYWORKER_WORKER_PORT names the variable and the option."""
+        result = run_twistd(
+            "--backend-url", "http://127.0.0.1:8000", env={"PYWORKER_WORKER_PORT": "70000"}
+        )
+        self.assert_usage_error(result, "PYWORKER_WORKER_PORT", "--port", "out of range")
+
+    def test_bad_listen_description(self) -> None:
+        """A bad --listen is refused before anything starts."""
+        self.assert_usage_error(
+            run_twistd("--backend-url", "http://127.0.0.1:8000", "--listen", "carrier:pigeon"),
+            "--listen",
+        )
+
+    def test_help_lists_the_environment_names(self) -> None:
+        """--help shows each option with its VESPA_ and PYWORKER_ names."""
+        result = run_twistd("--help")
+        self.assertIn("VESPA_BACKEND_URL", result.stdout)
+        self.assertIn("PYWORKER_WORKER_PORT", result.stdout)
+
+
+class DaemonTests(SynchronousTestCase):
+    """The installed daemon runs, relays, and stops on SIGTERM."""
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> int:
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "vespa",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**_clean_env(), **(env or {})},
+        )
+        self.process = process
+        self.addCleanup(self.stop)
+        wait_for_port(port, process)
+        return port
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout and not self.process.stdout.closed:
+            self.output = self.process.stdout.read()
+            self.process.stdout.close()
+
+    def test_demo_serves_chat_completions_through_the_worker(self) -> None:
+        """--demo: a chat completion, a stream and /ping work through the worker at once."""
+        backend = free_port()
+        port = self.start("--demo", env={"VESPA_BACKEND_URL": f"http://127.0.0.1:{backend}"})
+        base = f"http://127.0.0.1:{port}"
+        wait_for_port(backend, self.process)
+        status, _, body = http(
+            "POST",
+            base + "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        )
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["usage"]["completion_tokens"], 3)
+        status, headers, body = http(
+            "POST",
+            base + "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+        )
+        self.assertEqual(headers["Content-Type"], "text/event-stream")
+        self.assertTrue(body.endswith(b"data: [DONE]\n\n"))
+        self.assertEqual(http("GET", base + "/ping")[2], b"pong")
+
+    def test_backend_down_is_a_json_502_and_the_daemon_keeps_serving(self) -> None:
+        """With the backend down, each request gets a JSON 502; the daemon stays up."""
+        port = self.start("--backend-url", f"http://127.0.0.1:{free_port()}")
+        for _ in range(3):
+            status, _, body = http("GET", f"http://127.0.0.1:{port}/v1/models")
+            self.assertEqual(status, 502)
+            self.assertEqual(json.loads(body)["origin"], "vespa")
+        self.assertEqual(http("GET", f"http://127.0.0.1:{port}/ping")[0], 200)
+
+    def test_sigterm_stops_the_daemon(self) -> None:
+        """SIGTERM stops the daemon promptly and its log says it shut down."""
+        self.start("--backend-url", "http://127.0.0.1:8000")
+        self.stop()
+        self.assertIn("Server Shut Down", self.output)
