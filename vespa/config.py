@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -97,7 +97,7 @@ def resolve(
         source = f"--{setting.name}"
         if raw is None:
             for env_name in setting.env_names():
-                if environ.get(env_name, "") != "":
+                if environ.get(env_name, "").strip() != "":
                     raw, source = environ[env_name], f"{env_name} (for --{setting.name})"
                     break
         if raw is None:
@@ -175,6 +175,67 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_positive_float(text: str) -> float:
+    """
+    Parse a number greater than zero.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"must be more than 0, got {text!r}")
+    return value
+
+
+def parse_positive_int(text: str) -> int:
+    """
+    Parse a whole number of 1 or more.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be 1 or more, got {value}")
+    return value
+
+
+def parse_count_or_off(text: str) -> int | None:
+    """
+    Parse a whole number of 1 or more, or ``0``/``off`` for none.
+    """
+    if text.strip().lower() in ("0", "off", "none"):
+        return None
+    return parse_positive_int(text)
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    """
+    A parser accepting one of ``choices`` (case-insensitive).
+    """
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return word
+
+    return parse
+
+
+_BENCHMARK = re.compile(r"^([A-Za-z_][\w.]*)(:[A-Za-z_]\w*)?$")
+
+
+def parse_benchmark(text: str) -> str:
+    """
+    Check a benchmark reference: a built-in name or ``module:function``.
+    """
+    if not _BENCHMARK.match(text.strip()):
+        raise ValueError(f"expected a built-in name or module:function, got {text!r}")
+    return text.strip()
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     """
     Parse a comma-separated list; blanks are dropped.
@@ -250,8 +311,11 @@ def parse_origin(text: str) -> Origin:
         )
     if parts.username or parts.password:
         raise ValueError("must not carry user info")
-    default = 443 if parts.scheme == "https" else 80
-    return Origin(parts.scheme, parts.hostname, port or default)
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    elif not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return Origin(parts.scheme, parts.hostname, port)
 
 
 def parse_listen(text: str) -> str:
@@ -263,7 +327,7 @@ def parse_listen(text: str) -> str:
 
     try:
         serverFromString(MemoryReactor(), text)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
         raise ValueError(f"not a listening description: {text!r} ({e})") from None
     return text
 
@@ -293,7 +357,7 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
     Setting("backend-keepalive", "BACKEND_KEEPALIVE", parse_seconds, 4.0,
             "Seconds an idle backend connection is kept; keep it below the backend's own "
             "keep-alive (uvicorn, used by vLLM, closes after 5 s)"),
-    Setting("max-backend-connections", "MAX_BACKEND_CONNECTIONS", parse_port, 256,
+    Setting("max-backend-connections", "MAX_BACKEND_CONNECTIONS", parse_positive_int, 256,
             "Idle backend connections kept for reuse; size it to the concurrency"),
     Setting("access-log", "ACCESS_LOG", str, None,
             "Write an access log line per request to this file (- for the daemon log)"),
@@ -302,9 +366,125 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
     Setting("demo", "DEMO", parse_bool, False,
             "Also run the built-in demo model server on the --backend-url port "
             "(default 127.0.0.1:8000)", flag=True),
+    # Admission
+    Setting("max-wait-time", "MAX_WAIT_TIME", parse_seconds, 10.0,
+            "Refuse (429) when the estimated wait is over this many seconds (0 = never)"),
+    Setting("allow-parallel", "ALLOW_PARALLEL", parse_bool, True,
+            "Relay several requests at once; false gives one slot"),
+    Setting("max-concurrency", "MAX_CONCURRENCY", parse_count_or_off, None,
+            "At most this many requests at the backend at once; the rest queue in order"),
+    Setting("default-cost", "DEFAULT_COST", parse_positive_float, None,
+            "Workload counted for a request whose signed cost is 1 or less"),
+    # Signatures
+    Setting("signature-mode", "SIGNATURE_MODE", parse_choice("full", "url"), "full",
+            "What the autoscaler signs: full (cost, endpoint, reqnum, request_idx, url) or url"),
+    Setting("replay-window", "REPLAY_WINDOW", parse_count_or_off, 10000,
+            "Refuse a reused signature or a reqnum this far behind the newest (0 = off)"),
+    Setting("url-binding", "URL_BINDING", parse_bool, True,
+            "Refuse requests signed for another worker's url (when the public url is known)"),
+    Setting("pubkey-timeout", "PUBKEY_TIMEOUT", parse_seconds, 10.0,
+            "Seconds per attempt to fetch the autoscaler's public key"),
+    # Startup and health
+    Setting("healthcheck-endpoint", "HEALTHCHECK_ENDPOINT", str, "/health",
+            "Path on the backend that answers 200 when it is ready"),
+    Setting("healthcheck-interval", "HEALTHCHECK_POLL_INTERVAL", parse_positive_float, 10.0,
+            "Seconds between health checks once loaded"),
+    Setting("healthcheck-retry-interval", "HEALTHCHECK_RETRY_INTERVAL", parse_positive_float,
+            5.0, "Seconds between readiness polls while the backend starts"),
+    Setting("healthcheck-timeout", "HEALTHCHECK_TIMEOUT", parse_positive_float, 10.0,
+            "Seconds per health check"),
+    Setting("healthcheck-failures", "HEALTHCHECK_CONSECUTIVE_FAILURES", parse_positive_int, 3,
+            "Consecutive failed health checks that mark the worker errored"),
+    Setting("ready-timeout-initial", "READY_TIMEOUT_INITIAL", parse_positive_float, 1200.0,
+            "Seconds to wait for the backend on a first start"),
+    Setting("ready-timeout-resume", "READY_TIMEOUT_RESUME", parse_positive_float, 300.0,
+            "Seconds to wait for the backend when a benchmark result is cached"),
+    Setting("startup-retry", "STARTUP_RETRY", parse_positive_float, 30.0,
+            "Seconds before a failed startup is tried again"),
+    Setting("benchmark", "BENCHMARK", parse_benchmark, "openai_chat",
+            "Throughput benchmark: a built-in name or module:function"),
+    Setting("benchmark-cache", "BENCHMARK_CACHE_FILE", str, ".has_benchmark",
+            "File caching the measured throughput (delete it to measure again)"),
+    # Reports
+    Setting("report-interval", "METRICS_UPDATE_INTERVAL", parse_positive_float, 1.0,
+            "Seconds between reports to the autoscaler when something changed"),
+    Setting("report-heartbeat", "REPORT_HEARTBEAT", parse_positive_float, 10.0,
+            "Seconds between reports when nothing changed"),
+    Setting("report-timeout", "METRICS_TIMEOUT", parse_positive_float, 10.0,
+            "Seconds per report attempt"),
 )
 
 DEMO_BACKEND = Origin("http", "127.0.0.1", 8000)
+
+
+@dataclass(frozen=True)
+class VastEnvironment:
+    """
+    What the Vast platform tells an instance through its environment.
+
+    Nothing here is required: without ``REPORT_ADDR`` the worker does not
+    report, and without the public address it does not bind signatures to its
+    url. That is local use.
+
+    :ivar report_addresses: autoscaler base URLs from ``REPORT_ADDR`` (comma list).
+    :ivar master_token: ``MASTER_TOKEN``, the credential of every report.
+    :ivar container_id: ``CONTAINER_ID``, the worker id in reports.
+    :ivar public_url: ``http://PUBLIC_IPADDR:VAST_TCP_PORT_<port>``, when both are set.
+    """
+
+    report_addresses: tuple[str, ...] = ()
+    master_token: str = ""
+    container_id: int = 0
+    public_url: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], port: int | None) -> VastEnvironment:
+        """
+        Read the Vast variables.
+
+        :param environ: the process environment.
+        :param port: the worker's internal port (``VAST_TCP_PORT_<port>`` maps it).
+        :raise ConfigError: for a malformed value, naming the variable.
+        """
+        addresses = tuple(a.rstrip("/") for a in parse_list(environ.get("REPORT_ADDR", "")))
+        for address in addresses:
+            if urlsplit(address).scheme not in ("http", "https"):
+                raise ConfigError(f"REPORT_ADDR: not an http(s) URL: {address!r}")
+        container = environ.get("CONTAINER_ID", "").strip() or "0"
+        try:
+            container_id = int(container)
+        except ValueError:
+            raise ConfigError(f"CONTAINER_ID: not a number: {container!r}") from None
+        public_ip = environ.get("PUBLIC_IPADDR", "").strip()
+        external = environ.get(f"VAST_TCP_PORT_{port}", "").strip() if port else ""
+        public_url = None
+        if public_ip and external:
+            try:
+                parse_port(external)
+            except ValueError as e:
+                raise ConfigError(f"VAST_TCP_PORT_{port}: {e}") from None
+            host = f"[{public_ip}]" if ":" in public_ip else public_ip
+            public_url = f"http://{host}:{external}"
+        return cls(addresses, environ.get("MASTER_TOKEN", ""), container_id, public_url)
+
+
+def _listen(values: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """--listen wins over --port, unless --port is on the command line and --listen is not."""
+    if values["listen"] is None or (given.get("port") is not None and given.get("listen") is None):
+        return f"tcp:{values['port']}"
+    return str(values["listen"])
+
+
+def _listen_port(values: Mapping[str, Any]) -> int | None:
+    return listen_port(values["listen"] or f"tcp:{values['port']}")
+
+
+def listen_port(listen: str) -> int | None:
+    """
+    The TCP port of a listening description (``tcp:3000:...``), if it has one.
+    """
+    match = re.match(r"^(?:tcp6?:|ssl:)?(?:port=)?(\d+)", listen)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)
@@ -326,6 +506,15 @@ class WorkerConfig:
     :ivar access_log: access log path, ``-`` for the daemon log, or ``None``.
     :ivar log_level: the lowest level of Vespa's events that is logged.
     :ivar demo: also run the demo model server at ``backend``.
+    :ivar max_wait_time: refuse with 429 over this estimated wait, or ``None``.
+    :ivar slots: requests relayed at once, ``None`` for no limit.
+    :ivar default_cost: workload for a signed cost of 1 or less, or ``None``.
+    :ivar signature_mode: ``full`` or ``url``: what the autoscaler signs.
+    :ivar replay_window: reqnum window of the replay check, ``None`` for off.
+    :ivar url_binding: refuse requests signed for another worker's url.
+    :ivar vast: what the Vast platform told this instance.
+    (The other fields are the startup, health-check, benchmark and report
+    settings of the same names; see ``WORKER_SETTINGS``.)
     """
 
     backend: Origin
@@ -342,6 +531,27 @@ class WorkerConfig:
     access_log: str | None = None
     log_level: LogLevel = LogLevel.info
     demo: bool = False
+    max_wait_time: float | None = 10.0
+    slots: int | None = None
+    default_cost: float | None = None
+    signature_mode: str = "full"
+    replay_window: int | None = 10000
+    url_binding: bool = True
+    pubkey_timeout: float | None = 10.0
+    healthcheck_endpoint: str = "/health"
+    healthcheck_interval: float = 10.0
+    healthcheck_retry_interval: float = 5.0
+    healthcheck_timeout: float = 10.0
+    healthcheck_failures: int = 3
+    ready_timeout_initial: float = 1200.0
+    ready_timeout_resume: float = 300.0
+    startup_retry: float = 30.0
+    benchmark: str = "openai_chat"
+    benchmark_cache: str = ".has_benchmark"
+    report_interval: float = 1.0
+    report_heartbeat: float = 10.0
+    report_timeout: float = 10.0
+    vast: VastEnvironment = field(default_factory=lambda: VastEnvironment())
 
     @classmethod
     def from_sources(cls, given: Mapping[str, Any], environ: Mapping[str, str]) -> WorkerConfig:
@@ -363,9 +573,12 @@ class WorkerConfig:
             backend = DEMO_BACKEND
         if v["demo"] and (backend.scheme != "http" or not backend.is_ip):
             raise ConfigError("--demo needs an http://<ip>:<port> --backend-url to serve on")
+        if not v["healthcheck-endpoint"].startswith("/"):
+            raise ConfigError("--healthcheck-endpoint: must be a path starting with /")
+        slots = 1 if not v["allow-parallel"] else v["max-concurrency"]
         return cls(
             backend=backend,
-            listen=v["listen"] or f"tcp:{v['port']}",
+            listen=_listen(v, given),
             unsecured=v["unsecured"],
             blocked_paths=v["blocked-paths"],
             max_body_size=v["max-body-size"],
@@ -378,4 +591,25 @@ class WorkerConfig:
             access_log=v["access-log"],
             log_level=v["log-level"],
             demo=v["demo"],
+            max_wait_time=v["max-wait-time"],
+            slots=slots,
+            default_cost=v["default-cost"],
+            signature_mode=v["signature-mode"],
+            replay_window=v["replay-window"],
+            url_binding=v["url-binding"],
+            pubkey_timeout=v["pubkey-timeout"],
+            healthcheck_endpoint=v["healthcheck-endpoint"],
+            healthcheck_interval=v["healthcheck-interval"],
+            healthcheck_retry_interval=v["healthcheck-retry-interval"],
+            healthcheck_timeout=v["healthcheck-timeout"],
+            healthcheck_failures=v["healthcheck-failures"],
+            ready_timeout_initial=v["ready-timeout-initial"],
+            ready_timeout_resume=v["ready-timeout-resume"],
+            startup_retry=v["startup-retry"],
+            benchmark=v["benchmark"],
+            benchmark_cache=v["benchmark-cache"],
+            report_interval=v["report-interval"],
+            report_heartbeat=v["report-heartbeat"],
+            report_timeout=v["report-timeout"],
+            vast=VastEnvironment.from_environ(environ, _listen_port(v)),
         )

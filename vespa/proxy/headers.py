@@ -67,9 +67,11 @@ def request_headers(
     forwarded_for: list[bytes] = []
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
+        if lower in drop:
+            continue
         if lower == b"x-forwarded-for":
             forwarded_for.extend(values)
-        elif lower not in drop:
+        else:
             out.setRawHeaders(name, values)
     if client_ip is not None:
         forwarded_for.append(client_ip)

@@ -29,6 +29,7 @@ def origin_form(uri: bytes) -> bytes:
     :return: ``/path?query``, never with a scheme or authority.
     :raise BadRequest: for a target that is not a path (``*``, garbage).
     """
+    uri = uri.split(b"#", 1)[0]
     match = _ABSOLUTE.match(uri)
     if match is not None:
         uri = uri[match.end():] or b"/"
@@ -36,7 +37,7 @@ def origin_form(uri: bytes) -> bytes:
             uri = b"/" + uri
     if not uri.startswith(b"/"):
         raise BadRequest(f"the request target must be a path, got {uri[:80]!r}")
-    return uri.split(b"#", 1)[0]
+    return uri
 
 
 def normalized_path(target: bytes) -> str:
@@ -51,8 +52,9 @@ def normalized_path(target: bytes) -> str:
     path = unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
     path = re.sub(r"/{2,}", "/", path)
     normal = posixpath.normpath(path)
-    # normpath drops a trailing slash, which patterns such as /admin/* rely on.
-    if path.endswith("/") and normal != "/":
+    # normpath drops a trailing slash, which patterns such as /admin/* rely on;
+    # a last segment of "." or ".." names a directory too ("/admin/." is "/admin/").
+    if path.endswith(("/", "/.", "/..")) and normal != "/":
         normal += "/"
     return normal
 
