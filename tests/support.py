@@ -22,7 +22,10 @@ from vespa.proxy.relay import BackendRelay, RelayTimeouts
 from vespa.proxy.site import ProxySite
 from vespa.proxy.target import PathBlocklist
 from vespa.testing.echo_backend import EchoBackend, echo_site
+from vespa.worker.admission import Admission
+from vespa.worker.ledger import Ledger
 from vespa.worker.resource import WorkerResource
+from vespa.worker.state import WorkerState
 
 
 def listen(testcase: TestCase, site: Any) -> int:
@@ -42,7 +45,7 @@ def start_worker(
     testcase: TestCase, backend_port: int, *, clock: Any = None, **overrides: Any
 ) -> tuple[WorkerResource, int]:
     """
-    Start the worker's site in front of ``backend_port`` with config overrides
+    Start an unsecured, loaded worker in front of ``backend_port`` with config overrides
     (``blocked_paths``, ``max_body_size``, timeouts...), its deadlines run by
     ``clock``; return it and its port.
     """
@@ -61,7 +64,16 @@ def start_worker(
         clock=clock,
     )
     testcase.addCleanup(relay.close)
-    resource = WorkerResource(relay, PathBlocklist(config.blocked_paths))
+    state = WorkerState(reactor)
+    state.loaded(1e6)
+    resource = WorkerResource(
+        relay,
+        state=state,
+        ledger=Ledger(),
+        admission=Admission(max_wait_time=config.max_wait_time, slots=config.slots),
+        verifier=None,
+        blocklist=PathBlocklist(config.blocked_paths),
+    )
     site = ProxySite(resource, max_body_size=config.max_body_size, reactor=reactor)
     return resource, listen(testcase, site)
 
@@ -148,3 +160,106 @@ async def raw_connect(port: int) -> RawClient:
     return client
 
 
+#: What :func:`fixed_benchmark` reports; tests change it before a worker starts.
+FIXED_THROUGHPUT = {"value": 100.0}
+
+
+async def fixed_benchmark(backend_url: str, session: Any) -> float:
+    """
+    A benchmark for tests: checks the backend answers, then reports the
+    throughput the test chose (so admission decisions are predictable).
+    """
+    response = await session.get("/health")
+    await response.content()
+    if response.code != 200:
+        raise RuntimeError(f"/health answered {response.code}")
+    return FIXED_THROUGHPUT["value"]
+
+
+_KEY: list[Any] = []
+
+
+def shared_key() -> Any:
+    """One RSA key for the whole test run (generating one is slow)."""
+    if not _KEY:
+        from Crypto.PublicKey import RSA
+
+        _KEY.append(RSA.generate(2048))
+    return _KEY[0]
+
+
+PUBLIC_URL = "http://203.0.113.7:41000"
+
+
+async def start_secured_worker(
+    testcase: TestCase,
+    *,
+    signing_mode: str = "full",
+    throughput: float = 100.0,
+    unsecured: bool = False,
+    **overrides: Any,
+) -> Any:
+    """
+    The whole worker as ``twistd vespa`` builds it, secured, on loopback, with
+    an echo backend and the autoscaler stand-in on real sockets and every timer
+    on a ``Clock``. It advertises :data:`PUBLIC_URL` (as behind Vast's port
+    mapping), so the stand-in signs for that url. Returns a namespace with
+    ``worker`` (the built parts), ``port``, ``clock``, ``backend``,
+    ``autoscaler`` and ``client``; the worker is loaded when this returns.
+    """
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from vespa.config import VastEnvironment
+    from vespa.testing.autoscaler import Autoscaler, autoscaler_site
+    from vespa.worker.tap import build_worker
+
+    clock = Clock()
+    backend, backend_port = start_echo_backend(testcase, clock)
+    autoscaler = Autoscaler(clock, key=shared_key(), signing_mode=signing_mode)
+    autoscaler_port = listen(testcase, autoscaler_site(autoscaler))
+    testcase.addCleanup(autoscaler.close)
+    autoscaler.register_worker(PUBLIC_URL)
+    FIXED_THROUGHPUT["value"] = throughput
+    config = replace(
+        WorkerConfig(
+            backend=Origin("http", "127.0.0.1", backend_port),
+            listen="tcp:0:interface=127.0.0.1",
+            unsecured=unsecured,
+            signature_mode=signing_mode,
+            benchmark="tests.support:fixed_benchmark",
+            benchmark_cache=testcase.mktemp(),
+            vast=VastEnvironment(
+                report_addresses=(f"http://127.0.0.1:{autoscaler_port}",),
+                master_token="master-token",
+                container_id=7,
+                public_url=PUBLIC_URL,
+            ),
+        ),
+        **overrides,
+    )
+    worker = build_worker(config, reactor, clock)
+    worker.service.startService()
+    testcase.addCleanup(worker.service.stopService)
+    port = await worker.port()
+    await until(lambda: worker.state.is_loaded)
+    return SimpleNamespace(
+        worker=worker,
+        port=port,
+        clock=clock,
+        backend=backend,
+        autoscaler=autoscaler,
+        client=HTTPClient(testcase, port),
+    )
+
+
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    """Let the reactor run until ``condition()`` is true (bounded, polled)."""
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await deferLater(reactor, 0.002, lambda: None)

@@ -699,7 +699,7 @@ class WorkerConfigTests(SynchronousTestCase):
         """
         config = WorkerConfig.from_sources({"backend-url": BACKEND}, {})
         self.assertEqual(config, WorkerConfig(backend=Origin("http", "127.0.0.1", 8000)))
-        self.assertEqual(config.listen, "tcp:3000")
+        self.assertEqual(config.listen, "tcp:3000:backlog=1024")
         checked = 0
         for setting in WORKER_SETTINGS:
             field = setting.name.replace("-", "_")
@@ -755,10 +755,10 @@ class WorkerConfigTests(SynchronousTestCase):
         ``--port`` (or its environment variable) sets the TCP port to listen on.
         """
         config = WorkerConfig.from_sources({"backend-url": BACKEND, "port": "8080"}, {})
-        self.assertEqual(config.listen, "tcp:8080")
+        self.assertEqual(config.listen, "tcp:8080:backlog=1024")
         environ = {"PYWORKER_WORKER_PORT": "3001"}
         config = WorkerConfig.from_sources({"backend-url": BACKEND}, environ)
-        self.assertEqual(config.listen, "tcp:3001")
+        self.assertEqual(config.listen, "tcp:3001:backlog=1024")
 
     def test_port_out_of_range(self) -> None:
         """
@@ -816,7 +816,7 @@ class WorkerConfigTests(SynchronousTestCase):
             config,
             WorkerConfig(
                 backend=Origin("http", "127.0.0.1", 8000),
-                listen="tcp:3000",
+                listen="tcp:3000:backlog=1024",
                 unsecured=True,
                 blocked_paths=("/admin/*", "/debug"),
                 max_body_size=1 << 20,

@@ -17,8 +17,6 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IResponse
 
 from tests.support import HTTPClient, raw_connect, start_echo_backend, start_worker
-from vespa.proxy.relay import RelayOutcome, RelayResult
-from vespa.worker.resource import WorkerResource
 
 
 def _headers(echo: dict[str, object]) -> dict[str, list[str]]:
@@ -157,9 +155,7 @@ class StreamingTests(TestCase):
 
     async def test_sse_events_arrive_as_they_are_produced(self) -> None:
         """Each SSE event reaches the client when the backend sends it, not at the end."""
-        data = await self._stream_one_event_at_a_time(
-            b"/stream?n=5&interval=1", b'data: {"n": %d}'
-        )
+        data = await self._stream_one_event_at_a_time(b"/stream?n=5&interval=1", b'data: {"n": %d}')
         self.assertIn(b"content-type: text/event-stream", data.lower())
         self.assertIn(b"transfer-encoding: chunked", data.lower())
 
@@ -183,39 +179,24 @@ class StreamingTests(TestCase):
 
     async def test_client_gone_mid_stream_closes_the_backend_request(self) -> None:
         """A client that disconnects mid-stream makes the backend see a disconnect at once."""
-        outcome = _record_outcomes(self.worker)
         client = await raw_connect(self.port)
         client.transport.write(b"GET /stream?n=1000&interval=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         await client.wait_for(b'data: {"n": 0}')
         client.transport.loseConnection()
         await self.backend.wait_for_disconnect(b"/stream")
         self.assertEqual(self.clock.getDelayedCalls(), [])  # the backend stopped generating
-        await _until(lambda: outcome)
-        self.assertEqual(outcome[0].outcome, RelayOutcome.CANCELLED)
+        await _until(lambda: self.worker.ledger.totals.cancelled == 1)
+        self.assertEqual(self.worker.ledger.in_flight_count, 0)
 
     async def test_client_gone_before_response_closes_the_backend_request(self) -> None:
         """A client that disconnects while the backend is still working cancels it."""
-        outcome = _record_outcomes(self.worker)
         client = await raw_connect(self.port)
         client.transport.write(b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         await self.backend.wait_for_request(b"/hang")
         client.transport.loseConnection()
         await self.backend.wait_for_disconnect(b"/hang")
-        await _until(lambda: outcome)
-        self.assertEqual(outcome[0].outcome, RelayOutcome.CANCELLED)
-
-
-def _record_outcomes(worker: WorkerResource) -> list[RelayResult]:
-    """Record the worker's exchange outcomes as they end."""
-    outcomes: list[RelayResult] = []
-    original = worker._relayed
-
-    def relayed(result: RelayResult) -> None:
-        outcomes.append(result)
-        original(result)
-
-    worker._relayed = relayed  # type: ignore[method-assign]
-    return outcomes
+        await _until(lambda: self.worker.ledger.totals.cancelled == 1)
+        self.assertEqual(self.worker.ledger.in_flight_count, 0)
 
 
 async def _until(condition: Callable[[], object], timeout: float = 5.0) -> None:
@@ -336,16 +317,13 @@ class ErrorTests(TestCase):
 
     async def test_backend_dies_mid_stream_ends_the_stream_abnormally(self) -> None:
         """A backend that dies mid-response: chunked encoding not terminated, connection closed."""
-        outcome = []
         self._worker()
-        worker_relayed = self.worker._relayed
-        self.worker._relayed = lambda r: (outcome.append(r), worker_relayed(r))  # type: ignore[method-assign]
         client = await raw_connect(self.port)
         client.transport.write(b"GET /die HTTP/1.1\r\nHost: x\r\n\r\n")
         await client.closed
         self.assertIn(b"data: first", client.data)
         self.assertFalse(_chunked_complete(client.data))
-        self.assertEqual(outcome[0].outcome, RelayOutcome.ERRORED)
+        await _until(lambda: self.worker.ledger.totals.errored == 1)
 
     async def test_total_timeout_cuts_a_long_stream(self) -> None:
         """With a total timeout, a stream that runs past it is cut abnormally."""
@@ -376,7 +354,9 @@ class ErrorTests(TestCase):
         client = await raw_connect(self.port)
         client.transport.write(
             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + b"400\r\n" + b"y" * 1024 + b"\r\n"
+            + b"400\r\n"
+            + b"y" * 1024
+            + b"\r\n"
         )
         await client.closed
         self.assertTrue(client.data.startswith(b"HTTP/1.1 413 "))
@@ -398,8 +378,14 @@ class ErrorTests(TestCase):
     async def test_blocked_paths_are_403(self) -> None:
         """Blocked paths, with wildcards and however encoded, get 403 and are not forwarded."""
         client = self._worker(blocked_paths=("/admin/*", "/debug", "/v?/secret"))
-        for target in (b"/admin/users", b"//%61dmin/x", b"/x/../admin/y", b"/debug", b"/debug?a=1",
-                       b"/v1/secret"):
+        for target in (
+            b"/admin/users",
+            b"//%61dmin/x",
+            b"/x/../admin/y",
+            b"/debug",
+            b"/debug?a=1",
+            b"/v1/secret",
+        ):
             response, body = await client.request(b"GET", target)
             self._assert_vespa_error(response, body, 403)
         self.assertEqual(self.backend.received, [])

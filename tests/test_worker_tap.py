@@ -124,6 +124,8 @@ class DaemonTests(SynchronousTestCase):
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> int:
         port = free_port()
+        self.cwd = self.mktemp()
+        os.makedirs(self.cwd)
         process = subprocess.Popen(
             [
                 TWISTD,
@@ -138,6 +140,7 @@ class DaemonTests(SynchronousTestCase):
             stderr=subprocess.STDOUT,
             text=True,
             env={**_clean_env(), **(env or {})},
+            cwd=self.cwd,
         )
         self.process = process
         self.addCleanup(self.stop)
@@ -156,35 +159,64 @@ class DaemonTests(SynchronousTestCase):
             self.output = self.process.stdout.read()
             self.process.stdout.close()
 
-    def test_demo_serves_chat_completions_through_the_worker(self) -> None:
-        """--demo: a chat completion, a stream and /ping work through the worker at once."""
-        backend = free_port()
-        port = self.start("--demo", env={"VESPA_BACKEND_URL": f"http://127.0.0.1:{backend}"})
-        base = f"http://127.0.0.1:{port}"
-        wait_for_port(backend, self.process)
-        status, _, body = http(
-            "POST",
-            base + "/v1/chat/completions",
-            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+    def test_demo_runs_the_whole_signed_chain(self) -> None:
+        """
+        --demo runs the model server, the autoscaler stand-in and a secured
+        worker; the README's signed request streams a completion through it,
+        and an unsigned request is refused.
+        """
+        autoscaler, backend = free_port(), free_port()
+        port = self.start(
+            "--demo",
+            env={
+                "VESPA_BACKEND_URL": f"http://127.0.0.1:{backend}",
+                "REPORT_ADDR": f"http://127.0.0.1:{autoscaler}",
+            },
         )
-        self.assertEqual(status, 200)
-        self.assertEqual(json.loads(body)["usage"]["completion_tokens"], 3)
-        status, headers, body = http(
-            "POST",
-            base + "/v1/chat/completions",
-            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+        wait_for_port(autoscaler, self.process)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vespa.testing.signed_request",
+                "/v1/chat/completions",
+                json.dumps(
+                    {
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 3,
+                        "stream": True,
+                    }
+                ),
+                "--autoscaler",
+                f"http://127.0.0.1:{autoscaler}",
+                "--wait",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        self.assertEqual(headers["Content-Type"], "text/event-stream")
-        self.assertTrue(body.endswith(b"data: [DONE]\n\n"))
-        self.assertEqual(http("GET", base + "/ping")[2], b"pong")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"HTTP 200 OK from http://127.0.0.1:{port}", result.stderr)
+        self.assertEqual(result.stdout.count('"content":'), 4)  # the role chunk and 3 tokens
+        self.assertTrue(result.stdout.endswith("data: [DONE]\n\n"))
+        status, _, body = http("POST", f"http://127.0.0.1:{port}/v1/chat/completions", {})
+        self.assertEqual(status, 422)
+        self.assertEqual(json.loads(body)["origin"], "vespa")
+        self.assertEqual(http("GET", f"http://127.0.0.1:{port}/ping")[2], b"pong")
 
-    def test_backend_down_is_a_json_502_and_the_daemon_keeps_serving(self) -> None:
-        """With the backend down, each request gets a JSON 502; the daemon stays up."""
-        port = self.start("--backend-url", f"http://127.0.0.1:{free_port()}")
+    def test_backend_down_is_a_json_503_and_the_daemon_keeps_serving(self) -> None:
+        """
+        Unsecured, with the backend down: the worker never loads, and each
+        request gets a JSON 503 saying why; the daemon stays up.
+        """
+        port = self.start("--unsecured", "--backend-url", f"http://127.0.0.1:{free_port()}")
         for _ in range(3):
             status, _, body = http("GET", f"http://127.0.0.1:{port}/v1/models")
-            self.assertEqual(status, 502)
-            self.assertEqual(json.loads(body)["origin"], "vespa")
+            self.assertEqual(status, 503)
+            error = json.loads(body)
+            self.assertEqual(error["origin"], "vespa")
+            self.assertIn("not ready", error["error"])
         self.assertEqual(http("GET", f"http://127.0.0.1:{port}/ping")[0], 200)
 
     def test_sigterm_stops_the_daemon(self) -> None:

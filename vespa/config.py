@@ -333,85 +333,261 @@ def parse_listen(text: str) -> str:
 
 
 WORKER_SETTINGS: tuple[Setting[Any], ...] = (
-    Setting("backend-url", "BACKEND_URL", parse_origin, None,
-            "Origin of the model server, e.g. http://127.0.0.1:8000 (required unless --demo)"),
+    Setting(
+        "backend-url",
+        "BACKEND_URL",
+        parse_origin,
+        None,
+        "Origin of the model server, e.g. http://127.0.0.1:8000 (required unless --demo)",
+    ),
     Setting("port", "WORKER_PORT", parse_port, 3000, "TCP port to serve on (all interfaces)"),
-    Setting("listen", "LISTEN", parse_listen, None,
-            "Twisted endpoint description to serve on; overrides --port "
-            "(e.g. tcp:3000:interface=127.0.0.1)"),
-    Setting("unsecured", "UNSECURED", parse_bool, False,
-            "Forward every request as it is, without signature checks (local development)",
-            flag=True),
-    Setting("blocked-paths", "BLOCKED_PATHS", parse_list, (),
-            "Comma-separated path patterns answered 403 (* and ? wildcards), e.g. /admin/*,/debug"),
-    Setting("max-body-size", "MAX_BODY_SIZE", parse_size, 64 << 20,
-            "Largest request body accepted (bytes, or 512k, 64MB); larger gets 413"),
-    Setting("connect-timeout", "CONNECT_TIMEOUT", parse_seconds, 10.0,
-            "Seconds to connect to the backend (0 = no limit)"),
-    Setting("first-byte-timeout", "FIRST_BYTE_TIMEOUT", parse_seconds, 600.0,
-            "Seconds from sending a request to the backend's response headers (0 = no limit)"),
-    Setting("idle-timeout", "IDLE_TIMEOUT", parse_seconds, 300.0,
-            "Seconds the backend may stay silent mid-response (0 = no limit)"),
-    Setting("total-timeout", "TOTAL_TIMEOUT", parse_seconds, None,
-            "Seconds for a whole exchange; off by default, generations can be long"),
-    Setting("backend-keepalive", "BACKEND_KEEPALIVE", parse_seconds, 4.0,
-            "Seconds an idle backend connection is kept; keep it below the backend's own "
-            "keep-alive (uvicorn, used by vLLM, closes after 5 s)"),
-    Setting("max-backend-connections", "MAX_BACKEND_CONNECTIONS", parse_positive_int, 256,
-            "Idle backend connections kept for reuse; size it to the concurrency"),
-    Setting("access-log", "ACCESS_LOG", str, None,
-            "Write an access log line per request to this file (- for the daemon log)"),
-    Setting("log-level", "LOG_LEVEL", parse_log_level, LogLevel.info,
-            "debug, info, warning, error or critical"),
-    Setting("demo", "DEMO", parse_bool, False,
-            "Also run the built-in demo model server on the --backend-url port "
-            "(default 127.0.0.1:8000)", flag=True),
+    Setting(
+        "listen",
+        "LISTEN",
+        parse_listen,
+        None,
+        "Twisted endpoint description to serve on; overrides --port "
+        "(e.g. tcp:3000:interface=127.0.0.1)",
+    ),
+    Setting(
+        "unsecured",
+        "UNSECURED",
+        parse_bool,
+        False,
+        "Forward every request as it is, without signature checks (local development)",
+        flag=True,
+    ),
+    Setting(
+        "blocked-paths",
+        "BLOCKED_PATHS",
+        parse_list,
+        (),
+        "Comma-separated path patterns answered 403 (* and ? wildcards), e.g. /admin/*,/debug",
+    ),
+    Setting(
+        "max-body-size",
+        "MAX_BODY_SIZE",
+        parse_size,
+        64 << 20,
+        "Largest request body accepted (bytes, or 512k, 64MB); larger gets 413",
+    ),
+    Setting(
+        "connect-timeout",
+        "CONNECT_TIMEOUT",
+        parse_seconds,
+        10.0,
+        "Seconds to connect to the backend (0 = no limit)",
+    ),
+    Setting(
+        "first-byte-timeout",
+        "FIRST_BYTE_TIMEOUT",
+        parse_seconds,
+        600.0,
+        "Seconds from sending a request to the backend's response headers (0 = no limit)",
+    ),
+    Setting(
+        "idle-timeout",
+        "IDLE_TIMEOUT",
+        parse_seconds,
+        300.0,
+        "Seconds the backend may stay silent mid-response (0 = no limit)",
+    ),
+    Setting(
+        "total-timeout",
+        "TOTAL_TIMEOUT",
+        parse_seconds,
+        None,
+        "Seconds for a whole exchange; off by default, generations can be long",
+    ),
+    Setting(
+        "backend-keepalive",
+        "BACKEND_KEEPALIVE",
+        parse_seconds,
+        4.0,
+        "Seconds an idle backend connection is kept; keep it below the backend's own "
+        "keep-alive (uvicorn, used by vLLM, closes after 5 s)",
+    ),
+    Setting(
+        "max-backend-connections",
+        "MAX_BACKEND_CONNECTIONS",
+        parse_positive_int,
+        256,
+        "Idle backend connections kept for reuse; size it to the concurrency",
+    ),
+    Setting(
+        "access-log",
+        "ACCESS_LOG",
+        str,
+        None,
+        "Write an access log line per request to this file (- for the daemon log)",
+    ),
+    Setting(
+        "log-level",
+        "LOG_LEVEL",
+        parse_log_level,
+        LogLevel.info,
+        "debug, info, warning, error or critical",
+    ),
+    Setting(
+        "demo",
+        "DEMO",
+        parse_bool,
+        False,
+        "Also run the built-in demo model server on the --backend-url port "
+        "(default 127.0.0.1:8000)",
+        flag=True,
+    ),
     # Admission
-    Setting("max-wait-time", "MAX_WAIT_TIME", parse_seconds, 10.0,
-            "Refuse (429) when the estimated wait is over this many seconds (0 = never)"),
-    Setting("allow-parallel", "ALLOW_PARALLEL", parse_bool, True,
-            "Relay several requests at once; false gives one slot"),
-    Setting("max-concurrency", "MAX_CONCURRENCY", parse_count_or_off, None,
-            "At most this many requests at the backend at once; the rest queue in order"),
-    Setting("default-cost", "DEFAULT_COST", parse_positive_float, None,
-            "Workload counted for a request whose signed cost is 1 or less"),
+    Setting(
+        "max-wait-time",
+        "MAX_WAIT_TIME",
+        parse_seconds,
+        10.0,
+        "Refuse (429) when the estimated wait is over this many seconds (0 = never)",
+    ),
+    Setting(
+        "allow-parallel",
+        "ALLOW_PARALLEL",
+        parse_bool,
+        True,
+        "Relay several requests at once; false gives one slot",
+    ),
+    Setting(
+        "max-concurrency",
+        "MAX_CONCURRENCY",
+        parse_count_or_off,
+        None,
+        "At most this many requests at the backend at once; the rest queue in order",
+    ),
+    Setting(
+        "default-cost",
+        "DEFAULT_COST",
+        parse_positive_float,
+        None,
+        "Workload counted for a request whose signed cost is 1 or less",
+    ),
     # Signatures
-    Setting("signature-mode", "SIGNATURE_MODE", parse_choice("full", "url"), "full",
-            "What the autoscaler signs: full (cost, endpoint, reqnum, request_idx, url) or url"),
-    Setting("replay-window", "REPLAY_WINDOW", parse_count_or_off, 10000,
-            "Refuse a reused signature or a reqnum this far behind the newest (0 = off)"),
-    Setting("url-binding", "URL_BINDING", parse_bool, True,
-            "Refuse requests signed for another worker's url (when the public url is known)"),
-    Setting("pubkey-timeout", "PUBKEY_TIMEOUT", parse_seconds, 10.0,
-            "Seconds per attempt to fetch the autoscaler's public key"),
+    Setting(
+        "signature-mode",
+        "SIGNATURE_MODE",
+        parse_choice("full", "url"),
+        "full",
+        "What the autoscaler signs: full (cost, endpoint, reqnum, request_idx, url) or url",
+    ),
+    Setting(
+        "replay-window",
+        "REPLAY_WINDOW",
+        parse_count_or_off,
+        10000,
+        "Refuse a reused signature or a reqnum this far behind the newest (0 = off)",
+    ),
+    Setting(
+        "url-binding",
+        "URL_BINDING",
+        parse_bool,
+        True,
+        "Refuse requests signed for another worker's url (when the public url is known)",
+    ),
+    Setting(
+        "pubkey-timeout",
+        "PUBKEY_TIMEOUT",
+        parse_seconds,
+        10.0,
+        "Seconds per attempt to fetch the autoscaler's public key",
+    ),
     # Startup and health
-    Setting("healthcheck-endpoint", "HEALTHCHECK_ENDPOINT", str, "/health",
-            "Path on the backend that answers 200 when it is ready"),
-    Setting("healthcheck-interval", "HEALTHCHECK_POLL_INTERVAL", parse_positive_float, 10.0,
-            "Seconds between health checks once loaded"),
-    Setting("healthcheck-retry-interval", "HEALTHCHECK_RETRY_INTERVAL", parse_positive_float,
-            5.0, "Seconds between readiness polls while the backend starts"),
-    Setting("healthcheck-timeout", "HEALTHCHECK_TIMEOUT", parse_positive_float, 10.0,
-            "Seconds per health check"),
-    Setting("healthcheck-failures", "HEALTHCHECK_CONSECUTIVE_FAILURES", parse_positive_int, 3,
-            "Consecutive failed health checks that mark the worker errored"),
-    Setting("ready-timeout-initial", "READY_TIMEOUT_INITIAL", parse_positive_float, 1200.0,
-            "Seconds to wait for the backend on a first start"),
-    Setting("ready-timeout-resume", "READY_TIMEOUT_RESUME", parse_positive_float, 300.0,
-            "Seconds to wait for the backend when a benchmark result is cached"),
-    Setting("startup-retry", "STARTUP_RETRY", parse_positive_float, 30.0,
-            "Seconds before a failed startup is tried again"),
-    Setting("benchmark", "BENCHMARK", parse_benchmark, "openai_chat",
-            "Throughput benchmark: a built-in name or module:function"),
-    Setting("benchmark-cache", "BENCHMARK_CACHE_FILE", str, ".has_benchmark",
-            "File caching the measured throughput (delete it to measure again)"),
+    Setting(
+        "healthcheck-endpoint",
+        "HEALTHCHECK_ENDPOINT",
+        str,
+        "/health",
+        "Path on the backend that answers 200 when it is ready",
+    ),
+    Setting(
+        "healthcheck-interval",
+        "HEALTHCHECK_POLL_INTERVAL",
+        parse_positive_float,
+        10.0,
+        "Seconds between health checks once loaded",
+    ),
+    Setting(
+        "healthcheck-retry-interval",
+        "HEALTHCHECK_RETRY_INTERVAL",
+        parse_positive_float,
+        5.0,
+        "Seconds between readiness polls while the backend starts",
+    ),
+    Setting(
+        "healthcheck-timeout",
+        "HEALTHCHECK_TIMEOUT",
+        parse_positive_float,
+        10.0,
+        "Seconds per health check",
+    ),
+    Setting(
+        "healthcheck-failures",
+        "HEALTHCHECK_CONSECUTIVE_FAILURES",
+        parse_positive_int,
+        3,
+        "Consecutive failed health checks that mark the worker errored",
+    ),
+    Setting(
+        "ready-timeout-initial",
+        "READY_TIMEOUT_INITIAL",
+        parse_positive_float,
+        1200.0,
+        "Seconds to wait for the backend on a first start",
+    ),
+    Setting(
+        "ready-timeout-resume",
+        "READY_TIMEOUT_RESUME",
+        parse_positive_float,
+        300.0,
+        "Seconds to wait for the backend when a benchmark result is cached",
+    ),
+    Setting(
+        "startup-retry",
+        "STARTUP_RETRY",
+        parse_positive_float,
+        30.0,
+        "Seconds before a failed startup is tried again",
+    ),
+    Setting(
+        "benchmark",
+        "BENCHMARK",
+        parse_benchmark,
+        "openai_chat",
+        "Throughput benchmark: a built-in name or module:function",
+    ),
+    Setting(
+        "benchmark-cache",
+        "BENCHMARK_CACHE_FILE",
+        str,
+        ".has_benchmark",
+        "File caching the measured throughput (delete it to measure again)",
+    ),
     # Reports
-    Setting("report-interval", "METRICS_UPDATE_INTERVAL", parse_positive_float, 1.0,
-            "Seconds between reports to the autoscaler when something changed"),
-    Setting("report-heartbeat", "REPORT_HEARTBEAT", parse_positive_float, 10.0,
-            "Seconds between reports when nothing changed"),
-    Setting("report-timeout", "METRICS_TIMEOUT", parse_positive_float, 10.0,
-            "Seconds per report attempt"),
+    Setting(
+        "report-interval",
+        "METRICS_UPDATE_INTERVAL",
+        parse_positive_float,
+        1.0,
+        "Seconds between reports to the autoscaler when something changed",
+    ),
+    Setting(
+        "report-heartbeat",
+        "REPORT_HEARTBEAT",
+        parse_positive_float,
+        10.0,
+        "Seconds between reports when nothing changed",
+    ),
+    Setting(
+        "report-timeout",
+        "METRICS_TIMEOUT",
+        parse_positive_float,
+        10.0,
+        "Seconds per report attempt",
+    ),
 )
 
 DEMO_BACKEND = Origin("http", "127.0.0.1", 8000)
@@ -471,7 +647,9 @@ class VastEnvironment:
 def _listen(values: Mapping[str, Any], given: Mapping[str, Any]) -> str:
     """--listen wins over --port, unless --port is on the command line and --listen is not."""
     if values["listen"] is None or (given.get("port") is not None and given.get("listen") is None):
-        return f"tcp:{values['port']}"
+        # A deep accept queue: the default of 50 drops SYNs when a burst of
+        # clients connects at once, and each dropped one waits a second.
+        return f"tcp:{values['port']}:backlog=1024"
     return str(values["listen"])
 
 
@@ -518,7 +696,7 @@ class WorkerConfig:
     """
 
     backend: Origin
-    listen: str = "tcp:3000"
+    listen: str = "tcp:3000:backlog=1024"
     unsecured: bool = False
     blocked_paths: tuple[str, ...] = ()
     max_body_size: int = 64 << 20

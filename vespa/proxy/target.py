@@ -32,7 +32,7 @@ def origin_form(uri: bytes) -> bytes:
     uri = uri.split(b"#", 1)[0]
     match = _ABSOLUTE.match(uri)
     if match is not None:
-        uri = uri[match.end():] or b"/"
+        uri = uri[match.end() :] or b"/"
         if uri.startswith(b"?"):
             uri = b"/" + uri
     if not uri.startswith(b"/"):

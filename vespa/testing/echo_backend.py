@@ -10,6 +10,7 @@ reach it through the proxy:
 
 =========================  ===================================================
 ``/echo...``               any method: JSON of what arrived
+``/health``                ``health_status`` (200 unless a test says otherwise)
 ``/status/<code>``         that status with a small JSON body
 ``/gzip``                  a gzip-encoded body (``Content-Encoding: gzip``)
 ``/redirect``              ``302`` to ``/echo``
@@ -48,6 +49,7 @@ class EchoBackend(Resource):
     :ivar received: every request seen, as ``(method, uri)``, in order.
     :ivar disconnects: targets whose client went away before the response ended.
     :ivar big_bytes_produced: bytes ``/big`` has handed to the transport so far.
+    :ivar health_status: what ``/health`` answers.
     """
 
     isLeaf = True
@@ -62,6 +64,7 @@ class EchoBackend(Resource):
         self.received: list[tuple[bytes, bytes]] = []
         self.disconnects: list[bytes] = []
         self.big_bytes_produced = 0
+        self.health_status = 200
         self._waiting: list[tuple[str, bytes, Deferred[None]]] = []
 
     def wait_for_request(self, prefix: bytes) -> Deferred[None]:
@@ -131,6 +134,11 @@ class EchoBackend(Resource):
         request.setHeader(b"x-backend", b"echo")
         return json.dumps({"status": code, "from": "backend"}).encode("utf-8")
 
+    def _health(self, request: Request) -> bytes:
+        request.setResponseCode(self.health_status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"healthy": self.health_status == 200}).encode("utf-8")
+
     def _gzip(self, request: Request) -> bytes:
         request.setHeader(b"content-encoding", b"gzip")
         request.setHeader(b"content-type", b"text/plain")
@@ -148,10 +156,10 @@ class EchoBackend(Resource):
         return b"cookies set"
 
     def _stream(self, request: Request) -> int:
-        return self._paced(request, b"text/event-stream", b"data: {\"n\": %d}\n\n")
+        return self._paced(request, b"text/event-stream", b'data: {"n": %d}\n\n')
 
     def _ndjson(self, request: Request) -> int:
-        return self._paced(request, b"application/x-ndjson", b"{\"n\": %d}\n")
+        return self._paced(request, b"application/x-ndjson", b'{"n": %d}\n')
 
     def _paced(self, request: Request, content_type: bytes, template: bytes) -> int:
         count = _int_arg(request, b"n", 5)

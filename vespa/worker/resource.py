@@ -1,14 +1,27 @@
-# -*- test-case-name: tests.test_worker_relay -*-
+# -*- test-case-name: tests.test_worker_relay,tests.test_worker_protocol -*-
 """
-The worker's HTTP surface: local routes first, then everything else relayed.
+The worker's HTTP surface: local routes first, then every other request
+checked, verified, admitted, accounted and relayed.
 
-``GET /ping`` is answered by Vespa itself (for load balancers) and never
-forwarded. Every other request is checked (target, method, blocked paths, body
-size) and relayed to the backend.
+For each proxied request, in order:
+
+1. target, method, body size and blocked paths (400, 405, 413, 403);
+2. the envelope: routing data in the body or the query (400, 422), or, in
+   unsecured mode, none at all;
+3. the signature (401), unless unsecured;
+4. whether the worker serves now (503 with ``Retry-After`` while loading or
+   errored) and the wait estimate (429);
+5. a concurrency slot, waiting in line if needed;
+6. the relay, whose outcome closes the request in the ledger.
+
+Refusals from step 3 on are counted as rejected; everything admitted ends as
+served, errored (backend 5xx, relay failure, timeout) or cancelled (client gone).
 """
 
 from __future__ import annotations
 
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -16,19 +29,29 @@ from vespa.errors import (
     BodyTooLarge,
     MethodNotAllowed,
     PathBlocked,
+    ServiceUnavailable,
     VespaError,
     write_error,
 )
 from vespa.log import get_logger
-from vespa.proxy.relay import BackendRelay, RelayResult
+from vespa.protocol.envelope import Envelope, parse_envelope
+from vespa.protocol.signing import SignatureVerifier
+from vespa.proxy.relay import BackendRelay, RelayOutcome, RelayResult
 from vespa.proxy.site import ProxyRequest
 from vespa.proxy.target import PathBlocklist, origin_form
+from vespa.worker.admission import Admission, Slot
+from vespa.worker.ledger import Ledger, Outcome, Ticket
+from vespa.worker.state import Phase, WorkerState
 
 log = get_logger(__name__)
 
 # A tunnel or a trace is not a model-server request; relaying either would
 # turn the worker into an open proxy or leak headers.
 _REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+#: Seconds a caller should wait before retrying, by phase.
+RETRY_AFTER = {Phase.LOADING: 10, Phase.BENCHMARKING: 10, Phase.ERRORED: 30, Phase.DRAINING: 30}
 
 
 class WorkerResource(Resource):
@@ -36,19 +59,39 @@ class WorkerResource(Resource):
     The root resource of the worker.
 
     :param relay: relays requests to the backend.
+    :param state: whether the worker serves now, and its capacity.
+    :param ledger: accounts every request.
+    :param admission: the wait estimate and the concurrency slots.
+    :param verifier: checks signatures; ``None`` in unsecured mode.
     :param blocklist: paths answered 403.
+    :param default_cost: workload of a request signed with a cost of 1 or less.
     """
 
     isLeaf = True
 
-    def __init__(self, relay: BackendRelay, blocklist: PathBlocklist | None = None) -> None:
+    def __init__(
+        self,
+        relay: BackendRelay,
+        *,
+        state: WorkerState,
+        ledger: Ledger,
+        admission: Admission,
+        verifier: SignatureVerifier | None,
+        blocklist: PathBlocklist | None = None,
+        default_cost: float | None = None,
+    ) -> None:
         super().__init__()
         self.relay = relay
+        self.state = state
+        self.ledger = ledger
+        self.admission = admission
+        self.verifier = verifier
         self.blocklist = blocklist or PathBlocklist(())
+        self.default_cost = default_cost
 
     def render(self, request: Request) -> bytes | int:
         """
-        Answer a local route, refuse a request that cannot be relayed, or relay it.
+        Answer a local route, refuse what cannot be served, or admit and relay.
         """
         try:
             target = origin_form(request.uri)
@@ -56,16 +99,12 @@ class WorkerResource(Resource):
                 request.setHeader(b"content-type", b"text/plain")
                 return b"pong"
             self._check(request, target)
-        except VespaError as error:
-            log.info(
-                "refused {method} {uri}: {error}",
-                method=request.method.decode("ascii", "replace"),
-                uri=request.uri[:200].decode("ascii", "replace"),
-                error=error.message,
+            envelope = parse_envelope(
+                request.method, target, self._body(request), unsecured=self.verifier is None
             )
-            return write_error(request, error)
-        self.relay.forward(request, target).addCallback(self._relayed)
-        return NOT_DONE_YET
+        except VespaError as error:
+            return self._refuse(request, error)
+        return self._admit(request, envelope)
 
     def _check(self, request: Request, target: bytes) -> None:
         if request.method in _REFUSED_METHODS:
@@ -78,5 +117,112 @@ class WorkerResource(Resource):
         if self.blocklist.blocks(target):
             raise PathBlocked("this path is blocked on this worker")
 
-    def _relayed(self, result: RelayResult) -> None:
-        """The exchange is over; accounting hooks in here."""
+    def _body(self, request: Request) -> bytes:
+        if request.method not in _BODY_METHODS or request.content is None:
+            return b""
+        request.content.seek(0)
+        body: bytes = request.content.read()
+        request.content.seek(0)
+        return body
+
+    def _admit(self, request: Request, envelope: Envelope) -> bytes | int:
+        auth = envelope.auth
+        workload = auth.workload if auth is not None else 1.0
+        if workload <= 1 and self.default_cost is not None:
+            workload = self.default_cost
+        request_idx = auth.request_idx if auth is not None else 0
+        reqnum = auth.reqnum if auth is not None else 0
+        try:
+            if self.verifier is not None and auth is not None:
+                self.verifier.verify(auth)
+            if not self.state.accepting:
+                raise ServiceUnavailable(
+                    self._unavailable_reason(),
+                    headers={"Retry-After": str(RETRY_AFTER.get(self.state.phase, 10))},
+                    details={"phase": self.state.phase.value},
+                )
+            self.admission.check(self.ledger.in_flight_workload, self.state.max_perf)
+        except VespaError as error:
+            self.ledger.reject(request_idx, reqnum, workload)
+            return self._refuse(request, error)
+        ticket = self.ledger.receive(request_idx, reqnum, workload)
+        _Admitted(self, request, envelope, ticket).start()
+        return NOT_DONE_YET
+
+    def _unavailable_reason(self) -> str:
+        phase = self.state.phase
+        if phase is Phase.ERRORED:
+            return f"the worker is not serving: {self.state.error}"
+        if phase is Phase.DRAINING:
+            return "the worker is shutting down"
+        return f"the worker is not ready yet ({phase.value})"
+
+    def _refuse(self, request: Request, error: VespaError) -> bytes:
+        log.debug(
+            "refused {method} {uri}: {status} {error}",
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri[:200].decode("ascii", "replace"),
+            status=error.status,
+            error=error.message,
+        )
+        return write_error(request, error)
+
+
+class _Admitted:
+    """One admitted request: waits for a slot, is relayed, and is closed in the ledger."""
+
+    def __init__(
+        self, resource: WorkerResource, request: Request, envelope: Envelope, ticket: Ticket
+    ) -> None:
+        self._resource = resource
+        self._request = request
+        self._envelope = envelope
+        self._ticket = ticket
+        self._waiting: Deferred[Slot] | None = None
+
+    def start(self) -> None:
+        self._waiting = self._resource.admission.acquire()
+        if self._waiting.called:
+            self._waiting.addCallback(self._relay)
+            return
+        # Queued: a client that leaves while waiting leaves the queue at once.
+        self._request.notifyFinish().addErrback(self._left_queue)
+        self._waiting.addCallbacks(self._relay, self._not_relayed)
+
+    def _left_queue(self, reason: Failure) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _not_relayed(self, reason: Failure) -> None:
+        self._waiting = None
+        if reason.check(CancelledError):
+            self._resource.ledger.finish(self._ticket, Outcome.CANCELLED)
+            return
+        log.failure("waiting for a slot failed", reason)
+        self._resource.ledger.finish(self._ticket, Outcome.ERRORED)
+
+    def _relay(self, slot: Slot) -> Deferred[None]:
+        self._waiting = None
+        d = self._resource.relay.forward(
+            self._request, self._envelope.target, body=self._envelope.body
+        )
+        return d.addBoth(self._relayed, slot)
+
+    def _relayed(self, result: RelayResult | Failure, slot: Slot) -> None:
+        slot.release()
+        if isinstance(result, Failure):
+            log.failure("relaying failed unexpectedly", result)
+            self._resource.ledger.finish(self._ticket, Outcome.ERRORED)
+            return
+        self._resource.ledger.finish(self._ticket, _outcome(result))
+
+
+def _outcome(result: RelayResult) -> Outcome:
+    """The ledger outcome of a relay: a backend 5xx is an error, not a service."""
+    if result.outcome is RelayOutcome.CANCELLED:
+        return Outcome.CANCELLED
+    if result.outcome is RelayOutcome.ERRORED:
+        return Outcome.ERRORED
+    if result.status is not None and result.status >= 500:
+        return Outcome.ERRORED
+    return Outcome.SERVED

@@ -6,21 +6,41 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
+import treq
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
 
-from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig
+from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.log import get_logger, set_log_level
-from vespa.proxy.relay import BackendRelay, RelayTimeouts
+from vespa.protocol.reports import WorkerIdentity
+from vespa.protocol.signing import SignatureVerifier
+from vespa.proxy.relay import BackendRelay, RelayTimeouts, quiet_pool
 from vespa.proxy.site import ProxySite
 from vespa.proxy.target import PathBlocklist
+from vespa.service import OrderedMultiService
+from vespa.worker.admission import Admission
+from vespa.worker.health import HealthChecker
+from vespa.worker.ledger import Ledger
+from vespa.worker.reporter import Reporter, ReportSettings
 from vespa.worker.resource import WorkerResource
+from vespa.worker.startup import BenchmarkCache, Startup, health_check
+from vespa.worker.state import WorkerState
 
 log = get_logger(__name__)
+
+#: Where the public key comes from when ``REPORT_ADDR`` is not set.
+DEFAULT_AUTOSCALER = "https://run.vast.ai"
+#: Where ``--demo`` runs the autoscaler stand-in.
+DEMO_AUTOSCALER_PORT = 8080
+
+VERSION = "vespa-0.1.0"
 
 
 class Options(usage.Options):
@@ -31,39 +51,95 @@ class Options(usage.Options):
     optFlags = [[s.name, None, s.option_help()] for s in WORKER_SETTINGS if s.flag]
 
     def postOptions(self) -> None:
+        environ = dict(os.environ)
+        if self["demo"] or environ.get("VESPA_DEMO", "").lower() in ("1", "true", "yes", "on"):
+            environ.setdefault("REPORT_ADDR", f"http://127.0.0.1:{DEMO_AUTOSCALER_PORT}")
         try:
-            self.config = WorkerConfig.from_sources(self, os.environ)
+            config = WorkerConfig.from_sources(self, environ)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if config.demo and config.vast.public_url is None:
+            # The demo's autoscaler routes callers to this worker's own address.
+            port = listen_port(config.listen)
+            config = replace(
+                config, vast=replace(config.vast, public_url=f"http://127.0.0.1:{port}")
+            )
+        self.config = config
 
 
-class _RelayService(Service):
-    """Closes the relay's idle backend connections at shutdown."""
+class _PoolCloser(Service):
+    """Closes connection pools at shutdown."""
 
-    def __init__(self, relay: BackendRelay) -> None:
-        self.relay = relay
+    def __init__(self, *pools: HTTPConnectionPool) -> None:
+        self.pools = pools
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[Any]:
         super().stopService()
-        return self.relay.close()
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList([pool.closeCachedConnections() for pool in self.pools])
 
 
-def build_worker(config: WorkerConfig, reactor: Any) -> MultiService:
+def _http(reactor: Any, connections: int) -> tuple[Any, HTTPConnectionPool]:
+    pool = quiet_pool(reactor, keepalive=4.0, max_connections=connections)
+    return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
+
+
+@dataclass
+class Worker:
     """
-    Build the worker's service tree from its config, starting nothing.
+    The parts of a built worker, for twistd (``service``) and for tests.
+
+    :ivar service: the whole service tree; starting it starts everything.
+    :ivar listener: the service listening for requests.
+    """
+
+    service: MultiService
+    listener: Any
+    resource: WorkerResource
+    state: WorkerState
+    ledger: Ledger
+    startup: Startup
+    health: HealthChecker
+    reporter: Reporter | None
+    autoscaler: Any = None
+
+    async def port(self) -> int:
+        """The TCP port the worker listens on, once the service has started."""
+        listening = await self.listener._waitingForPort
+        return int(listening.getHost().port)
+
+
+def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worker:
+    """
+    Build the worker from its config, starting nothing.
 
     :param config: the validated settings.
-    :param reactor: the reactor everything runs on.
+    :param reactor: the reactor for network I/O.
+    :param clock: for every timer (reports, health checks, deadlines);
+        ``reactor`` when ``None``. Tests pass a ``Clock``.
     """
+    clock = clock or reactor
     set_log_level(config.log_level)
-    root = MultiService()
+    # Stopped in reverse order, one at a time: the listener, the reporter's
+    # last flush, the startup chain, the pools, then the demo servers.
+    root = OrderedMultiService()
+    vast = config.vast
+    autoscaler = None
     if config.demo:
-        from vespa.testing.demo_backend import demo_site
+        demo, autoscaler = _demo_services(config, reactor)
+        demo.setServiceParent(root)
 
-        backend = config.backend
-        strports.service(
-            f"tcp:{backend.port}:interface={backend.host}", demo_site(reactor)
-        ).setServiceParent(root)
+    state = WorkerState(clock)
+    ledger = Ledger()
+    verifier = None
+    if not config.unsecured:
+        verifier = SignatureVerifier(
+            mode=config.signature_mode,
+            replay_window=config.replay_window,
+            own_url=vast.public_url,
+            bind_url=config.url_binding,
+        )
     relay = BackendRelay(
         reactor,
         config.backend,
@@ -75,29 +151,122 @@ def build_worker(config: WorkerConfig, reactor: Any) -> MultiService:
         ),
         keepalive=config.backend_keepalive,
         max_connections=config.max_backend_connections,
+        clock=clock,
     )
-    _RelayService(relay).setServiceParent(root)
-    resource = WorkerResource(relay, PathBlocklist(config.blocked_paths))
+    backend_http, backend_pool = _http(reactor, 32)
+    report_http, report_pool = _http(reactor, 4)
+    _PoolCloser(relay.pool, backend_pool, report_pool).setServiceParent(root)
+
+    health = HealthChecker(
+        clock,
+        state,
+        health_check(
+            backend_http,
+            config.backend.url + config.healthcheck_endpoint,
+            clock,
+            config.healthcheck_timeout,
+        ),
+        interval=config.healthcheck_interval,
+        threshold=config.healthcheck_failures,
+    )
+    pubkey_base = vast.report_addresses[0] if vast.report_addresses else DEFAULT_AUTOSCALER
+    startup = Startup(
+        clock,
+        state,
+        backend_http,
+        config.backend.url,
+        health,
+        benchmark=config.benchmark,
+        cache=BenchmarkCache(config.benchmark_cache),
+        verifier=verifier,
+        pubkey_url=pubkey_base + "/pubkey/",
+        settings=config,
+    )
+    startup.setServiceParent(root)
+
+    reporter = None
+    if vast.report_addresses:
+        reporter = Reporter(
+            clock,
+            report_http,
+            ReportSettings(
+                addresses=vast.report_addresses,
+                interval=config.report_interval,
+                heartbeat=config.report_heartbeat,
+                timeout=config.report_timeout,
+            ),
+            WorkerIdentity(
+                worker_id=vast.container_id,
+                mtoken=vast.master_token,
+                url=vast.public_url or "",
+                version=VERSION,
+            ),
+            state,
+            ledger,
+        )
+        reporter.setServiceParent(root)
+    else:
+        log.info("REPORT_ADDR is not set: not reporting to an autoscaler (local use)")
+
+    resource = WorkerResource(
+        relay,
+        state=state,
+        ledger=ledger,
+        admission=Admission(max_wait_time=config.max_wait_time, slots=config.slots),
+        verifier=verifier,
+        blocklist=PathBlocklist(config.blocked_paths),
+        default_cost=config.default_cost,
+    )
     site = ProxySite(
         resource,
         max_body_size=config.max_body_size,
         access_log=config.access_log,
-        reactor=reactor,
+        reactor=clock,
     )
-    strports.service(config.listen, site, reactor=reactor).setServiceParent(root)
+    listener = strports.service(config.listen, site, reactor=reactor)
+    listener.setServiceParent(root)
     log.info(
-        "Vespa worker on {listen}, relaying to {backend}{demo}",
+        "Vespa worker on {listen}, relaying to {backend} ({mode}){demo}",
         listen=config.listen,
         backend=config.backend.url,
-        demo=" (demo model server)" if config.demo else "",
+        mode="unsecured" if config.unsecured else f"signatures: {config.signature_mode}",
+        demo=" with the demo model server and autoscaler stand-in" if config.demo else "",
     )
-    return root
+    return Worker(root, listener, resource, state, ledger, startup, health, reporter, autoscaler)
+
+
+def _demo_services(config: WorkerConfig, reactor: Any) -> tuple[MultiService, Any]:
+    """The demo model server and, unless REPORT_ADDR says otherwise, the autoscaler stand-in."""
+    from vespa.testing.autoscaler import Autoscaler, autoscaler_site
+    from vespa.testing.demo_backend import demo_site
+
+    demo = MultiService()
+    backend = config.backend
+    strports.service(
+        f"tcp:{backend.port}:interface={backend.host}", demo_site(reactor)
+    ).setServiceParent(demo)
+    address = urlsplit(config.vast.report_addresses[0] if config.vast.report_addresses else "")
+    autoscaler = None
+    if address.scheme == "http" and address.hostname == "127.0.0.1" and address.port:
+        # REPORT_ADDR on this machine: the demo runs the autoscaler stand-in there.
+        autoscaler = Autoscaler(reactor)
+        strports.service(
+            f"tcp:{address.port}:interface=127.0.0.1", autoscaler_site(autoscaler)
+        ).setServiceParent(demo)
+    return demo, autoscaler
 
 
 def makeService(options: Options) -> IService:
     """
     The ``IServiceMaker`` entry point: build the worker for twistd.
     """
+    import gc
+
     from twisted.internet import reactor
 
-    return build_worker(options.config, reactor)
+    service = build_worker(options.config, reactor).service
+    # Everything imported and built so far lives as long as the process: keep
+    # it out of the cycle collector's scans, which otherwise cost tens of ms
+    # per full collection under load.
+    gc.freeze()
+    return service

@@ -1,0 +1,355 @@
+# -*- test-case-name: tests.test_envelope -*-
+"""
+The routing envelope: where a request carries its ``auth_data``, and what is
+left to forward once it is taken off.
+
+A request routed by the Vast autoscaler carries six routing fields
+(:data:`AUTH_FIELDS`). Body methods (``POST``, ``PUT``, ``PATCH``) wrap the real
+body as ``{"auth_data": {...}, "payload": <any JSON>}``; every other method
+carries the fields as ``serverless_*`` query parameters. :func:`parse_envelope`
+reads either form and says what to forward: the payload re-encoded (body
+methods), the query without any ``serverless_*`` parameter, and the
+:class:`AuthData` to verify and account.
+
+The values are kept with the JSON type they arrived with (``100`` stays an
+``int``, ``100.0`` a ``float``), because the signature covers their JSON text.
+
+:func:`wrap_body` and :func:`auth_query` build the two forms, for the client
+and the autoscaler stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from vespa.errors import BadRequest, VespaError
+
+AUTH_FIELDS = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
+"""The six routing fields, in their declaration (and alphabetical) order."""
+
+QUERY_PREFIX = "serverless_"
+"""The prefix of the query parameters that carry routing data."""
+
+BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+"""The methods whose routing data is in the JSON body; all others use the query."""
+
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+_STRING_FIELDS = ("endpoint", "signature", "url")
+_INT_FIELDS = ("reqnum", "request_idx")
+
+
+class EnvelopeInvalid(VespaError):
+    """
+    A body method's JSON envelope is malformed (422), as the original worker
+    answers: invalid JSON, a missing ``auth_data``/``payload``, or a missing or
+    mistyped routing field. The offending fields are named in the body.
+    """
+
+    status = 422
+
+
+@dataclass(frozen=True)
+class AuthData:
+    """
+    The routing data the autoscaler attached to a request.
+
+    :param cost: the workload, exactly as received: an ``int``, a ``float``, or a
+        numeric string, never converted, because the signature covers its JSON text.
+    :param endpoint: the Vast endpoint name (not the HTTP path).
+    :param reqnum: the autoscaler's request number.
+    :param request_idx: the autoscaler's id for the request over its whole life.
+    :param signature: the standard base64 RSA signature.
+    :param url: the worker URL the autoscaler routed to.
+    """
+
+    cost: int | float | str
+    endpoint: str
+    reqnum: int
+    request_idx: int
+    signature: str
+    url: str
+
+    @property
+    def workload(self) -> float:
+        """
+        The workload this request adds: ``cost`` as a float. :func:`parse_envelope`
+        only builds instances whose cost is a finite, non-negative number.
+        """
+        return float(self.cost)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """
+    What a request carries, and what to forward of it.
+
+    :param auth: the routing data, or ``None`` for an unsecured passthrough
+        (the request carried no routing data at all).
+    :param body: the body to forward: the re-encoded ``payload`` for a body
+        method with ``auth_data``; ``None`` to forward the request's own body
+        untouched.
+    :param target: the origin-form target to forward: the request's, with every
+        ``serverless_*`` query parameter removed and all others kept byte for
+        byte and in order.
+    """
+
+    auth: AuthData | None
+    body: bytes | None
+    target: bytes
+
+
+def parse_envelope(method: bytes, target: bytes, body: bytes, *, unsecured: bool) -> Envelope:
+    """
+    Read the routing data of a request.
+
+    Whatever the method, ``serverless_*`` query parameters are removed from the
+    forwarded target, so the backend never sees routing data.
+
+    :param method: the request method, as received (methods are case-sensitive).
+    :param target: the origin-form target (``/path?query``), fragment removed.
+    :param body: the request body (``b""`` if none).
+    :param unsecured: whether a request without routing data is allowed through
+        (as a passthrough: ``auth=None``, everything forwarded as received).
+    :return: the routing data and what to forward.
+    :raise EnvelopeInvalid: for a body method whose envelope is malformed (422).
+    :raise BadRequest: for another method whose query routing data is missing or
+        malformed (400).
+    """
+    forward, params = _split_query(target)
+    if method in BODY_METHODS:
+        return _parse_body(forward, body, unsecured=unsecured)
+    return _parse_query(method, target, forward, params, unsecured=unsecured)
+
+
+def wrap_body(auth: Mapping[str, Any], payload: Any) -> bytes:
+    """
+    The JSON body of a body-method request: ``{"auth_data": auth, "payload": payload}``.
+
+    :param auth: the routing fields, passed on as given (extra keys such as
+        ``__request_id`` included: the worker ignores them).
+    :param payload: any JSON value; the worker forwards it as the body.
+    :return: the UTF-8 JSON body.
+    """
+    return json.dumps({"auth_data": dict(auth), "payload": payload}).encode("utf-8")
+
+
+def auth_query(auth: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """
+    The ``serverless_*`` query parameters that carry ``auth`` on a non-body method.
+
+    Numbers are written with Python's ``str``, which is also the JSON text of
+    the number (``1.0`` stays ``"1.0"``, ``100`` stays ``"100"``), so the worker
+    reads them back with the type they were signed with. A cost given as a
+    string reads back as a number: a query string has no types.
+
+    :param auth: the routing fields; keys outside :data:`AUTH_FIELDS` are left out.
+    :return: ``(name, value)`` pairs in :data:`AUTH_FIELDS` order, ready for
+        :func:`urllib.parse.urlencode`.
+    :raise TypeError: for a value that is not a string or a number (a ``bool``
+        is not a number here).
+    """
+    pairs = []
+    for name in AUTH_FIELDS:
+        if name not in auth:
+            continue
+        value = auth[name]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(f"auth field {name} must be a string or a number, got {value!r}")
+        pairs.append((QUERY_PREFIX + name, str(value)))
+    return pairs
+
+
+def _split_query(target: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """
+    Split ``target`` into the target to forward and its ``serverless_*`` parameters.
+
+    :return: the target without ``serverless_*`` parameters (``target`` itself,
+        unchanged, when it had none), and those parameters as (decoded name,
+        raw value) pairs in order.
+    """
+    path, mark, query = target.partition(b"?")
+    # The common case, no routing parameter at all, costs two scans.
+    if not mark or (b"serverless" not in query and b"%" not in query):
+        return target, []
+    kept: list[bytes] = []
+    params: list[tuple[str, bytes]] = []
+    for piece in query.split(b"&"):
+        raw_name, _, raw_value = piece.partition(b"=")
+        name = _form_decode(raw_name).decode("utf-8", "replace")
+        if name.startswith(QUERY_PREFIX):
+            params.append((name, raw_value))
+        elif piece:
+            kept.append(piece)
+    if not params:
+        return target, []
+    rest = b"&".join(kept)
+    return (path + b"?" + rest if rest else path), params
+
+
+def _form_decode(raw: bytes) -> bytes:
+    """Percent-decode ``raw`` with ``+`` as a space, as form encoding does."""
+    return unquote_to_bytes(raw.replace(b"+", b" "))
+
+
+def _parse_body(forward: bytes, body: bytes, *, unsecured: bool) -> Envelope:
+    passthrough = Envelope(auth=None, body=None, target=forward)
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8 and over-long integers too.
+        if unsecured:
+            return passthrough
+        raise EnvelopeInvalid("invalid JSON") from None
+    if not isinstance(document, dict):
+        if unsecured:
+            return passthrough
+        raise EnvelopeInvalid(
+            "the body must be a JSON object with auth_data and payload",
+            details={"auth_data": "field missing", "payload": "field missing"},
+        )
+    if unsecured and "auth_data" not in document:
+        return passthrough
+    missing = {key: "field missing" for key in ("auth_data", "payload") if key not in document}
+    if missing:
+        raise EnvelopeInvalid(f"the body has no {' or '.join(missing)}", details=missing)
+    auth = _auth_from_json(document["auth_data"])
+    payload = json.dumps(document["payload"], separators=(",", ":")).encode("ascii")
+    return Envelope(auth=auth, body=payload, target=forward)
+
+
+def _auth_from_json(fields: object) -> AuthData:
+    if not isinstance(fields, dict):
+        raise EnvelopeInvalid(
+            "auth_data must be a JSON object", details={"auth_data": "must be an object"}
+        )
+    problems: dict[str, str] = {}
+    for name in AUTH_FIELDS:
+        if name not in fields:
+            problems[name] = "missing parameter"
+            continue
+        value = fields[name]
+        if name in _INT_FIELDS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems[name] = "must be an integer"
+        elif name in _STRING_FIELDS:
+            if not isinstance(value, str):
+                problems[name] = "must be a string"
+        else:
+            reason = _cost_problem(value)
+            if reason is not None:
+                problems[name] = reason
+    if problems:
+        said = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
+        raise EnvelopeInvalid(f"invalid auth_data ({said})", details={"auth_data": problems})
+    return AuthData(
+        cost=fields["cost"],
+        endpoint=fields["endpoint"],
+        reqnum=fields["reqnum"],
+        request_idx=fields["request_idx"],
+        signature=fields["signature"],
+        url=fields["url"],
+    )
+
+
+def _cost_problem(value: object) -> str | None:
+    """
+    Why ``value`` is not an acceptable cost, or ``None`` if it is.
+
+    A cost is a JSON number or a numeric string (OFFICIAL declared it ``str``),
+    finite and not negative: a negative or infinite workload would corrupt the
+    worker's load and wait estimates.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return "must be a number"
+    if isinstance(value, str) and not _NUMBER.fullmatch(value):
+        return "must be a number"
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return "must be a finite number"
+    if not math.isfinite(number):
+        return "must be a finite number"
+    if number < 0:
+        return "must not be negative"
+    return None
+
+
+def _parse_query(
+    method: bytes,
+    target: bytes,
+    forward: bytes,
+    params: list[tuple[str, bytes]],
+    *,
+    unsecured: bool,
+) -> Envelope:
+    given: dict[str, bytes] = {}
+    for name, raw in params:
+        field = name[len(QUERY_PREFIX) :]
+        # The first of repeated keys wins, as aiohttp's dict(request.query) did.
+        if field in AUTH_FIELDS and field not in given:
+            given[field] = raw
+    if not given:
+        if unsecured:
+            return Envelope(auth=None, body=None, target=forward)
+        names = ", ".join(QUERY_PREFIX + field for field in AUTH_FIELDS)
+        raise BadRequest(
+            f"{method.decode('ascii', 'replace')} requests require auth_data"
+            f" in query params ({names})"
+        )
+    values: dict[str, str] = {}
+    for field, raw in given.items():
+        try:
+            values[field] = _form_decode(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _query_error(f"{QUERY_PREFIX}{field} is not UTF-8") from None
+    path = target.partition(b"?")[0]
+    return Envelope(
+        auth=AuthData(
+            cost=_query_cost(values.get("cost", "1.0")),
+            endpoint=values.get("endpoint", unquote_to_bytes(path).decode("utf-8", "replace")),
+            reqnum=_query_int("reqnum", values.get("reqnum", "0")),
+            request_idx=_query_int("request_idx", values.get("request_idx", "0")),
+            signature=values.get("signature", ""),
+            url=values.get("url", ""),
+        ),
+        body=None,
+        target=forward,
+    )
+
+
+def _query_error(reason: str) -> BadRequest:
+    return BadRequest(f"Invalid auth_data in query params: {reason}")
+
+
+def _query_int(field: str, text: str) -> int:
+    if _INTEGER.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:  # over Python's integer-string digit limit
+            pass
+    raise _query_error(f"{QUERY_PREFIX}{field} must be an integer, got {text[:40]!r}")
+
+
+def _query_cost(text: str) -> int | float:
+    """
+    The cost of a query, typed as the JSON number it was written from: an
+    integer literal is an ``int``, one with a fraction or exponent a ``float``.
+    """
+    if not _NUMBER.fullmatch(text):
+        raise _query_error(f"{QUERY_PREFIX}cost must be a number, got {text[:40]!r}")
+    cost: int | float
+    try:
+        cost = int(text) if _INTEGER.fullmatch(text) else float(text)
+    except ValueError:  # over Python's integer-string digit limit
+        raise _query_error(f"{QUERY_PREFIX}cost is too large, got {text[:40]!r}") from None
+    reason = _cost_problem(cost)
+    if reason is not None:
+        raise _query_error(f"{QUERY_PREFIX}cost {reason}, got {text[:40]!r}")
+    return cost

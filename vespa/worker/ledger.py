@@ -1,0 +1,418 @@
+# -*- test-case-name: tests.test_ledger -*-
+"""
+Exact per-request workload accounting.
+
+Every admitted request goes through :meth:`Ledger.receive`, which makes it
+*in flight* and hands back a :class:`Ticket`; it then ends in exactly one
+:class:`Outcome` through :meth:`Ledger.finish`: served, errored or cancelled.
+A request refused before admission (401, 429, 503) goes through
+:meth:`Ledger.reject` and is never in flight. So, at every moment::
+
+    received == served + errored + cancelled + in flight
+
+in counts and in workloads (:attr:`Ledger.totals`, :attr:`Ledger.in_flight_count`,
+:attr:`Ledger.in_flight_workload`).
+
+In-flight requests are keyed by the ticket (an internal counter), never by
+``reqnum`` or ``request_idx``: in unsecured mode every request carries 0 for
+both, and two requests in flight must not overwrite each other.
+
+Two things are reported to the autoscaler, and both are handed out as
+snapshots that are acknowledged explicitly, so an outage loses nothing:
+
+- The *reporting window* (:meth:`Ledger.window`): what happened since the last
+  accepted ``/worker_status/``. When the report carrying a window is accepted,
+  :meth:`Ledger.commit` subtracts exactly that window; whatever arrived while
+  the report was in flight stays for the next one. A failed report commits
+  nothing, so the next report carries everything. The sum of all committed
+  windows plus the current window always equals the totals.
+- The *pending deletions* (:meth:`Ledger.take_deletions`): every finished or
+  rejected request's ``request_idx``, for ``/delete_requests/``, with its
+  success flag (served and cancelled are successes, as in the original;
+  errored and rejected are failures). :meth:`Ledger.deletions_sent` drops
+  exactly the entries of an acknowledged batch, again by internal key, so
+  duplicate ``request_idx`` values (idx 0 in unsecured mode, retries) are
+  never confused. The list is bounded: past ``max_pending_deletions`` the
+  oldest entries are dropped and counted in :attr:`Ledger.deletions_dropped`,
+  with one warning per outage, so an autoscaler that is down for minutes
+  cannot grow memory without limit.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from vespa.log import get_logger
+
+log = get_logger(__name__)
+
+
+class Outcome(enum.Enum):
+    """How a request ended."""
+
+    #: The backend answered.
+    SERVED = "served"
+    #: The relay or the backend failed (a backend 5xx counts here, per DESIGN.md).
+    ERRORED = "errored"
+    #: The client went away first.
+    CANCELLED = "cancelled"
+    #: Refused before admission (401, 429, 503); only through :meth:`Ledger.reject`.
+    REJECTED = "rejected"
+
+
+#: The success flag each outcome carries to ``/delete_requests/``.
+_SUCCESS = {
+    Outcome.SERVED: True,
+    Outcome.CANCELLED: True,
+    Outcome.ERRORED: False,
+    Outcome.REJECTED: False,
+}
+
+
+class Ticket:
+    """
+    The handle of one admitted request, from :meth:`Ledger.receive` to
+    :meth:`Ledger.finish`. Opaque: only the ledger that issued it uses it.
+
+    :ivar request_idx: the autoscaler's index for the request (0 when unsecured).
+    :ivar reqnum: the autoscaler's request number (0 when unsecured).
+    :ivar workload: the request's workload (cost) in benchmark units.
+    """
+
+    __slots__ = ("_key", "reqnum", "request_idx", "workload")
+
+    def __init__(self, key: int, request_idx: int, reqnum: int, workload: float) -> None:
+        self._key = key
+        self.request_idx = request_idx
+        self.reqnum = reqnum
+        self.workload = workload
+
+    def __repr__(self) -> str:
+        return (
+            f"<Ticket #{self._key} request_idx={self.request_idx} "
+            f"reqnum={self.reqnum} workload={self.workload!r}>"
+        )
+
+
+@dataclass(frozen=True)
+class Totals:
+    """
+    Cumulative counts and workloads since the ledger was created.
+
+    ``received == served + errored + cancelled + in_flight``; ``rejected``
+    requests were never received.
+    """
+
+    received: int = 0
+    served: int = 0
+    errored: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    workload_received: float = 0.0
+    workload_served: float = 0.0
+    workload_errored: float = 0.0
+    workload_cancelled: float = 0.0
+    workload_rejected: float = 0.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """
+    What happened since the last accepted report: the counters of one
+    ``/worker_status/``. Give it back to :meth:`Ledger.commit` once accepted.
+    """
+
+    workload_received: float = 0.0
+    workload_served: float = 0.0
+    workload_cancelled: float = 0.0
+    workload_errored: float = 0.0
+    workload_rejected: float = 0.0
+    requests_received: int = 0
+    requests_served: int = 0
+    requests_cancelled: int = 0
+    requests_errored: int = 0
+    requests_rejected: int = 0
+
+
+@dataclass(frozen=True)
+class Deletions:
+    """
+    A snapshot of pending ``/delete_requests/`` entries, split by success flag.
+    Give it (or one :meth:`part` of it) back to :meth:`Ledger.deletions_sent`
+    once the autoscaler acknowledged it.
+
+    :ivar succeeded: ``request_idx`` values to send with ``success: true``
+        (served and cancelled requests), oldest first.
+    :ivar failed: ``request_idx`` values to send with ``success: false``
+        (errored and rejected requests), oldest first.
+    """
+
+    succeeded: tuple[int, ...] = ()
+    failed: tuple[int, ...] = ()
+    _succeeded_keys: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    _failed_keys: tuple[int, ...] = field(default=(), repr=False, compare=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.succeeded or self.failed)
+
+    def __len__(self) -> int:
+        return len(self.succeeded) + len(self.failed)
+
+    def request_idxs(self, success: bool) -> list[int]:
+        """
+        The ``request_idx`` values with one success flag.
+
+        :param success: which half.
+        """
+        return list(self.succeeded if success else self.failed)
+
+    def part(self, success: bool) -> Deletions:
+        """
+        The half of this batch with one success flag, to acknowledge it alone
+        (the two flags are sent as two POSTs).
+
+        :param success: which half.
+        """
+        if success:
+            return Deletions(self.succeeded, (), self._succeeded_keys, ())
+        return Deletions((), self.failed, (), self._failed_keys)
+
+
+class Ledger:
+    """
+    Per-request workload accounting for one worker (see the module docstring).
+
+    :param max_pending_deletions: how many finished requests may wait for
+        ``/delete_requests/`` before the oldest are dropped.
+    :ivar version: bumped on every change (receive, finish, reject), so a
+        reader can tell cheaply whether anything happened since it last looked.
+    :ivar deletions_dropped: pending deletions dropped because the list was full.
+    """
+
+    def __init__(self, max_pending_deletions: int = 100_000) -> None:
+        if max_pending_deletions < 1:
+            raise ValueError(f"max_pending_deletions must be >= 1, got {max_pending_deletions!r}")
+        self._max_pending = max_pending_deletions
+        self._keys = itertools.count(1)
+        self._in_flight: dict[int, Ticket] = {}
+        self._in_flight_workload = 0.0
+        # Cumulative counts and workloads, by outcome name.
+        self._count = dict.fromkeys(("received", "served", "errored", "cancelled", "rejected"), 0)
+        self._workload = dict.fromkeys(self._count, 0.0)
+        # The current window: counts and workloads since the last commit.
+        self._win_count = dict.fromkeys(self._count, 0)
+        self._win_workload = dict.fromkeys(self._count, 0.0)
+        # key -> (request_idx, success), oldest first.
+        self._pending: OrderedDict[int, tuple[int, bool]] = OrderedDict()
+        self._dropping = False
+        self.deletions_dropped = 0
+        self.version = 0
+
+    # -- the requests ---------------------------------------------------------
+
+    def receive(self, request_idx: int, reqnum: int, workload: float) -> Ticket:
+        """
+        A request was admitted: it is in flight until :meth:`finish`.
+
+        :param request_idx: its ``request_idx`` (0 when unsecured).
+        :param reqnum: its ``reqnum`` (0 when unsecured).
+        :param workload: its workload, finite and >= 0.
+        :return: the ticket to finish it with.
+        """
+        workload = _check_workload(workload)
+        ticket = Ticket(next(self._keys), request_idx, reqnum, workload)
+        self._in_flight[ticket._key] = ticket
+        self._in_flight_workload += workload
+        self._add("received", workload)
+        return ticket
+
+    def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        """
+        An admitted request ended.
+
+        :param ticket: what :meth:`receive` returned for it.
+        :param outcome: :attr:`Outcome.SERVED`, :attr:`Outcome.ERRORED` or
+            :attr:`Outcome.CANCELLED`.
+        :raises ValueError: for :attr:`Outcome.REJECTED` (use :meth:`reject`).
+        :raises RuntimeError: if the ticket is not in flight here (finished
+            twice, or issued by another ledger): a bug in the caller.
+        """
+        if outcome is Outcome.REJECTED or outcome not in _SUCCESS:
+            raise ValueError(f"an admitted request cannot end as {outcome!r}")
+        if self._in_flight.get(ticket._key) is not ticket:
+            raise RuntimeError(f"{ticket!r} is not in flight (finished twice?)")
+        del self._in_flight[ticket._key]
+        if self._in_flight:
+            self._in_flight_workload = max(self._in_flight_workload - ticket.workload, 0.0)
+        else:
+            # Exactly zero when idle, whatever rounding the sums accumulated.
+            self._in_flight_workload = 0.0
+        self._add(outcome.value, ticket.workload)
+        self._queue_deletion(ticket._key, ticket.request_idx, _SUCCESS[outcome])
+
+    def reject(self, request_idx: int, reqnum: int, workload: float) -> None:
+        """
+        A request was refused before admission (401, 429, 503): it was never
+        in flight, and it is reported as a failed deletion.
+
+        :param request_idx: its ``request_idx`` (0 when unsecured).
+        :param reqnum: its ``reqnum`` (0 when unsecured).
+        :param workload: its workload, finite and >= 0.
+        """
+        workload = _check_workload(workload)
+        self._add("rejected", workload)
+        self._queue_deletion(next(self._keys), request_idx, False)
+
+    def _add(self, name: str, workload: float) -> None:
+        self._count[name] += 1
+        self._workload[name] += workload
+        self._win_count[name] += 1
+        self._win_workload[name] += workload
+        self.version += 1
+
+    # -- the live view --------------------------------------------------------
+
+    @property
+    def in_flight_count(self) -> int:
+        """How many admitted requests have not finished."""
+        return len(self._in_flight)
+
+    @property
+    def in_flight_workload(self) -> float:
+        """The sum of the workloads of the requests in flight."""
+        return self._in_flight_workload
+
+    def working_request_idxs(self) -> list[int]:
+        """The ``request_idx`` of each request in flight, oldest first."""
+        return [ticket.request_idx for ticket in self._in_flight.values()]
+
+    @property
+    def totals(self) -> Totals:
+        """A snapshot of the cumulative counts and workloads."""
+        c, w = self._count, self._workload
+        return Totals(
+            received=c["received"],
+            served=c["served"],
+            errored=c["errored"],
+            cancelled=c["cancelled"],
+            rejected=c["rejected"],
+            workload_received=w["received"],
+            workload_served=w["served"],
+            workload_errored=w["errored"],
+            workload_cancelled=w["cancelled"],
+            workload_rejected=w["rejected"],
+        )
+
+    # -- reporting windows ----------------------------------------------------
+
+    def window(self) -> Window:
+        """A snapshot of the counters since the last :meth:`commit`."""
+        c, w = self._win_count, self._win_workload
+        return Window(
+            workload_received=w["received"],
+            workload_served=w["served"],
+            workload_cancelled=w["cancelled"],
+            workload_errored=w["errored"],
+            workload_rejected=w["rejected"],
+            requests_received=c["received"],
+            requests_served=c["served"],
+            requests_cancelled=c["cancelled"],
+            requests_errored=c["errored"],
+            requests_rejected=c["rejected"],
+        )
+
+    def commit(self, window: Window) -> None:
+        """
+        The report carrying ``window`` was accepted: subtract exactly it.
+        What arrived since the snapshot stays for the next report.
+
+        :param window: a snapshot from :meth:`window`, committed at most once.
+        :raises ValueError: if it holds more than the current window (committed
+            twice, or from another ledger).
+        """
+        parts = {
+            "received": (window.requests_received, window.workload_received),
+            "served": (window.requests_served, window.workload_served),
+            "errored": (window.requests_errored, window.workload_errored),
+            "cancelled": (window.requests_cancelled, window.workload_cancelled),
+            "rejected": (window.requests_rejected, window.workload_rejected),
+        }
+        for name, (count, _) in parts.items():
+            if not 0 <= count <= self._win_count[name]:
+                raise ValueError(f"{window!r} is not part of the current window (committed twice?)")
+        for name, (count, workload) in parts.items():
+            self._win_count[name] -= count
+            if self._win_count[name] == 0:
+                # Nothing left in the window: exactly zero, not a rounding residue.
+                self._win_workload[name] = 0.0
+            else:
+                self._win_workload[name] = max(self._win_workload[name] - workload, 0.0)
+
+    # -- /delete_requests/ ----------------------------------------------------
+
+    @property
+    def pending_deletions(self) -> int:
+        """How many finished requests wait for ``/delete_requests/``."""
+        return len(self._pending)
+
+    def _queue_deletion(self, key: int, request_idx: int, success: bool) -> None:
+        self._pending[key] = (request_idx, success)
+        if len(self._pending) > self._max_pending:
+            self._pending.popitem(last=False)
+            self.deletions_dropped += 1
+            if not self._dropping:
+                self._dropping = True
+                log.warn(
+                    "{max} request deletions are waiting for the autoscaler: "
+                    "dropping the oldest until it acknowledges again",
+                    max=self._max_pending,
+                )
+
+    def take_deletions(self, limit: int | None = None) -> Deletions:
+        """
+        A snapshot of the pending deletions, oldest first. They stay pending
+        until :meth:`deletions_sent`.
+
+        :param limit: take at most this many (the oldest), or all when None.
+        """
+        succeeded: list[int] = []
+        failed: list[int] = []
+        succeeded_keys: list[int] = []
+        failed_keys: list[int] = []
+        entries = self._pending.items()
+        for key, (request_idx, success) in itertools.islice(entries, limit):
+            if success:
+                succeeded.append(request_idx)
+                succeeded_keys.append(key)
+            else:
+                failed.append(request_idx)
+                failed_keys.append(key)
+        return Deletions(tuple(succeeded), tuple(failed), tuple(succeeded_keys), tuple(failed_keys))
+
+    def deletions_sent(self, batch: Deletions) -> None:
+        """
+        The autoscaler acknowledged ``batch``: drop exactly its entries (those
+        dropped meanwhile, or acknowledged already, are skipped).
+
+        :param batch: what :meth:`take_deletions` returned, or a part of it.
+        """
+        for key in itertools.chain(batch._succeeded_keys, batch._failed_keys):
+            self._pending.pop(key, None)
+        if batch and self._dropping:
+            self._dropping = False
+            log.info(
+                "The autoscaler acknowledges deletions again; "
+                "{dropped} were dropped in all while it did not",
+                dropped=self.deletions_dropped,
+            )
+
+
+def _check_workload(workload: float) -> float:
+    workload = float(workload)
+    if not (math.isfinite(workload) and workload >= 0.0):
+        raise ValueError(f"workload must be finite and >= 0, got {workload!r}")
+    return workload
