@@ -164,11 +164,20 @@ async def raw_connect(port: int) -> RawClient:
 FIXED_THROUGHPUT = {"value": 100.0}
 
 
+BENCHMARK_CALLS = {"count": 0}
+
+
+async def failing_benchmark(backend_url: str, session: Any) -> float:
+    """A benchmark whose every request fails, for the startup tests."""
+    raise RuntimeError("no benchmark request succeeded: every request answered 500")
+
+
 async def fixed_benchmark(backend_url: str, session: Any) -> float:
     """
     A benchmark for tests: checks the backend answers, then reports the
     throughput the test chose (so admission decisions are predictable).
     """
+    BENCHMARK_CALLS["count"] += 1
     response = await session.get("/health")
     await response.content()
     if response.code != 200:
@@ -197,6 +206,8 @@ async def start_secured_worker(
     signing_mode: str = "full",
     throughput: float = 100.0,
     unsecured: bool = False,
+    wait_until_loaded: bool = True,
+    before_start: Any = None,
     **overrides: Any,
 ) -> Any:
     """
@@ -240,10 +251,14 @@ async def start_secured_worker(
         **overrides,
     )
     worker = build_worker(config, reactor, clock)
+    env = SimpleNamespace(backend=backend, autoscaler=autoscaler, clock=clock, config=config)
+    if before_start is not None:
+        before_start(env)
     worker.service.startService()
     testcase.addCleanup(worker.service.stopService)
     port = await worker.port()
-    await until(lambda: worker.state.is_loaded)
+    if wait_until_loaded:
+        await until(lambda: worker.state.is_loaded)
     return SimpleNamespace(
         worker=worker,
         port=port,

@@ -68,9 +68,11 @@ class CaptureWarnings:
 
     def observe(self, event: dict[str, object]) -> None:
         """Keep ledger events at warn and above."""
-        if event.get("log_namespace") == "vespa.worker.ledger" and event.get(
-            "log_level"
-        ) in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+        if event.get("log_namespace") == "vespa.worker.ledger" and event.get("log_level") in (
+            LogLevel.warn,
+            LogLevel.error,
+            LogLevel.critical,
+        ):
             self.events.append(event)
 
 
@@ -438,6 +440,4 @@ class PropertyTests(SynchronousTestCase):
             self.assertLessEqual(ledger.pending_deletions, 8)
             self.assertEqual(ledger.in_flight_count, len(in_flight))
             # Every ended request is pending, acknowledged or dropped.
-            self.assertEqual(
-                ended, ledger.pending_deletions + removed + ledger.deletions_dropped
-            )
+            self.assertEqual(ended, ledger.pending_deletions + removed + ledger.deletions_dropped)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -215,7 +216,6 @@ class StatusFieldTests(SynchronousTestCase):
         ledger.reject(16, 6, 2.5)
         h.reporter.startService()
         self.addCleanup(h.reporter.stopService)
-        h.disk = 10 * GB  # baseline taken at start
         h.disk += GB // 2
         h.reporter.flush()
         h.pump()
@@ -394,3 +394,390 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(h.ledger.window().requests_received, 0)
 
 
+def run_outage(testcase: SynchronousTestCase, mode: str) -> Harness:
+    """
+    Run a 60 s outage (every POST answered as ``mode``) during which requests
+    are served, cancelled, errored and rejected, then recover; check that the
+    first accepted report carries every count from the outage (nothing lost,
+    nothing counted twice), that the pending deletions stayed bounded and
+    were all sent or counted as dropped, and that each kind of report logged
+    the outage once when it started and once when it ended.
+    """
+    logged = CaptureLog(testcase, "vespa.worker.reporter")
+    ledger_log = CaptureLog(testcase, "vespa.worker.ledger")
+    h = Harness(testcase, max_pending_deletions=20)
+    h.state.loaded(100.0)
+    h.start()
+    testcase.assertEqual(len(h.autoscaler.statuses(accepted=True)), 1)
+    h.autoscaler.modes["a.test"] = mode
+    tickets = []
+    for second in range(60):
+        tickets.append(h.ledger.receive(2 * second, second, 2.0))
+        tickets.append(h.ledger.receive(2 * second + 1, second, 0.5))
+        h.ledger.finish(tickets.pop(0), Outcome.SERVED)
+        if second % 5 == 0:
+            h.ledger.finish(tickets.pop(0), Outcome.CANCELLED)
+        if second % 7 == 3:
+            h.ledger.finish(tickets.pop(0), Outcome.ERRORED)
+        h.ledger.reject(1000 + second, 0, 1.0)
+        testcase.assertLessEqual(h.ledger.pending_deletions, 20)
+        h.tick()
+    testcase.assertEqual(len(h.autoscaler.statuses(accepted=True)), 1)
+    testcase.assertEqual(h.autoscaler.bodies("/delete_requests/", accepted=True), [])
+    # The autoscaler comes back (hung connections stay dead).
+    h.autoscaler.modes.clear()
+    h.tick(times=12)
+    totals = h.ledger.totals
+    [_, recovery, *later] = h.autoscaler.statuses(accepted=True)
+    testcase.assertEqual(recovery["new_load"], totals.workload_received - totals.workload_cancelled)
+    testcase.assertEqual(recovery["cur_perf"], totals.workload_served)
+    testcase.assertEqual(recovery["rej_load"], totals.workload_rejected)
+    testcase.assertEqual(recovery["num_requests_recieved"], 120)
+    testcase.assertEqual(recovery["num_requests_working"], h.ledger.in_flight_count)
+    testcase.assertEqual(recovery["cur_load"], h.ledger.in_flight_workload)
+    # Nothing counted twice: later reports carry empty windows.
+    for status in later:
+        testcase.assertEqual(
+            (status["new_load"], status["cur_perf"], status["rej_load"]), (0.0, 0.0, 0.0)
+        )
+    testcase.assertEqual(h.ledger.window().requests_received, 0)
+    # Deletions: 20 kept, the rest dropped and counted, the 20 sent.
+    ended = totals.served + totals.errored + totals.cancelled + totals.rejected
+    sent = h.autoscaler.deleted(True) + h.autoscaler.deleted(False)
+    testcase.assertEqual(h.ledger.pending_deletions, 0)
+    testcase.assertEqual(len(sent), 20)
+    testcase.assertEqual(h.ledger.deletions_dropped, ended - 20)
+    # Logged once when each outage started and once when it ended.
+    started = [e for e in logged.at(LogLevel.warn) if "no autoscaler address" in e["log_format"]]
+    testcase.assertEqual(
+        sorted(e["what"] for e in started), ["/delete_requests/", "/worker_status/"]
+    )
+    over = [e for e in logged.at(LogLevel.info) if "accepted again" in e["log_format"]]
+    testcase.assertEqual(sorted(e["what"] for e in over), ["/delete_requests/", "/worker_status/"])
+    testcase.assertEqual(len(ledger_log.at(LogLevel.warn)), 1)
+    return h
+
+
+class OutageTests(SynchronousTestCase):
+    """An autoscaler outage loses nothing and grows nothing without bound."""
+
+    def test_outage_500(self) -> None:
+        """Every report answered 500 for 60 s: retried every tick; see :func:`run_outage`."""
+        h = run_outage(self, "fail")
+        self.assertGreaterEqual(len(h.autoscaler.statuses(accepted=False)), 60)
+
+    def test_outage_hang(self) -> None:
+        """
+        Every report hangs for 60 s: each attempt ends after its 10 s timeout,
+        one at a time, the ticks meanwhile do nothing; see :func:`run_outage`.
+        """
+        h = run_outage(self, "hang")
+        self.assertLessEqual(len([p for p in h.autoscaler.received if p.mode == "hang"]), 7)
+        self.assertGreaterEqual(h.reporter.ticks_skipped, 50)
+
+    def test_hung_report_accepted_late(self) -> None:
+        """
+        A report answered after the next ones were snapshotted commits only
+        its own window: summed over accepted reports, every count once.
+        """
+        h = Harness(self, timeout=30.0)
+        h.state.loaded(10.0)
+        h.start()
+        h.autoscaler.modes["a.test"] = "hang"
+        h.ledger.finish(h.ledger.receive(1, 1, 3.0), Outcome.SERVED)
+        h.tick()  # snapshot with served 3.0, hangs
+        h.ledger.finish(h.ledger.receive(2, 2, 4.0), Outcome.SERVED)
+        h.tick(times=3)
+        h.autoscaler.modes.clear()
+        h.autoscaler.release()
+        h.pump()
+        h.tick(times=2)
+        accepted = h.autoscaler.statuses()
+        self.assertEqual(sum(s["cur_perf"] for s in accepted), 7.0)
+        self.assertEqual([s["cur_perf"] for s in accepted], [0.0, 3.0, 4.0])
+
+
+class OverlapTests(SynchronousTestCase):
+    """Sends never overlap."""
+
+    def test_in_flight_not_duplicated(self) -> None:
+        """
+        While a report hangs, the ticks send nothing; once it is answered,
+        changes made meanwhile go out at the next tick, and nothing else.
+        """
+        h = Harness(self)
+        h.autoscaler.modes["a.test"] = "hang"
+        h.start()
+        h.tick(times=2)
+        h.ledger.reject(1, 1, 1.0)
+        h.tick(times=3)
+        self.assertEqual(len(h.autoscaler.received), 1)
+        self.assertEqual(h.reporter.ticks_skipped, 5)
+        h.autoscaler.modes.clear()
+        h.autoscaler.release()
+        h.pump()
+        self.assertEqual(len(h.autoscaler.statuses()), 1)
+        h.tick()  # t=6: the reject changed the ledger
+        statuses = h.autoscaler.statuses()
+        self.assertEqual([s["rej_load"] for s in statuses], [0.0, 1.0])
+        self.assertEqual(h.autoscaler.deleted(False), [1])
+        h.tick(times=3)  # t=9: nothing new, heartbeat not due
+        self.assertEqual(len(h.autoscaler.statuses()), 2)
+        h.tick(times=7)  # t=16: heartbeat 10 s after the t=6 report
+        self.assertEqual(len(h.autoscaler.statuses()), 3)
+
+    def test_flush_waits_for_cycle_in_flight(self) -> None:
+        """A flush during a hung cycle waits for it, then sends what is pending."""
+        h = Harness(self)
+        h.autoscaler.modes["a.test"] = "hang"
+        h.start()
+        h.ledger.reject(1, 1, 1.0)
+        d = h.reporter.flush()
+        self.assertNoResult(d)
+        h.autoscaler.modes.clear()
+        h.autoscaler.release()
+        h.pump()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(len(h.autoscaler.statuses()), 2)
+        self.assertEqual(h.autoscaler.deleted(False), [1])
+
+    def test_timeout_then_next_address(self) -> None:
+        """The first address hangs: after the timeout the second one gets it."""
+        h = Harness(self, ("http://a.test", "http://b.test"), timeout=5.0)
+        h.autoscaler.modes["a.test"] = "hang"
+        h.start()
+        self.assertEqual(h.autoscaler.statuses("b.test"), [])
+        h.tick(times=5)
+        self.assertEqual(len(h.autoscaler.statuses("b.test")), 1)
+        self.assertEqual(len(h.autoscaler.statuses("a.test")), 1)
+
+
+class DeletionTests(SynchronousTestCase):
+    """``/delete_requests/``: split by flag, removed only when acknowledged."""
+
+    def test_split_and_acknowledged(self) -> None:
+        """Served and cancelled go with success true; errored and rejected false."""
+        h = Harness(self)
+        ledger = h.ledger
+        ledger.finish(ledger.receive(1, 1, 1.0), Outcome.SERVED)
+        ledger.finish(ledger.receive(2, 2, 1.0), Outcome.ERRORED)
+        ledger.finish(ledger.receive(3, 3, 1.0), Outcome.CANCELLED)
+        ledger.reject(4, 4, 1.0)
+        ledger.receive(5, 5, 1.0)
+        h.start()
+        self.assertEqual(
+            h.autoscaler.bodies("/delete_requests/"),
+            [
+                {"worker_id": 77, "mtoken": "tok", "request_idxs": [1, 3], "success": True},
+                {"worker_id": 77, "mtoken": "tok", "request_idxs": [2, 4], "success": False},
+            ],
+        )
+        self.assertEqual(ledger.pending_deletions, 0)
+
+    def test_only_non_empty_lists(self) -> None:
+        """Only the flag with entries is posted; nothing when nothing is pending."""
+        h = Harness(self)
+        h.ledger.reject(9, 9, 1.0)
+        h.start()
+        h.tick(times=3)
+        self.assertEqual(
+            h.autoscaler.bodies("/delete_requests/"),
+            [{"worker_id": 77, "mtoken": "tok", "request_idxs": [9], "success": False}],
+        )
+
+    def test_kept_until_acknowledged(self) -> None:
+        """
+        A refused POST keeps the entries; when only one of the two POSTs is
+        accepted, only its entries go.
+        """
+        h = Harness(self)
+        h.ledger.finish(h.ledger.receive(1, 1, 1.0), Outcome.SERVED)
+        h.ledger.reject(2, 2, 1.0)
+        h.autoscaler.modes["a.test"] = "fail"
+        h.start()
+        self.assertEqual(h.ledger.pending_deletions, 2)
+        # Accept the success list, refuse the failure list.
+        real = h.autoscaler.render_POST
+
+        def picky(request: Request) -> bytes | int:
+            body = json.loads(request.content.getvalue())
+            h.autoscaler.modes["a.test"] = "fail" if body.get("success") is False else "ok"
+            return real(request)
+
+        h.autoscaler.render_POST = picky  # type: ignore[method-assign]
+        h.tick()
+        self.assertEqual(h.autoscaler.deleted(True), [1])
+        self.assertEqual(h.ledger.take_deletions().failed, (2,))
+        h.autoscaler.render_POST = real  # type: ignore[method-assign]
+        h.autoscaler.modes.clear()
+        h.tick()
+        self.assertEqual(h.autoscaler.deleted(False), [2])
+        self.assertEqual(h.autoscaler.deleted(True), [1])
+        self.assertEqual(h.ledger.pending_deletions, 0)
+
+    def test_backlog_in_bounded_posts(self) -> None:
+        """A backlog goes out at most max_deletions_per_post per cycle."""
+        h = Harness(self, max_deletions_per_post=4)
+        for i in range(10):
+            h.ledger.reject(i, i, 1.0)
+        h.start()
+        h.tick(times=2)
+        self.assertEqual(
+            [b["request_idxs"] for b in h.autoscaler.bodies("/delete_requests/")],
+            [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]],
+        )
+
+
+class StopTests(SynchronousTestCase):
+    """stopService flushes, and never hangs."""
+
+    def test_stop_flushes(self) -> None:
+        """Stopping sends a final status (even unchanged) and the deletions."""
+        h = Harness(self)
+        h.start()
+        h.state.set_phase(Phase.DRAINING)
+        h.ledger.finish(h.ledger.receive(3, 3, 2.0), Outcome.SERVED)
+        d = h.reporter.stopService()
+        h.pump()
+        self.assertIsNone(self.successResultOf(d))
+        [_, final] = h.autoscaler.statuses()
+        self.assertEqual(final["cur_perf"], 2.0)
+        self.assertEqual(h.autoscaler.deleted(True), [3])
+        # Unchanged since: still one final report, then the loop is gone.
+        h.tick(times=30)
+        self.assertEqual(len(h.autoscaler.statuses()), 2)
+        self.assertFalse(h.reporter.running)
+
+    def test_stop_sends_unchanged_status(self) -> None:
+        """The final status is sent even when nothing changed."""
+        h = Harness(self)
+        h.start()
+        d = h.reporter.stopService()
+        h.pump()
+        self.successResultOf(d)
+        self.assertEqual(len(h.autoscaler.statuses()), 2)
+
+    def test_stop_never_hangs(self) -> None:
+        """
+        With the autoscaler hanging, and a cycle in flight, stopService
+        still fires within ``timeout`` seconds; nothing is committed.
+        """
+        h = Harness(self)
+        h.start()
+        h.autoscaler.modes["a.test"] = "hang"
+        h.ledger.reject(1, 1, 1.0)
+        h.tick()
+        d = h.reporter.stopService()
+        h.pump()
+        self.assertNoResult(d)
+        h.tick(9.9)
+        self.assertNoResult(d)
+        h.tick(0.1)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(h.ledger.pending_deletions, 1)
+        self.assertEqual(h.ledger.window().requests_rejected, 1)
+        h.tick(times=30)
+        self.assertEqual(len(h.clock.getDelayedCalls()), 0)
+
+
+class RobustnessTests(SynchronousTestCase):
+    """The loop never dies."""
+
+    def test_disk_usage_raises(self) -> None:
+        """
+        disk_usage raising: reports still go out (0.0 growth), logged once;
+        when it works again, the growth counts from the last good baseline.
+        """
+        logged = CaptureLog(self, "vespa.worker.reporter")
+        h = Harness(self)
+        h.start()
+        h.disk_error = OSError("no /")
+        h.tick(times=25)
+        self.assertEqual(
+            [s["additional_disk_usage"] for s in h.autoscaler.statuses()], [0.0, 0.0, 0.0]
+        )
+        self.assertEqual(len([e for e in logged.at(LogLevel.warn) if "disk" in e["log_format"]]), 1)
+        h.disk_error = None
+        h.disk += 3 * GB
+        h.tick(times=5)
+        self.assertEqual(h.autoscaler.statuses()[-1]["additional_disk_usage"], 3.0)
+
+    def test_disk_usage_raises_at_start(self) -> None:
+        """No baseline at start: growth is 0.0 until one is taken."""
+        h = Harness(self)
+        h.disk_error = OSError("no /")
+        h.start()
+        h.disk_error = None
+        h.tick(times=10)
+        h.disk += GB
+        h.tick(times=10)
+        self.assertEqual(
+            [s["additional_disk_usage"] for s in h.autoscaler.statuses()], [0.0, 0.0, 1.0]
+        )
+
+    def test_bug_in_a_step(self) -> None:
+        """
+        An unexpected exception in a cycle is logged once (with its traceback),
+        the loop keeps ticking, and the other step still runs.
+        """
+        h = Harness(self)
+        broken = [True]
+        real = h.ledger.take_deletions
+
+        def take(limit: int | None = None) -> Any:
+            if broken[0]:
+                raise ZeroDivisionError("bug")
+            return real(limit)
+
+        h.ledger.take_deletions = take  # type: ignore[method-assign]
+        h.ledger.reject(1, 1, 1.0)
+        h.start()
+        h.tick(times=12)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(len(h.autoscaler.statuses()), 2)
+        broken[0] = False
+        h.tick()
+        self.assertEqual(h.autoscaler.deleted(False), [1])
+
+    def test_client_raises(self) -> None:
+        """An HTTP client that raises or fails at once is an ordinary failure."""
+        clock = Clock()
+        calls = []
+
+        class Broken:
+            """An HTTP client that fails every way it can."""
+
+            def post(self, url: str, **kwargs: Any) -> Deferred[Any]:
+                calls.append(url)
+                if len(calls) % 2:
+                    raise ConnectionRefusedError("refused")
+                return fail(ConnectionRefusedError("refused"))
+
+        ledger = Ledger()
+        reporter = Reporter(
+            clock,
+            Broken(),  # type: ignore[arg-type]
+            ReportSettings(addresses=("http://a.test",)),
+            IDENTITY,
+            WorkerState(clock),
+            ledger,
+            disk_usage=lambda: 0.0,
+        )
+        reporter.startService()
+        for _ in range(5):
+            clock.advance(1)
+        self.assertEqual(len(calls), 6)
+        self.assertTrue(reporter._loop is not None and reporter._loop.running)
+        d = reporter.stopService()
+        self.successResultOf(d)
+
+
+class SettingsTests(SynchronousTestCase):
+    """ReportSettings refuses nonsense."""
+
+    def test_bad_values(self) -> None:
+        """Non-positive interval, heartbeat, timeout or batch size; a bare string."""
+        for bad in ({"interval": 0}, {"heartbeat": -1}, {"timeout": 0}):
+            self.assertRaises(ValueError, ReportSettings, ("http://a",), **bad)
+        self.assertRaises(ValueError, ReportSettings, ("http://a",), max_deletions_per_post=0)
+        self.assertRaises(TypeError, ReportSettings, "http://a")
