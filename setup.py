@@ -20,9 +20,16 @@ setup(
         "service-identity",
         "pycryptodome",
         "psutil",
+        # Metrics exposition in the format every scraper reads.
+        "prometheus_client",
     ],
     extras_require={
-        "test": ["hypothesis"],
+        "test": ["hypothesis", "supervisor"],
+    },
+    entry_points={
+        "console_scripts": [
+            "vespa-certs = vespa.tls:main",
+        ],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -241,6 +241,8 @@ async def start_secured_worker(
             signature_mode=signing_mode,
             benchmark="tests.support:fixed_benchmark",
             benchmark_cache=testcase.mktemp(),
+            metrics_listen=None,
+            drain_timeout=1.0,
             vast=VastEnvironment(
                 report_addresses=(f"http://127.0.0.1:{autoscaler_port}",),
                 master_token="master-token",
@@ -278,3 +280,18 @@ async def until(condition: Any, timeout: float = 10.0) -> None:
         if reactor.seconds() > deadline:
             raise AssertionError("condition not reached in time")
         await deferLater(reactor, 0.002, lambda: None)
+
+
+async def advance_when_armed(clock: Any, seconds: float) -> None:
+    """
+    Advance ``clock`` by ``seconds`` once something waits exactly that long:
+    the code under test has finished reacting to the last I/O and armed its
+    next timer (advancing earlier would skip past a timer not yet set).
+    """
+    await until(
+        lambda: any(
+            abs(call.getTime() - clock.seconds() - seconds) < 1e-6
+            for call in clock.getDelayedCalls()
+        )
+    )
+    clock.advance(seconds)

@@ -28,9 +28,17 @@ class StartupTests(TestCase):
 
     async def advance_probe(self, seconds: float, times: int = 1) -> None:
         """Advance the clock to the next readiness probe and wait until it was made."""
+        clock = self.env.clock
         for _ in range(times):
             before = self.probes()
-            self.env.clock.advance(seconds)
+            # The worker has handled the last answer once its next wait is armed.
+            await until(
+                lambda: any(
+                    abs(call.getTime() - clock.seconds() - seconds) < 1e-6
+                    for call in clock.getDelayedCalls()
+                )
+            )
+            clock.advance(seconds)
             await until(lambda before=before: self.probes() > before)
             await until(lambda: True)
 
@@ -81,8 +89,9 @@ class StartupTests(TestCase):
         report = await self.report(lambda r: r["error_msg"] != "")
         self.assertIn("initial timeout", report["error_msg"])
         env.backend.health_status = 200
-        env.clock.advance(30 - 1)  # the report loop above used a few seconds
-        await self.advance_probe(1)
+        await until(lambda: env.worker.startup._retry is not None)
+        env.clock.advance(env.worker.startup._retry.getTime() - env.clock.seconds())
+        await until(lambda: self.probes() > 0 and self.state.is_loaded)
         await until(lambda: self.state.is_loaded)
         self.assertEqual(self.state.error, "")
 
@@ -125,7 +134,8 @@ class StartupTests(TestCase):
         """A benchmark that cannot be loaded is an error naming the problem."""
         await self.start(benchmark="no_such_module:bench")
         await until(lambda: self.state.phase is Phase.ERRORED)
-        self.assertIn("cannot import 'no_such_module'", self.state.error)
+        self.assertIn("no_such_module", self.state.error)
+        self.assertIn("PYTHONPATH", self.state.error)
 
     async def test_public_key_is_retried_with_backoff(self) -> None:
         """The key fetch fails, is retried at 1, 2, 4, 8 s; after 5 failures the

@@ -41,7 +41,9 @@ def run_twistd(
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("VESPA_", "PYWORKER_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VESPA_", "PYWORKER_"))}
+    env["VESPA_METRICS_LISTEN"] = "none"  # the default port may be taken on this machine
+    return env
 
 
 def wait_for_port(port: int, process: subprocess.Popen[str], deadline: float = 20.0) -> None:
@@ -218,6 +220,53 @@ class DaemonTests(SynchronousTestCase):
             self.assertEqual(error["origin"], "vespa")
             self.assertIn("not ready", error["error"])
         self.assertEqual(http("GET", f"http://127.0.0.1:{port}/ping")[0], 200)
+
+    def test_sigterm_drains_a_long_stream_then_exits_0(self) -> None:
+        """
+        SIGTERM mid-stream: the stream completes byte for byte, a new request
+        meanwhile gets 503 with Retry-After and /ready says 503, and the
+        daemon exits 0 once drained.
+        """
+        backend = free_port()
+        port = self.start(
+            "--demo", "--unsecured",
+            env={"VESPA_BACKEND_URL": f"http://127.0.0.1:{backend}", "REPORT_ADDR": ""},
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while http("GET", base + "/ready")[0] != 200:
+            self.assertLess(time.monotonic(), deadline, "the worker never became ready")
+            time.sleep(0.05)
+        body = json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "stream": True}
+        )
+        stream = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stream.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body.encode())
+        )
+        first = stream.recv(65536)
+        self.assertIn(b"200 OK", first)
+        self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while True:  # the drain has begun once /ready answers 503
+            status, headers, _ = http("GET", base + "/ready")
+            if status == 503:
+                break
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.02)
+        self.assertIn("Retry-After", headers)
+        status, _, refused = http("POST", base + "/v1/chat/completions", {"max_tokens": 1})
+        self.assertEqual(status, 503)
+        self.assertIn("shutting down", json.loads(refused)["error"])
+        rest = b""
+        while chunk := stream.recv(65536):
+            rest += chunk
+        stream.close()
+        data = first + rest
+        self.assertTrue(data.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), data[-200:])
+        self.assertEqual(data.count(b'"content":'), 61)  # the role chunk and 60 tokens
+        self.assertEqual(self.process.wait(timeout=15), 0)
 
     def test_sigterm_stops_the_daemon(self) -> None:
         """SIGTERM stops the daemon promptly and its log says it shut down."""

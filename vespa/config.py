@@ -332,6 +332,15 @@ def parse_listen(text: str) -> str:
     return text
 
 
+def parse_optional_listen(text: str) -> str | None:
+    """
+    A listening description as :func:`parse_listen`, or ``none``/``off`` for none.
+    """
+    if text.strip().lower() in ("none", "off", "0", ""):
+        return None
+    return parse_listen(text)
+
+
 WORKER_SETTINGS: tuple[Setting[Any], ...] = (
     Setting(
         "backend-url",
@@ -588,6 +597,44 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         10.0,
         "Seconds per report attempt",
     ),
+    # Operation
+    Setting(
+        "use-ssl",
+        "USE_SSL",
+        parse_bool,
+        False,
+        "Serve HTTPS (TLS 1.2+, HTTP/2 by ALPN) with --tls-cert and --tls-key",
+        flag=True,
+    ),
+    Setting(
+        "tls-cert",
+        "TLS_CERT",
+        str,
+        "/etc/instance.crt",
+        "TLS certificate (chain) in PEM, as Vast's start script installs it",
+    ),
+    Setting("tls-key", "TLS_KEY", str, "/etc/instance.key", "TLS private key in PEM"),
+    Setting(
+        "drain-timeout",
+        "DRAIN_TIMEOUT",
+        parse_positive_float,
+        30.0,
+        "On SIGTERM, seconds to let in-flight requests finish before exiting",
+    ),
+    Setting(
+        "metrics-listen",
+        "METRICS_LISTEN",
+        parse_optional_listen,
+        "tcp:9464:interface=127.0.0.1",
+        "Endpoint for Prometheus metrics, or none to disable",
+    ),
+    Setting(
+        "log-format",
+        "LOG_FORMAT",
+        parse_choice("text", "json"),
+        "text",
+        "text, or json for one JSON object per line (log shippers)",
+    ),
 )
 
 DEMO_BACKEND = Origin("http", "127.0.0.1", 8000)
@@ -614,12 +661,15 @@ class VastEnvironment:
     public_url: str | None = None
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str], port: int | None) -> VastEnvironment:
+    def from_environ(
+        cls, environ: Mapping[str, str], port: int | None, *, https: bool = False
+    ) -> VastEnvironment:
         """
         Read the Vast variables.
 
         :param environ: the process environment.
         :param port: the worker's internal port (``VAST_TCP_PORT_<port>`` maps it).
+        :param https: the worker serves TLS, so its public url is ``https``.
         :raise ConfigError: for a malformed value, naming the variable.
         """
         addresses = tuple(a.rstrip("/") for a in parse_list(environ.get("REPORT_ADDR", "")))
@@ -640,7 +690,7 @@ class VastEnvironment:
             except ValueError as e:
                 raise ConfigError(f"VAST_TCP_PORT_{port}: {e}") from None
             host = f"[{public_ip}]" if ":" in public_ip else public_ip
-            public_url = f"http://{host}:{external}"
+            public_url = f"{'https' if https else 'http'}://{host}:{external}"
         return cls(addresses, environ.get("MASTER_TOKEN", ""), container_id, public_url)
 
 
@@ -729,6 +779,12 @@ class WorkerConfig:
     report_interval: float = 1.0
     report_heartbeat: float = 10.0
     report_timeout: float = 10.0
+    use_ssl: bool = False
+    tls_cert: str = "/etc/instance.crt"
+    tls_key: str = "/etc/instance.key"
+    drain_timeout: float = 30.0
+    metrics_listen: str | None = "tcp:9464:interface=127.0.0.1"
+    log_format: str = "text"
     vast: VastEnvironment = field(default_factory=lambda: VastEnvironment())
 
     @classmethod
@@ -754,6 +810,15 @@ class WorkerConfig:
         if not v["healthcheck-endpoint"].startswith("/"):
             raise ConfigError("--healthcheck-endpoint: must be a path starting with /")
         slots = 1 if not v["allow-parallel"] else v["max-concurrency"]
+        if v["use-ssl"]:
+            from vespa.tls import TLSFilesError, server_options
+
+            try:
+                server_options(v["tls-cert"], v["tls-key"])
+            except TLSFilesError as e:
+                raise ConfigError(
+                    f"--use-ssl: {e} (see --tls-cert, --tls-key, vespa-certs)"
+                ) from None
         return cls(
             backend=backend,
             listen=_listen(v, given),
@@ -789,5 +854,11 @@ class WorkerConfig:
             report_interval=v["report-interval"],
             report_heartbeat=v["report-heartbeat"],
             report_timeout=v["report-timeout"],
-            vast=VastEnvironment.from_environ(environ, _listen_port(v)),
+            use_ssl=v["use-ssl"],
+            tls_cert=v["tls-cert"],
+            tls_key=v["tls-key"],
+            drain_timeout=v["drain-timeout"],
+            metrics_listen=v["metrics-listen"],
+            log_format=v["log-format"],
+            vast=VastEnvironment.from_environ(environ, _listen_port(v), https=v["use-ssl"]),
         )

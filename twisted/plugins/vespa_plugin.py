@@ -8,3 +8,10 @@ vespa_worker = ServiceMaker(
     "Serverless worker proxy in front of a model server",
     "vespa",
 )
+
+vespa_client = ServiceMaker(
+    "Vespa client",
+    "vespa.client.tap",
+    "Local routing proxy for a Vast serverless endpoint",
+    "vespa-client",
+)

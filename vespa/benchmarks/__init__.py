@@ -5,8 +5,15 @@ Startup throughput benchmarks: how much work the model server does per second.
 A benchmark is ``benchmark(backend_url, session)`` returning the maximum
 throughput in workload units per second (the units of the autoscaler's
 ``cost``), as a plain number, a Deferred, or a coroutine. ``--benchmark``
-names a built-in (``openai_chat``) or any ``module:function``; the seed
+names a built-in (:data:`BUILT_IN`) or any ``module:function``; the seed
 documents' spelling ``benchmarks.openai_chat:benchmark`` finds the built-in too.
+
+The pieces for writing one (see ``BENCHMARKS.md``):
+
+- :class:`BackendSession`: requests relative to the backend, kept-alive;
+- :func:`measure` with :class:`Request`: the shared warm-up and timed runs;
+- the settings classes, read from ``VESPA_BENCHMARK_*`` variables;
+- :class:`BenchmarkError`: a failure, with a reason the autoscaler is told.
 """
 
 from __future__ import annotations
@@ -14,22 +21,95 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from vespa.benchmarks.session import BackendSession
+from vespa.benchmarks.errors import BenchmarkError, SettingsError
+from vespa.benchmarks.runner import Request, RunResult, measure, measure_runs, read_json, send
+from vespa.benchmarks.session import BackendResponse, BackendSession
+from vespa.benchmarks.settings import (
+    ComfyUISettings,
+    OllamaSettings,
+    OpenAISettings,
+    RunSettings,
+    TGISettings,
+)
+
+__all__ = [
+    "BUILT_IN",
+    "BackendResponse",
+    "BackendSession",
+    "Benchmark",
+    "BenchmarkError",
+    "ComfyUISettings",
+    "OllamaSettings",
+    "OpenAISettings",
+    "Request",
+    "RunResult",
+    "RunSettings",
+    "SettingsError",
+    "TGISettings",
+    "load_benchmark",
+    "measure",
+    "measure_runs",
+    "read_json",
+    "resolve_benchmark",
+    "run_benchmark",
+    "send",
+]
 
 Benchmark = Callable[[str, BackendSession], Any]
 
+#: The built-in benchmarks: name → ``module:function``.
 BUILT_IN = {
     "openai_chat": "vespa.benchmarks.openai_chat:benchmark",
+    "openai_completions": "vespa.benchmarks.openai_completions:benchmark",
+    "tgi": "vespa.benchmarks.tgi:benchmark",
+    "ollama": "vespa.benchmarks.ollama:benchmark",
+    "comfyui": "vespa.benchmarks.comfyui:benchmark",
+}
+
+#: The settings each built-in reads from the environment.
+SETTINGS: dict[str, type[RunSettings]] = {
+    "openai_chat": OpenAISettings,
+    "openai_completions": OpenAISettings,
+    "tgi": TGISettings,
+    "ollama": OllamaSettings,
+    "comfyui": ComfyUISettings,
 }
 
 
-class BenchmarkError(Exception):
-    """The benchmark could not be loaded or did not produce a measurement."""
+def built_in_name(spec: str) -> str | None:
+    """
+    The built-in ``spec`` names, if any: ``tgi``, ``tgi:benchmark``,
+    ``benchmarks.tgi`` and ``benchmarks.tgi:benchmark`` all name ``tgi``.
+    """
+    name = spec.strip().removeprefix("benchmarks.").removesuffix(":benchmark")
+    return name if name in BUILT_IN else None
+
+
+def _import(spec: str, module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise BenchmarkError(
+                f"--benchmark {spec!r}: cannot import {missing!r}: there is no such module "
+                f"on the Python path; put it in the working directory ({os.getcwd()}) or "
+                "add its directory to PYTHONPATH"
+            ) from e
+        raise BenchmarkError(
+            f"--benchmark {spec!r}: {module_name} imports {missing!r}, which is not "
+            "installed; install it in the worker's environment"
+        ) from e
+    except Exception as e:
+        raise BenchmarkError(
+            f"--benchmark {spec!r}: importing {module_name} failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def resolve_benchmark(spec: str) -> Benchmark:
@@ -40,23 +120,62 @@ def resolve_benchmark(spec: str) -> Benchmark:
         seed spelling ``benchmarks.<name>:benchmark``.
     :raise BenchmarkError: saying what to fix.
     """
-    name = spec.removeprefix("benchmarks.").removesuffix(":benchmark")
-    target = BUILT_IN.get(name, spec)
+    target = BUILT_IN.get(built_in_name(spec) or "", spec.strip())
     module_name, _, function_name = target.partition(":")
-    if not function_name:
+    if not function_name or not module_name:
         raise BenchmarkError(
-            f"--benchmark {spec!r}: not a built-in ({', '.join(BUILT_IN)}); give module:function"
+            f"--benchmark {spec!r}: not a built-in ({', '.join(BUILT_IN)}); "
+            "name your own as module:function, e.g. mybench:benchmark"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise BenchmarkError(f"--benchmark {spec!r}: cannot import {module_name!r}: {e}") from e
+    module = _import(spec, module_name)
     function = getattr(module, function_name, None)
+    if function is None:
+        defined = sorted(
+            name
+            for name, value in vars(module).items()
+            if inspect.isfunction(value)
+            and value.__module__ == module.__name__
+            and not name.startswith("_")
+        )
+        hint = f" (it defines: {', '.join(defined[:10])})" if defined else ""
+        raise BenchmarkError(f"--benchmark {spec!r}: {module_name} has no {function_name!r}{hint}")
     if not callable(function):
         raise BenchmarkError(
-            f"--benchmark {spec!r}: {module_name} has no callable {function_name!r}"
+            f"--benchmark {spec!r}: {module_name}.{function_name} is a "
+            f"{type(function).__name__}, not a function"
         )
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        signature = None  # none to check (a builtin): calling it will tell
+    if signature is not None:
+        try:
+            signature.bind("http://backend", None)
+        except TypeError:
+            parameters = ", ".join(str(p) for p in signature.parameters.values())
+            raise BenchmarkError(
+                f"--benchmark {spec!r}: {module_name}.{function_name}({parameters}) "
+                "cannot be called as benchmark(backend_url, session)"
+            ) from None
     return function  # type: ignore[no-any-return]
+
+
+def load_benchmark(spec: str, environ: Mapping[str, str] | None = None) -> Benchmark:
+    """
+    Resolve ``spec`` and, for a built-in, check its settings in ``environ``
+    now, so a typo is a startup error and not a failure minutes later.
+
+    :raise BenchmarkError: saying what to fix.
+    """
+    function = resolve_benchmark(spec)
+    name = built_in_name(spec)
+    if name is not None:
+        settings = SETTINGS[name].from_env(environ)
+        if isinstance(settings, ComfyUISettings) and settings.workflow_file:
+            from vespa.benchmarks.comfyui import load_workflow
+
+            load_workflow(settings.workflow_file)
+    return function
 
 
 def run_benchmark(
@@ -77,6 +196,8 @@ def run_benchmark(
         return result
 
     def check(value: Any) -> float:
+        if isinstance(value, bool):
+            raise BenchmarkError(f"the benchmark returned {value!r}, not a number")
         try:
             throughput = float(value)
         except (TypeError, ValueError):

@@ -91,11 +91,16 @@ class RelayResult:
     :ivar outcome: how it ended.
     :ivar status: the backend's status code, when a response arrived.
     :ivar error: what went wrong, for ``ERRORED``.
+    :ivar first_byte: seconds from sending the request to the response
+        headers, when they arrived.
+    :ivar duration: seconds the exchange took.
     """
 
     outcome: RelayOutcome
     status: int | None = None
     error: VespaError | None = None
+    first_byte: float | None = None
+    duration: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -343,6 +348,8 @@ class _Exchange:
         self._timeout: VespaError | None = None
         self._first_byte_call: IDelayedCall | None = None
         self._total_call: IDelayedCall | None = None
+        self._started = relay.clock.seconds()
+        self._headers_at: float | None = None
 
     def start(self) -> Deferred[RelayResult]:
         self._request.notifyFinish().addErrback(self._client_lost)
@@ -381,20 +388,16 @@ class _Exchange:
     def _request_failed(self, reason: Failure) -> None:
         self._pending = None
         if self._client_gone:
-            self._end(RelayResult(RelayOutcome.CANCELLED))
+            self._end(RelayOutcome.CANCELLED)
             return
         error = self._timeout or _error_for(reason, self._relay.origin)
-        log.warn(
-            "{method} {target}: {error}",
-            method=self._method.decode("ascii", "replace"),
-            target=self._target_for_log(),
-            error=error.message,
-        )
+        self._log_failure(error)
         self._answer_error(error)
 
     def _response_received(self, response: IResponse) -> None:
         self._pending = None
         _cancel(self._first_byte_call)
+        self._headers_at = self._relay.clock.seconds()
         request = self._request
         self._status = response.code
         request.setResponseCode(response.code, response.phrase)
@@ -414,22 +417,17 @@ class _Exchange:
         """
         request = self._request
         if self._client_gone:
-            self._end(RelayResult(RelayOutcome.CANCELLED, self._status))
+            self._end(RelayOutcome.CANCELLED)
             return
         request.unregisterProducer()
         if self._timeout is None and reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
-            self._end(RelayResult(RelayOutcome.SERVED, self._status))
+            self._end(RelayOutcome.SERVED)
             return
         error = self._timeout or BackendUnavailable(
             "the backend closed the connection before the response was complete"
         )
-        log.warn(
-            "{method} {target}: {error}",
-            method=self._method.decode("ascii", "replace"),
-            target=self._target_for_log(),
-            error=error.message,
-        )
+        self._log_failure(error)
         if not request.startedWriting:
             # Nothing reached the client yet: it can still get a clean error.
             request.responseHeaders = Headers()
@@ -439,7 +437,7 @@ class _Exchange:
         # stream abnormally (no terminating chunk, connection closed) so the
         # client cannot take a truncated body for a complete one.
         request.loseConnection()
-        self._end(RelayResult(RelayOutcome.ERRORED, self._status, error))
+        self._end(RelayOutcome.ERRORED, error)
 
     # Helpers
 
@@ -447,9 +445,9 @@ class _Exchange:
         request = self._request
         request.write(write_error(request, error))
         request.finish()
-        self._end(RelayResult(RelayOutcome.ERRORED, self._status, error))
+        self._end(RelayOutcome.ERRORED, error)
 
-    def _end(self, result: RelayResult) -> None:
+    def _end(self, outcome: RelayOutcome, error: VespaError | None = None) -> None:
         if self._finished:
             return
         self._finished = True
@@ -460,11 +458,25 @@ class _Exchange:
         # collector (full collections set the tail latency under load).
         self._body = None
         self._first_byte_call = self._total_call = None
-        self._done.callback(result)
+        now = self._relay.clock.seconds()
+        first_byte = None if self._headers_at is None else self._headers_at - self._started
+        self._done.callback(
+            RelayResult(outcome, self._status, error, first_byte, now - self._started)
+        )
 
     def _later(self, seconds: float, message: str) -> IDelayedCall:
         return self._relay.clock.callLater(
             seconds, lambda: self._expire(BackendTimeout(message.format(seconds)))
+        )
+
+    def _log_failure(self, error: VespaError) -> None:
+        request_id = self._headers.getRawHeaders(b"x-request-id")
+        log.warn(
+            "{method} {target}: {error} [request {request_id}]",
+            method=self._method.decode("ascii", "replace"),
+            target=self._target_for_log(),
+            error=error.message,
+            request_id=request_id[0].decode("ascii", "replace") if request_id else "-",
         )
 
     def _target_for_log(self) -> str:

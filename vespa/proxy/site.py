@@ -43,8 +43,14 @@ class ProxyRequest(Request):
     defaultContentType = None
     body_too_large = False
 
+    #: When the request's headers had arrived (``reactor.seconds()``), for the access log.
+    started_at = 0.0
+
     def gotLength(self, length: int | None) -> None:
         self._body_received = 0
+        site = getattr(self.channel, "site", None)
+        if site is not None and site._access_log:
+            self.started_at = site.reactor.seconds()
         limit = self._limit()
         if length is not None and limit is not None and length > limit:
             self._refuse_body(f"the request body of {length} bytes is over the limit of {limit}")
@@ -87,6 +93,19 @@ class ProxyRequest(Request):
         # resource answers 413 once the request is complete.
 
 
+def _timed_log_formatter(timestamp: str, request: Any) -> str:
+    """
+    The combined log format, then the seconds the request took and its id.
+    """
+    from twisted.web.http import combinedLogFormatter
+
+    line: str = combinedLogFormatter(timestamp, request)
+    started = getattr(request, "started_at", 0.0)
+    took = request.channel.site.reactor.seconds() - started if started and request.channel else 0.0
+    request_id = request.responseHeaders.getRawHeaders(b"x-request-id") or [b"-"]
+    return f"{line} {took:.3f} {request_id[0].decode('ascii', 'replace')}"
+
+
 class ProxySite(Site):
     """
     A :class:`Site` for a proxy.
@@ -112,7 +131,9 @@ class ProxySite(Site):
         reactor: Any = None,
     ) -> None:
         log_path = access_log if access_log not in (None, "-") else None
-        super().__init__(resource, logPath=log_path, reactor=reactor)
+        super().__init__(
+            resource, logPath=log_path, reactor=reactor, logFormatter=_timed_log_formatter
+        )
         self.max_body_size = max_body_size
         self._access_log = access_log is not None
 

@@ -75,6 +75,8 @@ class HealthChecker:
         self._interval = interval
         self._threshold = threshold
         self.failures = 0
+        #: Failed checks since start, for the metrics.
+        self.total_failures = 0
         self._raised = False
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -111,6 +113,7 @@ class HealthChecker:
 
     def _failed(self, reason: Failure) -> None:
         self.failures += 1
+        self.total_failures += 1
         if self.failures >= self._threshold and not self._raised:
             self._raised = True
             message = (

@@ -120,9 +120,12 @@ class _Outage:
         self.what = what
         self.since: float | None = None
         self.failures = 0
+        #: Failed sends since start, for the metrics.
+        self.total_failures = 0
 
     def failed(self, now: float, reason: str) -> None:
         self.failures += 1
+        self.total_failures += 1
         if self.since is None:
             self.since = now
             log.warn(
@@ -229,6 +232,14 @@ class Reporter(Service):
         self._delete_outage = _Outage(DELETE_PATH)
         #: How many ticks found the previous cycle still in flight.
         self.ticks_skipped = 0
+
+    @property
+    def failed_reports(self) -> dict[str, int]:
+        """Failed sends since start, by endpoint (``worker_status``, ``delete_requests``)."""
+        return {
+            "worker_status": self._status_outage.total_failures,
+            "delete_requests": self._delete_outage.total_failures,
+        }
 
     # -- the service ----------------------------------------------------------
 

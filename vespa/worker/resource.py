@@ -5,6 +5,8 @@ checked, verified, admitted, accounted and relayed.
 
 For each proxied request, in order:
 
+0. ``/ping``, ``/health`` (alive: the state as JSON) and ``/ready`` (200 only
+   when loaded, healthy and not draining, else 503) are answered locally;
 1. target, method, body size and blocked paths (400, 405, 413, 403);
 2. the envelope: routing data in the body or the query (400, 422), or, in
    unsecured mode, none at all;
@@ -20,11 +22,15 @@ served, errored (backend 5xx, relay failure, timeout) or cancelled (client gone)
 
 from __future__ import annotations
 
+import json
+import os
+
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from vespa import __version__
 from vespa.errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -41,6 +47,7 @@ from vespa.proxy.site import ProxyRequest
 from vespa.proxy.target import PathBlocklist, origin_form
 from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
+from vespa.worker.metrics import WorkerMetrics
 from vespa.worker.state import Phase, WorkerState
 
 log = get_logger(__name__)
@@ -65,6 +72,7 @@ class WorkerResource(Resource):
     :param verifier: checks signatures; ``None`` in unsecured mode.
     :param blocklist: paths answered 403.
     :param default_cost: workload of a request signed with a cost of 1 or less.
+    :param metrics: observes queue waits and backend times, when given.
     """
 
     isLeaf = True
@@ -79,6 +87,7 @@ class WorkerResource(Resource):
         verifier: SignatureVerifier | None,
         blocklist: PathBlocklist | None = None,
         default_cost: float | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__()
         self.relay = relay
@@ -88,16 +97,20 @@ class WorkerResource(Resource):
         self.verifier = verifier
         self.blocklist = blocklist or PathBlocklist(())
         self.default_cost = default_cost
+        self.metrics = metrics
 
     def render(self, request: Request) -> bytes | int:
         """
         Answer a local route, refuse what cannot be served, or admit and relay.
         """
+        request_id = _request_id(request)
+        request.responseHeaders.setRawHeaders(b"x-request-id", [request_id])
         try:
             target = origin_form(request.uri)
-            if request.path == b"/ping" and request.method in (b"GET", b"HEAD"):
-                request.setHeader(b"content-type", b"text/plain")
-                return b"pong"
+            if request.method in (b"GET", b"HEAD"):
+                local = self._local_route(request)
+                if local is not None:
+                    return local
             self._check(request, target)
             envelope = parse_envelope(
                 request.method, target, self._body(request), unsecured=self.verifier is None
@@ -105,6 +118,39 @@ class WorkerResource(Resource):
         except VespaError as error:
             return self._refuse(request, error)
         return self._admit(request, envelope)
+
+    def _local_route(self, request: Request) -> bytes | None:
+        """``/ping``, ``/health`` and ``/ready``: answered here, never forwarded."""
+        path = request.path
+        if path == b"/ping":
+            request.setHeader(b"content-type", b"text/plain")
+            return b"pong"
+        if path not in (b"/health", b"/ready"):
+            return None
+        ready = self.state.accepting
+        if path == b"/ready" and not ready:
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", str(RETRY_AFTER.get(self.state.phase, 10)).encode())
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(self.status(ready)).encode("utf-8")
+
+    def status(self, ready: bool | None = None) -> dict[str, object]:
+        """
+        The worker's state as ``/health`` and ``/ready`` show it.
+        """
+        state = self.state
+        return {
+            "ready": state.accepting if ready is None else ready,
+            "phase": state.phase.value,
+            "error": state.error or None,
+            "max_perf": state.max_perf,
+            "in_flight": self.ledger.in_flight_count,
+            "in_flight_workload": self.ledger.in_flight_workload,
+            "queued": self.admission.queued,
+            "version": __version__,
+            "uptime": round(state.uptime, 3),
+        }
 
     def _check(self, request: Request, target: bytes) -> None:
         if request.method in _REFUSED_METHODS:
@@ -158,12 +204,14 @@ class WorkerResource(Resource):
         return f"the worker is not ready yet ({phase.value})"
 
     def _refuse(self, request: Request, error: VespaError) -> bytes:
+        request_id = request.responseHeaders.getRawHeaders(b"x-request-id") or [b"-"]
         log.debug(
-            "refused {method} {uri}: {status} {error}",
+            "refused {method} {uri}: {status} {error} [request {request_id}]",
             method=request.method.decode("ascii", "replace"),
             uri=request.uri[:200].decode("ascii", "replace"),
             status=error.status,
             error=error.message,
+            request_id=request_id[0].decode("ascii", "replace"),
         )
         return write_error(request, error)
 
@@ -179,6 +227,7 @@ class _Admitted:
         self._envelope = envelope
         self._ticket = ticket
         self._waiting: Deferred[Slot] | None = None
+        self._queued_at = resource.relay.clock.seconds()
 
     def start(self) -> None:
         self._waiting = self._resource.admission.acquire()
@@ -203,6 +252,9 @@ class _Admitted:
 
     def _relay(self, slot: Slot) -> Deferred[None]:
         self._waiting = None
+        metrics = self._resource.metrics
+        if metrics is not None:
+            metrics.queue_wait.observe(self._resource.relay.clock.seconds() - self._queued_at)
         d = self._resource.relay.forward(
             self._request, self._envelope.target, body=self._envelope.body
         )
@@ -215,6 +267,24 @@ class _Admitted:
             self._resource.ledger.finish(self._ticket, Outcome.ERRORED)
             return
         self._resource.ledger.finish(self._ticket, _outcome(result))
+        metrics = self._resource.metrics
+        if metrics is not None:
+            metrics.backend_time.observe(result.duration)
+            if result.first_byte is not None:
+                metrics.first_byte.observe(result.first_byte)
+
+
+def _request_id(request: Request) -> bytes:
+    """
+    The request's id: the caller's ``X-Request-Id`` when it is sane, else a new
+    one. It is forwarded to the backend and returned to the caller.
+    """
+    given = request.requestHeaders.getRawHeaders(b"x-request-id")
+    if given and 0 < len(given[0]) <= 128 and given[0].isascii():
+        return given[0]
+    request_id = os.urandom(8).hex().encode("ascii")
+    request.requestHeaders.setRawHeaders(b"x-request-id", [request_id])
+    return request_id
 
 
 def _outcome(result: RelayResult) -> Outcome:

@@ -12,10 +12,14 @@ from urllib.parse import urlsplit
 
 import treq
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
 
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.log import get_logger, set_log_level
@@ -25,9 +29,12 @@ from vespa.proxy.relay import BackendRelay, RelayTimeouts, quiet_pool
 from vespa.proxy.site import ProxySite
 from vespa.proxy.target import PathBlocklist
 from vespa.service import OrderedMultiService
+from vespa.tls import server_options
 from vespa.worker.admission import Admission
+from vespa.worker.drain import Drain
 from vespa.worker.health import HealthChecker
 from vespa.worker.ledger import Ledger
+from vespa.worker.metrics import WorkerMetrics
 from vespa.worker.reporter import Reporter, ReportSettings
 from vespa.worker.resource import WorkerResource
 from vespa.worker.startup import BenchmarkCache, Startup, health_check
@@ -58,6 +65,13 @@ class Options(usage.Options):
             config = WorkerConfig.from_sources(self, environ)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if (
+            config.log_format == "json"
+            and self.parent is not None
+            and not self.parent.get("logger")
+        ):
+            # twistd builds its log observer from --logger after parsing options.
+            self.parent["logger"] = "vespa.log.json_observer"
         if config.demo and config.vast.public_url is None:
             # The demo's autoscaler routes callers to this worker's own address.
             port = listen_port(config.listen)
@@ -206,11 +220,20 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     )
     reporter.setServiceParent(root)
 
+    admission = Admission(max_wait_time=config.max_wait_time, slots=config.slots)
+    metrics = WorkerMetrics(ledger, state, admission, health, reporter)
+    if config.metrics_listen is not None:
+        # Not through strports: a busy metrics port is logged, never fatal.
+        StreamServerEndpointService(
+            serverFromString(reactor, config.metrics_listen),
+            _quiet_site(metrics.resource(), clock),
+        ).setServiceParent(root)
     resource = WorkerResource(
         relay,
         state=state,
         ledger=ledger,
-        admission=Admission(max_wait_time=config.max_wait_time, slots=config.slots),
+        admission=admission,
+        metrics=metrics,
         verifier=verifier,
         blocklist=PathBlocklist(config.blocked_paths),
         default_cost=config.default_cost,
@@ -221,16 +244,30 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         access_log=config.access_log,
         reactor=clock,
     )
-    listener = strports.service(config.listen, site, reactor=reactor)
+    factory: Any = site
+    if config.use_ssl:
+        factory = TLSMemoryBIOFactory(server_options(config.tls_cert, config.tls_key), False, site)
+    listener = strports.service(config.listen, factory, reactor=reactor)
     listener.setServiceParent(root)
+    # Added last, so it stops first: nothing else stops until the drain is over.
+    # It runs on the reactor's own time even in tests: shutting down is real.
+    Drain(reactor, state, ledger, config.drain_timeout, reactor).setServiceParent(root)
     log.info(
-        "Vespa worker on {listen}, relaying to {backend} ({mode}){demo}",
+        "Vespa worker on {listen}{tls}, relaying to {backend} ({mode}){demo}",
         listen=config.listen,
+        tls=" (TLS)" if config.use_ssl else "",
         backend=config.backend.url,
         mode="unsecured" if config.unsecured else f"signatures: {config.signature_mode}",
         demo=" with the demo model server and autoscaler stand-in" if config.demo else "",
     )
     return Worker(root, listener, resource, state, ledger, startup, health, reporter, autoscaler)
+
+
+def _quiet_site(resource: Any, clock: Any) -> Site:
+    site = Site(resource, reactor=clock)
+    site.noisy = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
 
 
 def _demo_services(config: WorkerConfig, reactor: Any) -> tuple[MultiService, Any]:

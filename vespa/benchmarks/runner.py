@@ -1,0 +1,360 @@
+# -*- test-case-name: tests.test_benchmarks -*-
+"""
+The run loop every built-in probe shares, and custom benchmarks may use.
+
+A probe gives two functions: one that builds request number ``i``
+(:class:`Request`), one that counts the workload units in a response. The
+loop does the rest:
+
+1. one warm-up request (its result is not timed: first requests compile
+   kernels, fill caches and load weights lazily), which must succeed, so a
+   backend that cannot answer at all fails in one request's time;
+2. ``runs`` runs of ``concurrency`` requests sent together, each run timed on
+   ``session.clock`` from the first request sent to the last answer;
+3. a run's throughput is the units its successful requests counted divided by
+   its time; a run with no success is skipped; the result is the best run.
+4. No success at all raises :class:`BenchmarkError` with the first failure's
+   reason, never a small number: a wrong capacity is worse than none.
+
+Every request fails after ``settings.timeout`` seconds, so a hanging backend
+gives an error instead of holding startup forever.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
+from twisted.python.failure import Failure
+
+from vespa.benchmarks.errors import BenchmarkError
+from vespa.benchmarks.session import BackendResponse, BackendSession
+from vespa.benchmarks.settings import RunSettings
+from vespa.log import get_logger
+
+__all__ = [
+    "Count",
+    "Request",
+    "RunResult",
+    "fetch_json",
+    "measure",
+    "measure_runs",
+    "read_json",
+    "send",
+    "snippet",
+]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """
+    One benchmark request.
+
+    :param path: relative to the backend, e.g. ``/v1/completions``.
+    :param json: the JSON body, if any.
+    :param method: the HTTP method.
+    :param units: what the request is expected to cost, for probes that
+        cannot count the answer (e.g. a fixed 100 per image job); the count
+        function decides whether to use it.
+    """
+
+    path: str
+    json: Any = None
+    method: str = "POST"
+    units: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+#: Counts the workload units of one successful (2xx) response; may be
+#: ``async``. Raise :class:`BenchmarkError` (or anything) when the response is
+#: not the shape expected: the message becomes the request's failure reason.
+Count = Callable[[BackendResponse, Request], Any]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """
+    What one run measured.
+
+    :param run: its number, from 1.
+    :param requests: requests sent.
+    :param succeeded: requests that answered and were counted.
+    :param units: the units counted.
+    :param elapsed: seconds on ``session.clock``.
+    :param failure: the first failure's reason, ``None`` when there was none.
+    """
+
+    run: int
+    requests: int
+    succeeded: int
+    units: float
+    elapsed: float
+    failure: str | None
+
+    @property
+    def throughput(self) -> float:
+        """Units per second, 0.0 for a run that measured nothing."""
+        if not self.succeeded or self.elapsed <= 0:
+            return 0.0
+        return self.units / self.elapsed
+
+
+def _describe(error: BaseException) -> str:
+    # ResponseFailed and friends carry a list of Failures and print as their
+    # repr; the messages inside are what says what happened.
+    reasons = getattr(error, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        return "; ".join(r.getErrorMessage() if isinstance(r, Failure) else str(r) for r in reasons)
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _snippet(body: bytes, limit: int = 300) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _cancellation(error: BaseException) -> bool:
+    # Cancelling a request the Agent has sent fails it with
+    # ResponseNeverReceived([CancelledError]), not CancelledError itself.
+    reasons = getattr(error, "reasons", None)
+    return isinstance(reasons, list) and any(
+        isinstance(r, Failure) and r.check(CancelledError) for r in reasons
+    )
+
+
+async def _attempt(session: BackendSession, request: Request, count: Count) -> float:
+    try:
+        if request.json is None:
+            response = await session.request(request.method, request.path)
+        else:
+            response = await session.request(request.method, request.path, json=request.json)
+    except Exception as e:
+        if _cancellation(e):
+            # So that addTimeout sees the cancellation it caused.
+            raise CancelledError() from e
+        raise
+    if not 200 <= response.code < 300:
+        body = await response.content()
+        raise BenchmarkError(f"{request} answered {response.code}: {_snippet(body)}")
+    units = count(response, request)
+    if inspect.isawaitable(units):
+        units = await units
+    try:
+        value = float(units)
+    except (TypeError, ValueError):
+        raise BenchmarkError(f"{request}: counted {units!r}, not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise BenchmarkError(f"{request}: counted {units!r} units in a successful answer")
+    return value
+
+
+async def send(session: BackendSession, request: Request, count: Count, timeout: float) -> float:
+    """
+    Send one request and count its units, within ``timeout`` seconds.
+
+    :return: the units counted (> 0).
+    :raise BenchmarkError: saying which request failed and why.
+    """
+    d = Deferred.fromCoroutine(_attempt(session, request, count))
+    d.addTimeout(timeout, session.clock)
+    try:
+        return await d
+    except TimeoutError:
+        raise BenchmarkError(
+            f"{request}: no complete answer within {timeout:g} s "
+            "(VESPA_BENCHMARK_TIMEOUT sets this limit)"
+        ) from None
+    except (BenchmarkError, CancelledError):
+        raise
+    except Exception as e:
+        raise BenchmarkError(f"{request}: {_describe(e)}") from e
+
+
+async def fetch_json(session: BackendSession, path: str, timeout: float) -> Any:
+    """
+    ``GET path`` and parse the JSON answer, within ``timeout`` seconds (for
+    discovering a model name, say).
+
+    :raise BenchmarkError: saying what failed.
+    """
+
+    async def get() -> Any:
+        try:
+            response = await session.get(path)
+        except Exception as e:
+            if _cancellation(e):
+                raise CancelledError() from e
+            raise
+        body = await response.content()
+        if response.code != 200:
+            raise BenchmarkError(f"GET {path} answered {response.code}: {_snippet(body)}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise BenchmarkError(f"GET {path} answered with no JSON: {_snippet(body)}") from None
+
+    d = Deferred.fromCoroutine(get())
+    d.addTimeout(timeout, session.clock)
+    try:
+        return await d
+    except TimeoutError:
+        raise BenchmarkError(f"GET {path}: no answer within {timeout:g} s") from None
+    except (BenchmarkError, CancelledError):
+        raise
+    except Exception as e:
+        raise BenchmarkError(f"GET {path}: {_describe(e)}") from e
+
+
+async def read_json(response: BackendResponse, request: Request) -> Any:
+    """
+    The JSON body of a response, for count functions.
+
+    :raise BenchmarkError: when the body is not JSON.
+    """
+    body = await response.content()
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise BenchmarkError(f"{request}: the answer is not JSON: {_snippet(body)}") from None
+
+
+def snippet(value: Any, limit: int = 300) -> str:
+    """
+    The start of a body or a value, for error messages.
+    """
+    if isinstance(value, bytes):
+        return _snippet(value, limit)
+    if isinstance(value, str):
+        return _snippet(value.encode(), limit)
+    return _snippet(json.dumps(value, default=str).encode(), limit)
+
+
+async def measure_runs(
+    session: BackendSession,
+    request: Callable[[int], Request],
+    count: Count,
+    settings: RunSettings,
+    *,
+    warmup: Request | bool = True,
+    unit: str = "units",
+    name: str = "benchmark",
+) -> list[RunResult]:
+    """
+    Warm up, then time ``settings.runs`` runs of ``settings.concurrency``
+    requests at once.
+
+    :param request: builds request ``i``: 0 is the warm-up, then 1, 2, ...
+        across all runs, so each request can differ (a seed, a prompt).
+    :param count: counts the units of a successful response.
+    :param warmup: ``True`` sends ``request(0)`` first, a :class:`Request`
+        sends that one, ``False`` none.
+    :param unit: the unit's name, for the log.
+    :param name: the benchmark's name, for the log.
+    :return: every run, the skipped ones included; at least one succeeded.
+    :raise BenchmarkError: when the warm-up fails, or no request succeeded.
+    """
+    if warmup is not False:
+        first = request(0) if warmup is True else warmup
+        try:
+            await send(session, first, count, settings.timeout)
+        except BenchmarkError as e:
+            raise BenchmarkError(f"{name}: the warm-up request failed: {e}") from e
+    results: list[RunResult] = []
+    index = 1
+    for run in range(1, settings.runs + 1):
+        batch = [request(index + k) for k in range(settings.concurrency)]
+        index += settings.concurrency
+        started = session.clock.seconds()
+        outcomes = await DeferredList(
+            [Deferred.fromCoroutine(send(session, r, count, settings.timeout)) for r in batch],
+            consumeErrors=True,
+        )
+        elapsed = session.clock.seconds() - started
+        units: list[float] = []
+        failures: list[Failure] = []
+        for ok, value in outcomes:
+            # DeferredList types a result as success or Failure, not which.
+            if ok:
+                units.append(value)
+            else:
+                failures.append(cast(Failure, value))
+        if any(f.check(CancelledError) for f in failures):
+            # The whole benchmark was cancelled (the worker is stopping):
+            # these are not failures of the backend.
+            raise CancelledError()
+        failure = failures[0].getErrorMessage() if failures else None
+        if units and elapsed <= 0:
+            failure = f"run {run} took no time on session.clock (is the clock running?)"
+            units = []
+        result = RunResult(run, len(batch), len(units), sum(units), elapsed, failure)
+        results.append(result)
+        if failures:
+            log.warn(
+                "{name} run {run}: {n} of {total} requests failed: {why}",
+                name=name,
+                run=run,
+                n=len(failures),
+                total=len(batch),
+                why=failure,
+            )
+        if not units:
+            log.warn("{name} run {run}: nothing measured; skipped", name=name, run=run)
+            continue
+        log.info(
+            "{name} run {run}: {units:g} {unit} in {elapsed:.3f} s from {n} requests: "
+            "{throughput:.4g} {unit}/s",
+            name=name,
+            run=run,
+            units=result.units,
+            unit=unit,
+            elapsed=elapsed,
+            n=result.succeeded,
+            throughput=result.throughput,
+        )
+    if not any(r.throughput > 0 for r in results):
+        first_failure = next((r.failure for r in results if r.failure), "unknown")
+        raise BenchmarkError(
+            f"{name}: no benchmark request succeeded in {settings.runs} runs; "
+            f"the first failure: {first_failure}"
+        )
+    return results
+
+
+async def measure(
+    session: BackendSession,
+    request: Callable[[int], Request],
+    count: Count,
+    settings: RunSettings,
+    *,
+    warmup: Request | bool = True,
+    unit: str = "units",
+    name: str = "benchmark",
+) -> float:
+    """
+    The best throughput over the runs of :func:`measure_runs` (same
+    parameters), in units per second.
+
+    :raise BenchmarkError: when the warm-up fails, or no request succeeded.
+    """
+    results = await measure_runs(
+        session, request, count, settings, warmup=warmup, unit=unit, name=name
+    )
+    best = max(r.throughput for r in results)
+    log.info(
+        "{name}: {best:.4g} {unit}/s (the best of {n} runs)",
+        name=name,
+        best=best,
+        unit=unit,
+        n=len(results),
+    )
+    return best

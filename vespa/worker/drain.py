@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_drain -*-
+"""
+Graceful drain: on SIGTERM the worker stops admitting, lets what is in flight
+finish (up to a deadline), and only then lets the rest of it stop.
+
+Stopping is ordered (:class:`vespa.service.OrderedMultiService`): this service
+stops first, while the listener still answers new requests with 503 and
+``Retry-After`` (and ``/ready`` with 503); then the listener closes, the
+reporter sends its final reports, and the pools close.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+from vespa.log import get_logger
+from vespa.worker.ledger import Ledger
+from vespa.worker.state import Phase, WorkerState
+
+log = get_logger(__name__)
+
+
+class Drain(Service):
+    """
+    Waits, at shutdown, for in-flight requests.
+
+    :param clock: for the deadline and the polling.
+    :param state: moved to ``DRAINING`` (so nothing new is admitted).
+    :param ledger: tells how many requests are in flight.
+    :param timeout: seconds to wait for them.
+    :param reactor: whose shutdown status is set to success after a clean
+        drain (twistd otherwise exits 143 after SIGTERM); ``None`` to leave it.
+    """
+
+    #: How often the in-flight count is looked at while draining.
+    POLL = 0.05
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        state: WorkerState,
+        ledger: Ledger,
+        timeout: float,
+        reactor: Any = None,
+    ) -> None:
+        self._clock = clock
+        self._state = state
+        self._ledger = ledger
+        self._timeout = timeout
+        self._reactor = reactor
+        self.drained: bool | None = None
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        self._state.set_phase(Phase.DRAINING)
+        waiting = self._ledger.in_flight_count
+        log.info(
+            "draining: {n} requests in flight, waiting up to {t:g} s", n=waiting, t=self._timeout
+        )
+        deadline = self._clock.seconds() + self._timeout
+        while self._ledger.in_flight_count and self._clock.seconds() < deadline:
+            await deferLater(self._clock, self.POLL)
+        # One more turn, so the last response is written out before the
+        # reactor goes on to close every connection.
+        await deferLater(self._clock, 0)
+        left = self._ledger.in_flight_count
+        self.drained = left == 0
+        if left:
+            log.warn(
+                "drain timeout: {n} requests still in flight after {t:g} s are cut",
+                n=left,
+                t=self._timeout,
+            )
+            return
+        log.info("drained")
+        if self._reactor is not None and getattr(self._reactor, "_exitSignal", None):
+            # A clean drain is a clean exit: twistd would otherwise re-raise the
+            # SIGTERM on its way out, exiting 143 instead of 0.
+            self._reactor._exitSignal = None
