@@ -21,6 +21,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
+from vespa.benchmarks import BenchmarkError, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
@@ -61,9 +62,16 @@ class Options(usage.Options):
         environ = dict(os.environ)
         if self["demo"] or environ.get("VESPA_DEMO", "").lower() in ("1", "true", "yes", "on"):
             environ.setdefault("REPORT_ADDR", f"http://127.0.0.1:{DEMO_AUTOSCALER_PORT}")
+            # The demo model server makes 50 tokens/s: a short benchmark keeps
+            # the demo's startup to a second. The probes read the process env.
+            os.environ.setdefault("VESPA_BENCHMARK_MAX_TOKENS", "16")
+            os.environ.setdefault("VESPA_BENCHMARK_RUNS", "1")
         try:
             config = WorkerConfig.from_sources(self, environ)
-        except ConfigError as e:
+            # A benchmark that cannot load is a mistake to fix now, not a
+            # failure to retry every 30 s.
+            load_benchmark(config.benchmark)
+        except (ConfigError, BenchmarkError) as e:
             raise usage.UsageError(str(e)) from None
         if (
             config.log_format == "json"
