@@ -24,11 +24,13 @@ setup(
         "prometheus_client",
     ],
     extras_require={
-        "test": ["hypothesis", "supervisor"],
+        # openai: the client is tested with the real SDK as a caller.
+        "test": ["hypothesis", "supervisor", "openai"],
     },
     entry_points={
         "console_scripts": [
             "vespa-certs = vespa.tls:main",
+            "vespa-client = vespa.client.cli:main",
         ],
     },
     classifiers=[

@@ -18,7 +18,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from vespa.config import Origin, WorkerConfig
-from vespa.proxy.relay import BackendRelay, RelayTimeouts
 from vespa.proxy.site import ProxySite
 from vespa.proxy.target import PathBlocklist
 from vespa.testing.echo_backend import EchoBackend, echo_site
@@ -26,6 +25,7 @@ from vespa.worker.admission import Admission
 from vespa.worker.ledger import Ledger
 from vespa.worker.resource import WorkerResource
 from vespa.worker.state import WorkerState
+from vespa.worker.tap import build_relay
 
 
 def listen(testcase: TestCase, site: Any) -> int:
@@ -50,19 +50,7 @@ def start_worker(
     ``clock``; return it and its port.
     """
     config = replace(WorkerConfig(backend=Origin("http", "127.0.0.1", backend_port)), **overrides)
-    relay = BackendRelay(
-        reactor,
-        config.backend,
-        timeouts=RelayTimeouts(
-            connect=config.connect_timeout,
-            first_byte=config.first_byte_timeout,
-            idle=config.idle_timeout,
-            total=config.total_timeout,
-        ),
-        keepalive=config.backend_keepalive,
-        max_connections=config.max_backend_connections,
-        clock=clock,
-    )
+    relay = build_relay(config, reactor, clock)
     testcase.addCleanup(relay.close)
     state = WorkerState(reactor)
     state.loaded(1e6)

@@ -103,6 +103,7 @@ class SupervisordTests(SynchronousTestCase):
                 "REPORT_ADDR": f"http://127.0.0.1:{free_port()}",
                 "VESPA_LISTEN": f"tcp:{self.port}:interface=127.0.0.1",
                 "VESPA_METRICS_LISTEN": "none",
+                "VESPA_CLIENT_PORT": str(free_port()),
                 "VESPA_DRAIN_TIMEOUT": "5",
             }
         )

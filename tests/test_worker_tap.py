@@ -43,6 +43,7 @@ def run_twistd(
 def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VESPA_", "PYWORKER_"))}
     env["VESPA_METRICS_LISTEN"] = "none"  # the default port may be taken on this machine
+    env["VESPA_CLIENT_PORT"] = str(free_port())  # the demo's client, likewise
     return env
 
 

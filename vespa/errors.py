@@ -103,6 +103,9 @@ def write_error(request: IRequest, error: VespaError) -> bytes:
     request.setResponseCode(error.status)
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+    # Tells a client this answer is Vespa's own, not the model server's: a
+    # worker's 503 is worth retrying elsewhere, a backend's 500 is not.
+    request.responseHeaders.setRawHeaders(b"x-vespa-origin", [error.origin.encode("ascii")])
     for name, value in error.headers.items():
         request.responseHeaders.setRawHeaders(name.encode("ascii"), [value.encode("latin-1")])
     return body

@@ -132,6 +132,25 @@ class Worker:
         return int(listening.getHost().port)
 
 
+def build_relay(config: WorkerConfig, reactor: Any, clock: Any = None) -> BackendRelay:
+    """
+    The relay to the backend, as the config sets it up.
+    """
+    return BackendRelay(
+        reactor,
+        config.backend,
+        timeouts=RelayTimeouts(
+            connect=config.connect_timeout,
+            first_byte=config.first_byte_timeout,
+            idle=config.idle_timeout,
+            total=config.total_timeout,
+        ),
+        keepalive=config.backend_keepalive,
+        max_connections=config.max_backend_connections,
+        clock=clock,
+    )
+
+
 def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worker:
     """
     Build the worker from its config, starting nothing.
@@ -162,19 +181,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
             own_url=vast.public_url,
             bind_url=config.url_binding,
         )
-    relay = BackendRelay(
-        reactor,
-        config.backend,
-        timeouts=RelayTimeouts(
-            connect=config.connect_timeout,
-            first_byte=config.first_byte_timeout,
-            idle=config.idle_timeout,
-            total=config.total_timeout,
-        ),
-        keepalive=config.backend_keepalive,
-        max_connections=config.max_backend_connections,
-        clock=clock,
-    )
+    relay = build_relay(config, reactor, clock)
     backend_http, backend_pool = _http(reactor, 32)
     report_http, report_pool = _http(reactor, 4)
     _PoolCloser(relay.pool, backend_pool, report_pool).setServiceParent(root)
@@ -295,6 +302,16 @@ def _demo_services(config: WorkerConfig, reactor: Any) -> tuple[MultiService, An
         autoscaler = Autoscaler(reactor)
         strports.service(
             f"tcp:{address.port}:interface=127.0.0.1", autoscaler_site(autoscaler)
+        ).setServiceParent(demo)
+        # And the client in front of it, so `curl localhost:8010/...` works at once.
+        from vespa.client.tap import demo_client
+
+        client_port = os.environ.get("VESPA_CLIENT_PORT", "8010")
+        demo_client(
+            reactor,
+            f"http://127.0.0.1:{address.port}",
+            listen=f"tcp:{client_port}:interface=127.0.0.1",
+            log_level=config.log_level,
         ).setServiceParent(demo)
     return demo, autoscaler
 

@@ -1,0 +1,266 @@
+"""
+The router and the key look-up, against the autoscaler stand-in (and a fake
+console API) in memory, with a ``Clock``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from tests.support import shared_key
+from vespa.client.errors import (
+    AutoscalerError,
+    AutoscalerUnauthorized,
+    EndpointNotFound,
+    NoWorkerReady,
+)
+from vespa.client.router import KeySource, Poller, Router
+from vespa.testing.autoscaler import Autoscaler
+
+WORKER = "http://203.0.113.9:4000"
+
+
+class RouterTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.autoscaler = Autoscaler(self.clock, key=shared_key())
+        self.stub = StubTreq(self.autoscaler.resource())
+
+    def router(self, key: str = "demo-key", **kw: Any) -> Router:
+        return Router(
+            self.stub,
+            self.clock,
+            autoscaler_url="http://autoscaler.test",
+            endpoint=kw.pop("endpoint", "demo-endpoint"),
+            keys=KeySource(key),
+            rng=random.Random(0),
+            **kw,
+        )
+
+    def settle(self, d: Deferred[Any], *, step: float = 0.5, limit: int = 400) -> None:
+        """Flush the in-memory HTTP and advance the clock until ``d`` fires."""
+        for _ in range(limit):
+            self.stub.flush()
+            if d.called:
+                return
+            self.clock.advance(step)
+        self.fail("never fired")
+
+
+class RouteTests(RouterTestCase):
+    def test_routed(self) -> None:
+        """A ready worker: its url and the six signed fields, as the autoscaler gave them."""
+        self.autoscaler.register_worker(WORKER)
+        d = self.router().route(100)
+        self.settle(d)
+        route = self.successResultOf(d)
+        self.assertEqual(route.url, WORKER)
+        self.assertEqual(
+            set(route.auth), {"cost", "endpoint", "reqnum", "request_idx", "signature", "url"}
+        )
+        self.assertEqual(route.auth["cost"], 100)
+        self.assertEqual(route.request_idx, route.auth["request_idx"])
+        self.assertEqual(
+            self.autoscaler.route_requests, [{"endpoint": "demo-endpoint", "cost": 100}]
+        )
+
+    def test_retry_sends_the_request_idx(self) -> None:
+        self.autoscaler.register_worker(WORKER)
+        d = self.router().route(5, request_idx=77)
+        self.settle(d)
+        self.assertEqual(self.successResultOf(d).auth["request_idx"], 77)
+        self.assertEqual(self.autoscaler.route_requests[0]["request_idx"], 77)
+
+    def test_waiting_then_routed(self) -> None:
+        """No worker ready: polled with backoff and the same request_idx until one is."""
+        self.autoscaler.register_worker(WORKER, ready=False)
+        router = self.router()
+        d = router.route(1)
+        self.stub.flush()
+        self.assertNoResult(d)
+        for _ in range(5):
+            self.clock.advance(5)
+            self.stub.flush()
+        self.assertNoResult(d)
+        self.autoscaler.set_worker_ready(WORKER, True)
+        self.settle(d)
+        route = self.successResultOf(d)
+        self.assertEqual(route.url, WORKER)
+        self.assertGreater(route.polls, 3)
+        self.assertGreater(route.waited, 0)
+        idxs = {r.get("request_idx") for r in self.autoscaler.route_requests[1:]}
+        self.assertEqual(idxs, {route.request_idx})
+        self.assertIn("loading workers: 1", router.stats.last_status)
+
+    def test_no_worker_ready_until_the_deadline(self) -> None:
+        self.autoscaler.register_worker(WORKER, ready=False)
+        d = self.router(route_timeout=30.0).route(1)
+        self.settle(d)
+        error = self.failureResultOf(d, NoWorkerReady).value
+        self.assertEqual(error.status, 503)
+        self.assertEqual(error.origin, "autoscaler")
+        self.assertIn("total workers: 1", error.details["status"])
+        self.assertLessEqual(error.details["waited_s"], 30.0)
+        self.assertLessEqual(self.clock.seconds(), 31)
+
+    def test_a_request_deadline_shortens_the_wait(self) -> None:
+        self.autoscaler.register_worker(WORKER, ready=False)
+        d = self.router(route_timeout=None).route(1, deadline=4.0)
+        self.settle(d, step=0.1)
+        self.failureResultOf(d, NoWorkerReady)
+        self.assertLess(self.clock.seconds(), 4.5)
+
+    def test_wrong_key(self) -> None:
+        d = self.router(key="account-key").route(1)
+        self.settle(d)
+        error = self.failureResultOf(d, AutoscalerUnauthorized).value
+        self.assertEqual(error.status, 401)
+        self.assertIn("account key", error.message)
+        self.assertEqual(len(self.autoscaler.route_requests), 1)  # never retried
+
+    def test_unknown_endpoint(self) -> None:
+        d = self.router(endpoint="other").route(1)
+        self.settle(d)
+        self.assertEqual(self.failureResultOf(d, EndpointNotFound).value.status, 404)
+
+    def test_5xx_is_retried(self) -> None:
+        self.autoscaler.register_worker(WORKER)
+        self.autoscaler.fail("500", paths=["route"], times=2)
+        d = self.router().route(1)
+        self.settle(d)
+        self.assertEqual(self.successResultOf(d).url, WORKER)
+
+    def test_5xx_gives_up_after_three_attempts(self) -> None:
+        self.autoscaler.fail("500", paths=["route"])
+        router = self.router()
+        d = router.route(1)
+        self.settle(d)
+        error = self.failureResultOf(d, AutoscalerError).value
+        self.assertEqual(error.status, 502)
+        self.assertIn("answered 500", error.message)
+        self.assertEqual(len(self.autoscaler.injected_failures), 3)
+
+    def test_a_hung_autoscaler_times_out(self) -> None:
+        self.autoscaler.fail("hang", paths=["route"])
+        d = self.router(call_timeout=2.0).route(1)
+        self.settle(d)
+        error = self.failureResultOf(d, AutoscalerError).value
+        self.assertIn("did not answer within 2 s", error.message)
+
+    def test_cancel_stops_waiting(self) -> None:
+        self.autoscaler.register_worker(WORKER, ready=False)
+        d = self.router().route(1)
+        self.stub.flush()
+        calls = len(self.autoscaler.route_requests)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.clock.advance(60)
+        self.stub.flush()
+        self.assertEqual(len(self.autoscaler.route_requests), calls)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PollerTests(SynchronousTestCase):
+    def test_jittered_exponential_capped(self) -> None:
+        poller = Poller(0.25, 5.0, random.Random(3))
+        for attempt, base in ((0, 0.25), (1, 0.5), (3, 2.0), (8, 5.0)):
+            delay = poller.delay(attempt)
+            self.assertTrue(base / 2 <= delay <= base)
+
+
+class Console(Resource):
+    """The console API's ``/api/v0/endptjobs/``, as far as the key look-up uses it."""
+
+    isLeaf = True
+
+    def __init__(self, account_key: str = "acct", keys: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.account_key = account_key
+        self.keys = keys or {"other": "other-key", "demo-endpoint": "the-key"}
+        self.requests: list[bytes] = []
+        self.status = 200
+
+    def render_GET(self, request: Request) -> bytes:
+        self.requests.append(request.uri)
+        request.setHeader(b"content-type", b"application/json")
+        auth = request.getHeader(b"authorization")
+        if auth != b"Bearer " + self.account_key.encode():
+            request.setResponseCode(401)
+            return b'{"error": "bad key"}'
+        request.setResponseCode(self.status)
+        results = [
+            {"endpoint_name": name, "api_key": key, "id": i}
+            for i, (name, key) in enumerate(self.keys.items())
+        ]
+        return json.dumps({"results": results}).encode()
+
+
+class KeySourceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.console = Console()
+        self.stub = StubTreq(self.console)
+
+    def keys(self, account: str = "acct", endpoint: str = "demo-endpoint") -> KeySource:
+        return KeySource(
+            None,
+            account_key=account,
+            endpoint=endpoint,
+            console_url="https://console.test",
+            instance="alpha",
+            http=self.stub,
+            clock=self.clock,
+        )
+
+    def test_given_key(self) -> None:
+        keys = KeySource("k")
+        self.assertTrue(keys.known)
+        self.assertEqual(self.successResultOf(keys.get()), "k")
+
+    def test_looked_up_once_and_shared(self) -> None:
+        keys = self.keys()
+        first, second = keys.get(), keys.get()
+        self.stub.flush()
+        self.assertEqual(self.successResultOf(first), "the-key")
+        self.assertEqual(self.successResultOf(second), "the-key")
+        self.assertEqual(self.successResultOf(keys.get()), "the-key")
+        self.assertEqual(self.console.requests, [b"/api/v0/endptjobs/?autoscaler_instance=alpha"])
+
+    def test_unknown_endpoint(self) -> None:
+        d = self.keys(endpoint="nope").get()
+        self.stub.flush()
+        self.assertIn("'nope'", self.failureResultOf(d, EndpointNotFound).value.message)
+
+    def test_bad_account_key_then_a_new_attempt(self) -> None:
+        keys = self.keys(account="wrong")
+        d = keys.get()
+        self.stub.flush()
+        self.failureResultOf(d, AutoscalerUnauthorized)
+        self.assertFalse(keys.known)
+        keys._account_key = "acct"
+        d = keys.get()
+        self.stub.flush()
+        self.assertEqual(self.successResultOf(d), "the-key")
+
+    def test_console_errors_are_retried(self) -> None:
+        self.console.status = 503
+        d = self.keys().get()
+        for _ in range(10):
+            self.stub.flush()
+            self.clock.advance(1)
+        error = self.failureResultOf(d, AutoscalerError).value
+        self.assertIn("503", error.message)
+        self.assertEqual(len(self.console.requests), 4)
+
+    def test_needs_a_key_or_an_account_key(self) -> None:
+        with self.assertRaises(ValueError):
+            KeySource(None)

@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.test_client_tap -*-
+"""
+``twistd vespa-client``: the client's options and the service tree. Wiring only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel
+from twisted.python import usage
+
+from vespa.client.config import CLIENT_SETTINGS, ClientConfig
+from vespa.client.core import ClientParts, build_parts
+from vespa.client.resource import ClientResource
+from vespa.client.tls import load_ca_file
+from vespa.config import ConfigError
+from vespa.log import get_logger, set_log_level
+from vespa.proxy.site import ProxySite
+from vespa.service import OrderedMultiService
+
+log = get_logger(__name__)
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd vespa-client``; each also reads its environment names."""
+
+    synopsis = "--endpoint NAME --api-key KEY [options]  (or VAST_ENDPOINT, VAST_API_KEY)"
+    optParameters = [[s.name, None, None, s.option_help()] for s in CLIENT_SETTINGS]
+
+    #: Where ``.vast_api_key`` is looked for; tests point it elsewhere.
+    home: str | None = None
+    #: The environment read; the process's when ``None``.
+    environ: Mapping[str, str] | None = None
+
+    def postOptions(self) -> None:
+        environ = dict(os.environ if self.environ is None else self.environ)
+        try:
+            self.config = ClientConfig.from_sources(self, environ, home=self.home)
+            if self.config.ca_file:
+                load_ca_file(self.config.ca_file)  # a bad file is a usage error, now
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class _Closer(Service):
+    """Closes the client's connection pools at shutdown."""
+
+    def __init__(self, parts: ClientParts) -> None:
+        self.parts = parts
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.parts.close()
+
+
+class _KeyLookup(Service):
+    """Looks the endpoint key up at start, so a bad account key shows at once."""
+
+    def __init__(self, parts: ClientParts) -> None:
+        self.parts = parts
+
+    def startService(self) -> None:
+        super().startService()
+        if self.parts.keys.known:
+            return
+
+        def failed(reason: Any) -> None:
+            log.error(
+                "looking up the endpoint key failed: {error} (retried with the next request)",
+                error=getattr(reason.value, "message", reason.getErrorMessage()),
+            )
+
+        self.parts.keys.get().addErrback(failed)
+
+
+@dataclass
+class Client:
+    """
+    The parts of a built client daemon, for twistd (``service``) and for tests.
+
+    :ivar service: the whole service tree.
+    :ivar listener: the service listening for callers.
+    :ivar resource: the proxy resource.
+    :ivar parts: router, dispatcher and the rest.
+    """
+
+    service: MultiService
+    listener: Any
+    resource: ClientResource
+    parts: ClientParts
+
+    async def port(self) -> int:
+        """The TCP port the proxy listens on, once the service has started."""
+        listening = await self.listener._waitingForPort
+        return int(listening.getHost().port)
+
+
+def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Client:
+    """
+    Build the client daemon from its config, starting nothing.
+
+    :param config: the validated settings.
+    :param reactor: for network I/O.
+    :param clock: for every timer (polls, backoff, hedges, deadlines);
+        ``reactor`` when ``None``. Tests pass a ``Clock``.
+    :raise ConfigError: an unusable ``--ca-file``.
+    """
+    clock = clock or reactor
+    set_log_level(config.log_level)
+    parts = build_parts(config, reactor, clock)
+    root = OrderedMultiService()
+    _Closer(parts).setServiceParent(root)
+    _KeyLookup(parts).setServiceParent(root)
+    resource = ClientResource(parts.core, parts.health)
+    site = ProxySite(
+        resource,
+        max_body_size=config.max_body_size,
+        access_log=config.access_log,
+        reactor=clock,
+    )
+    listener = strports.service(config.listen, site, reactor=reactor)
+    listener.setServiceParent(root)
+    log.info(
+        "vespa-client on {listen} for endpoint {endpoint} via {autoscaler}",
+        listen=config.listen,
+        endpoint=config.endpoint,
+        autoscaler=config.autoscaler_url,
+    )
+    return Client(root, listener, resource, parts)
+
+
+#: Where the README demo runs the client.
+DEMO_LISTEN = "tcp:8010:interface=127.0.0.1"
+
+
+def demo_client(
+    reactor: Any,
+    autoscaler_url: str,
+    *,
+    endpoint: str = "demo-endpoint",
+    api_key: str = "demo-key",
+    listen: str = DEMO_LISTEN,
+    log_level: LogLevel = LogLevel.info,
+    clock: Any = None,
+) -> IService:
+    """
+    The client for the demo chain (``twistd vespa --demo``): in front of the
+    autoscaler stand-in, with its endpoint and key, on 127.0.0.1:8010.
+
+    :param reactor: for network I/O.
+    :param autoscaler_url: the stand-in's URL.
+    :param endpoint: the stand-in's endpoint name.
+    :param api_key: the stand-in's key.
+    :param listen: where to listen.
+    :param log_level: the worker's, so the demo's client does not change it.
+    :param clock: for timers; ``reactor`` if ``None``.
+    """
+    config = ClientConfig(
+        endpoint=endpoint,
+        api_key=api_key,
+        autoscaler_url=autoscaler_url,
+        listen=listen,
+        log_level=log_level,
+    )
+    return build_client(config, reactor, clock).service
+
+
+def makeService(options: Options) -> IService:
+    """
+    The ``IServiceMaker`` entry point: build the client for twistd.
+    """
+    from twisted.internet import reactor
+
+    try:
+        return build_client(options.config, reactor).service
+    except ConfigError as e:
+        raise usage.UsageError(str(e)) from None
