@@ -62,7 +62,9 @@ def start_worker(
         verifier=None,
         blocklist=PathBlocklist(config.blocked_paths),
     )
-    site = ProxySite(resource, max_body_size=config.max_body_size, reactor=reactor)
+    site = ProxySite(
+        resource, max_body_size=config.max_body_size, access_log=config.access_log, reactor=reactor
+    )
     return resource, listen(testcase, site)
 
 

@@ -16,7 +16,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 from twisted.web.http_headers import Headers
 
-from tests.support import HTTPClient, advance_when_armed, listen, start_secured_worker, until
+from tests.support import (
+    HTTPClient,
+    advance_when_armed,
+    listen,
+    start_echo_backend,
+    start_secured_worker,
+    start_worker,
+    until,
+)
 from tests.test_worker_protocol import Harness
 from vespa.config import ConfigError, WorkerConfig
 from vespa.log import _JSONLinesObserver
@@ -115,6 +123,33 @@ class RequestIdTests(TestCase):
         made = response.headers.getRawHeaders(b"x-request-id")[0]
         self.assertEqual(len(made), 16)
         self.assertIn(["X-Request-Id", made.decode()], json.loads(body)["headers"])
+
+
+class AccessLogTests(TestCase):
+    """--access-log writes a line per request with its duration and id."""
+
+    async def test_line_per_request_with_duration_and_id(self) -> None:
+        """The combined format, then the seconds taken and the request id."""
+        path = self.mktemp()
+        _, backend_port = start_echo_backend(self)
+        _, port = start_worker(self, backend_port, access_log=path)
+        await HTTPClient(self, port).request(
+            b"GET", b"/echo/logged", headers={b"X-Request-Id": [b"rid-42"]}
+        )
+        await until(lambda: _read(path).count("\n") >= 1)
+        line = _read(path).splitlines()[0]
+        self.assertIn('"GET /echo/logged HTTP/1.1" 200', line)
+        took, request_id = line.rsplit(" ", 2)[1:]
+        self.assertGreaterEqual(float(took), 0.0)
+        self.assertEqual(request_id, "rid-42")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 class JSONLogTests(SynchronousTestCase):
