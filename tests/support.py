@@ -272,16 +272,13 @@ async def until(condition: Any, timeout: float = 10.0) -> None:
         await deferLater(reactor, 0.002, lambda: None)
 
 
-async def advance_when_armed(clock: Any, seconds: float) -> None:
+async def wake_startup(worker: Any, clock: Any) -> float:
     """
-    Advance ``clock`` by ``seconds`` once something waits exactly that long:
-    the code under test has finished reacting to the last I/O and armed its
-    next timer (advancing earlier would skip past a timer not yet set).
+    Once the startup chain is waiting between attempts, advance ``clock`` to
+    the end of that wait; return how long the wait was.
     """
-    await until(
-        lambda: any(
-            abs(call.getTime() - clock.seconds() - seconds) < 1e-6
-            for call in clock.getDelayedCalls()
-        )
-    )
-    clock.advance(seconds)
+    startup = worker.startup
+    await until(lambda: startup.sleeping_until is not None)
+    delay: float = startup.sleeping_until - clock.seconds()
+    clock.advance(delay)
+    return delay

@@ -18,12 +18,12 @@ from twisted.web.http_headers import Headers
 
 from tests.support import (
     HTTPClient,
-    advance_when_armed,
     listen,
     start_echo_backend,
     start_secured_worker,
     start_worker,
     until,
+    wake_startup,
 )
 from tests.test_worker_protocol import Harness
 from vespa.config import ConfigError, WorkerConfig
@@ -55,7 +55,7 @@ class HealthAndReadinessTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["phase"], "loading")
         env.backend.health_status = 200
-        await advance_when_armed(env.clock, 5)
+        await wake_startup(env.worker, env.clock)
         await until(lambda: env.worker.state.is_loaded)
         response, body = await env.client.request(b"GET", b"/ready")
         self.assertEqual(response.code, 200)

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import BENCHMARK_CALLS, start_secured_worker, until
+from tests.support import BENCHMARK_CALLS, start_secured_worker, until, wake_startup
 from tests.test_worker_protocol import Harness
 from vespa.worker.state import Phase
 
@@ -28,17 +28,9 @@ class StartupTests(TestCase):
 
     async def advance_probe(self, seconds: float, times: int = 1) -> None:
         """Advance the clock to the next readiness probe and wait until it was made."""
-        clock = self.env.clock
         for _ in range(times):
             before = self.probes()
-            # The worker has handled the last answer once its next wait is armed.
-            await until(
-                lambda: any(
-                    abs(call.getTime() - clock.seconds() - seconds) < 1e-6
-                    for call in clock.getDelayedCalls()
-                )
-            )
-            clock.advance(seconds)
+            self.assertEqual(await wake_startup(self.env.worker, self.env.clock), seconds)
             await until(lambda before=before: self.probes() > before)
             await until(lambda: True)
 
@@ -146,9 +138,9 @@ class StartupTests(TestCase):
         await until(lambda: len(env.autoscaler.injected_failures) == 1)
         for n, delay in enumerate([1, 2, 4, 8]):
             self.assertFalse(self.state.is_loaded)
-            env.clock.advance(delay)
+            self.assertEqual(await wake_startup(env.worker, env.clock), delay)
             await until(lambda n=n: len(env.autoscaler.injected_failures) == n + 2)
         self.assertIn("public key", self.state.error)
-        env.clock.advance(16)
+        self.assertEqual(await wake_startup(env.worker, env.clock), 16)
         await until(lambda: self.state.is_loaded)
         self.assertEqual(self.state.error, "")

@@ -142,6 +142,8 @@ class Startup(Service):
         self._retry: IDelayedCall | None = None
         self.session = BackendSession(http, backend_url, clock)
         self.attempts = 0
+        #: When the chain's current wait (a retry delay) ends, while it waits.
+        self.sleeping_until: float | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -227,13 +229,20 @@ class Startup(Service):
                     log.warn("{why}; retrying", why=why)
                 if failures == self.PUBKEY_ATTEMPTS_BEFORE_ERROR:
                     self._state.errored(why)
-                await deferLater(self._clock, delay)
+                await self._sleep(delay)
                 delay = min(delay * 2, self.PUBKEY_MAX_DELAY)
                 continue
             if failures >= self.PUBKEY_ATTEMPTS_BEFORE_ERROR:
                 self._state.recovered()
             log.info("got the autoscaler public key")
             return
+
+    async def _sleep(self, seconds: float) -> None:
+        self.sleeping_until = self._clock.seconds() + seconds
+        try:
+            await deferLater(self._clock, seconds)
+        finally:
+            self.sleeping_until = None
 
     async def _wait_for_backend(self, timeout: float, kind: str) -> None:
         settings = self._settings
@@ -251,7 +260,7 @@ class Startup(Service):
                     f"Backend failed to become ready after {timeout:g} seconds "
                     f"({kind} timeout): {last}"
                 )
-            await deferLater(self._clock, settings.healthcheck_retry_interval)
+            await self._sleep(settings.healthcheck_retry_interval)
 
     async def _measure(self) -> float:
         try:
