@@ -115,6 +115,22 @@ class UsageErrorTests(SynchronousTestCase):
             "--listen",
         )
 
+    def test_benchmark_that_cannot_load(self) -> None:
+        """An unknown benchmark module stops startup, saying what to fix."""
+        self.assert_usage_error(
+            run_twistd("--backend-url", "http://127.0.0.1:8000", "--benchmark", "nope:bench"),
+            "--benchmark",
+            "nope",
+            "PYTHONPATH",
+        )
+
+    def test_bad_benchmark_setting(self) -> None:
+        """A bad --benchmark-runs is refused naming the setting."""
+        self.assert_usage_error(
+            run_twistd("--backend-url", "http://127.0.0.1:8000", "--benchmark-runs", "many"),
+            "VESPA_BENCHMARK_RUNS",
+        )
+
     def test_help_lists_the_environment_names(self) -> None:
         """--help shows each option with its VESPA_ and PYWORKER_ names."""
         result = run_twistd("--help")
@@ -230,7 +246,8 @@ class DaemonTests(SynchronousTestCase):
         """
         backend = free_port()
         port = self.start(
-            "--demo", "--unsecured",
+            "--demo",
+            "--unsecured",
             env={"VESPA_BACKEND_URL": f"http://127.0.0.1:{backend}", "REPORT_ADDR": ""},
         )
         base = f"http://127.0.0.1:{port}"

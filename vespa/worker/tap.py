@@ -50,6 +50,19 @@ DEMO_AUTOSCALER_PORT = 8080
 
 VERSION = "vespa-0.1.0"
 
+#: Benchmark settings that have a command-line option (see BENCHMARKS.md).
+BENCHMARK_OPTIONS = {
+    "model": "Model name the benchmark requests (default: discovered)",
+    "max-tokens": "Tokens per benchmark request",
+    "concurrency": "Concurrent requests per benchmark run",
+    "runs": "Benchmark runs; the best one counts",
+    "timeout": "Seconds per benchmark request",
+}
+
+
+def _benchmark_env(option: str) -> str:
+    return "VESPA_BENCHMARK_" + option.upper().replace("-", "_")
+
 
 class Options(usage.Options):
     """Command-line options of ``twistd vespa``; each also reads ``VESPA_*``/``PYWORKER_*``."""
@@ -57,8 +70,17 @@ class Options(usage.Options):
     synopsis = "[options]  (e.g. twistd -n vespa --backend-url http://127.0.0.1:8000)"
     optParameters = [[s.name, None, None, s.option_help()] for s in WORKER_SETTINGS if not s.flag]
     optFlags = [[s.name, None, s.option_help()] for s in WORKER_SETTINGS if s.flag]
+    # The probes read their settings from VESPA_BENCHMARK_*; these options set
+    # those variables, so the command line wins as it does everywhere else.
+    optParameters += [
+        [f"benchmark-{name}", None, None, f"{doc} (env {_benchmark_env(name)})"]
+        for name, doc in BENCHMARK_OPTIONS.items()
+    ]
 
     def postOptions(self) -> None:
+        for name in BENCHMARK_OPTIONS:
+            if self[f"benchmark-{name}"] is not None:
+                os.environ[_benchmark_env(name)] = self[f"benchmark-{name}"]
         environ = dict(os.environ)
         if self["demo"] or environ.get("VESPA_DEMO", "").lower() in ("1", "true", "yes", "on"):
             environ.setdefault("REPORT_ADDR", f"http://127.0.0.1:{DEMO_AUTOSCALER_PORT}")
