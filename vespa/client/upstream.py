@@ -34,10 +34,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
-    RequestTransmissionFailed,
     ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -48,7 +45,7 @@ from vespa.client.errors import WorkerTimeout, WorkerUnavailable
 from vespa.config import Origin
 from vespa.errors import VespaError
 from vespa.log import get_logger
-from vespa.proxy.relay import BytesBodyProducer, backend_endpoint, quiet_pool
+from vespa.proxy.relay import BytesBodyProducer, backend_endpoint, connection_error, quiet_pool
 
 log = get_logger(__name__)
 
@@ -286,7 +283,11 @@ class _Attempt:
         self._pending = None
         if reason.check(CancelledError) or self._done.called:
             return
-        self._fail(_error_for(reason, self._worker))
+        self._fail(
+            connection_error(
+                reason, "worker", self._worker, unavailable=WorkerUnavailable, timeout=WorkerTimeout
+            )
+        )
 
     def _response(self, response: IResponse) -> None:
         self._pending = None
@@ -479,35 +480,3 @@ class _AttemptBody(TwistedProtocol):
         self.stop()
         if sink is not None:
             sink.end(WorkerTimeout(f"the worker sent nothing for {self._idle:g} s mid-response"))
-
-
-def _error_for(reason: Failure, worker: str) -> VespaError:
-    """The error for a worker request that failed before any response."""
-    if reason.check(ierror.ConnectionRefusedError):
-        return WorkerUnavailable(f"the worker at {worker} refused the connection")
-    if reason.check(ierror.TimeoutError, ierror.TCPTimedOutError):
-        return WorkerTimeout(f"connecting to the worker at {worker} timed out")
-    if reason.check(ierror.DNSLookupError):
-        return WorkerUnavailable(f"the worker host of {worker} could not be resolved")
-    if reason.check(ierror.ConnectError):
-        return WorkerUnavailable(f"the worker at {worker} is unreachable: {reason.value}")
-    if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
-        inner = _inner_reason(reason)
-        if inner:
-            return WorkerUnavailable(f"the worker at {worker} failed: {inner}")
-        return WorkerUnavailable(f"the worker at {worker} closed the connection without a response")
-    return WorkerUnavailable(f"the request to {worker} failed: {reason.getErrorMessage()}")
-
-
-def _inner_reason(reason: Failure) -> str:
-    """
-    What really went wrong inside one of Agent's wrapper errors, when it is
-    more than a closed connection (a TLS verification failure, above all).
-    """
-    reasons = getattr(reason.value, "reasons", None) or []
-    for inner in reasons:
-        if isinstance(inner, Failure) and not inner.check(
-            ierror.ConnectionDone, ierror.ConnectionLost, CancelledError
-        ):
-            return inner.getErrorMessage()
-    return ""

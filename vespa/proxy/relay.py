@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -360,9 +360,7 @@ class _Exchange:
                 timeouts.first_byte, "the backend sent no response within {:g} s"
             )
         if timeouts.total is not None:
-            self._total_call = self._later(
-                timeouts.total, "the exchange took longer than {:g} s"
-            )
+            self._total_call = self._later(timeouts.total, "the exchange took longer than {:g} s")
         self._pending = self._relay.agent.request(
             self._method, self._url, self._headers, self._producer
         )
@@ -390,7 +388,7 @@ class _Exchange:
         if self._client_gone:
             self._end(RelayOutcome.CANCELLED)
             return
-        error = self._timeout or _error_for(reason, self._relay.origin)
+        error = self._timeout or connection_error(reason, "backend", self._relay.origin.url)
         self._log_failure(error)
         self._answer_error(error)
 
@@ -555,22 +553,52 @@ class _BodyRelay(Protocol):
         )
 
 
-def _error_for(reason: Failure, origin: Origin) -> VespaError:
-    """The answer for a backend request that failed before its response headers."""
-    where = origin.url
+def connection_error(
+    reason: Failure,
+    peer: str,
+    where: str,
+    *,
+    unavailable: type[VespaError] = BackendUnavailable,
+    timeout: type[VespaError] = BackendTimeout,
+) -> VespaError:
+    """
+    The answer for a request that failed before its response headers.
+
+    :param reason: why the Agent request failed.
+    :param peer: who was called, for the message: ``backend``, ``worker``.
+    :param where: its URL, for the message.
+    :param unavailable: the error type for refused, unreachable or dropped.
+    :param timeout: the error type for a connect timeout.
+    """
+    the = f"the {peer} at {where}"
     if reason.check(ierror.ConnectionRefusedError):
-        return BackendUnavailable(f"the backend at {where} refused the connection")
+        return unavailable(f"{the} refused the connection")
     if reason.check(ierror.TimeoutError, ierror.TCPTimedOutError):
-        return BackendTimeout(f"connecting to the backend at {where} timed out")
+        return timeout(f"connecting to {the} timed out")
     if reason.check(ierror.DNSLookupError):
-        return BackendUnavailable(f"the backend host of {where} could not be resolved")
+        return unavailable(f"the {peer} host of {where} could not be resolved")
     if reason.check(ierror.ConnectError):
-        return BackendUnavailable(f"the backend at {where} is unreachable: {reason.value}")
+        return unavailable(f"{the} is unreachable: {reason.value}")
     if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
-        return BackendUnavailable(
-            f"the backend at {where} closed the connection without a response"
-        )
-    return BackendUnavailable(f"the backend request failed: {reason.getErrorMessage()}")
+        inner = _inner_reason(reason)
+        if inner:
+            return unavailable(f"{the} failed: {inner}")
+        return unavailable(f"{the} closed the connection without a response")
+    return unavailable(f"the request to {where} failed: {reason.getErrorMessage()}")
+
+
+def _inner_reason(reason: Failure) -> str:
+    """
+    What really went wrong inside one of Agent's wrapper errors, when it is
+    more than a closed connection (a TLS verification failure, above all).
+    """
+    reasons = getattr(reason.value, "reasons", None) or []
+    for inner in reasons:
+        if isinstance(inner, Failure) and not inner.check(
+            ierror.ConnectionDone, ierror.ConnectionLost, CancelledError
+        ):
+            return inner.getErrorMessage()
+    return ""
 
 
 def _cancel(call: IDelayedCall | None) -> None:
