@@ -441,10 +441,13 @@ class TargetTests(TestCase):
         self.assertEqual(self.backend.received, [])
 
     async def test_pooled_connections_are_reused(self) -> None:
-        """Sequential requests reuse one kept-alive backend connection."""
+        """Sequential requests reuse one kept-alive backend connection, with TCP_NODELAY."""
         client = HTTPClient(self, self.port, pooled=True)
         for _ in range(5):
             await client.request(b"GET", b"/echo")
         pool = self.worker.relay.pool
-        connections = sum(len(c) for c in pool._connections.values())
-        self.assertEqual(connections, 1)
+        connections = [c for cached in pool._connections.values() for c in cached]
+        self.assertEqual(len(connections), 1)
+        # Small SSE events must not wait for Nagle's algorithm on the backend leg.
+        backend_socket = connections[0].transport.getHandle()
+        self.assertTrue(backend_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
