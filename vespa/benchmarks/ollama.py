@@ -18,7 +18,13 @@ from typing import Any
 
 from vespa.benchmarks.errors import BenchmarkError
 from vespa.benchmarks.prompts import text_prompt
-from vespa.benchmarks.runner import Request, fetch_json, measure, read_json, snippet
+from vespa.benchmarks.runner import (
+    Request,
+    discover_first_model,
+    measure,
+    read_json,
+    snippet,
+)
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import OllamaSettings
 
@@ -31,21 +37,14 @@ async def discover_model(session: BackendSession, timeout: float) -> str:
 
     :raise BenchmarkError: saying to set ``VESPA_BENCHMARK_MODEL``.
     """
-    try:
-        listing = await fetch_json(session, "/api/tags", timeout)
-    except BenchmarkError as e:
-        raise BenchmarkError(
-            f"cannot discover the model name ({e}); set VESPA_BENCHMARK_MODEL (or MODEL_NAME)"
-        ) from e
-    models = listing.get("models") if isinstance(listing, dict) else None
-    first = models[0] if isinstance(models, list) and models else None
-    name = first.get("name") if isinstance(first, dict) else None
-    if not isinstance(name, str) or not name:
-        raise BenchmarkError(
-            f"GET /api/tags lists no model ({snippet(listing)}); pull one, or set "
-            "VESPA_BENCHMARK_MODEL (or MODEL_NAME)"
-        )
-    return name
+    return await discover_first_model(
+        session,
+        timeout,
+        path="/api/tags",
+        list_key="models",
+        name_key="name",
+        hint="pull one, or ",
+    )
 
 
 def _request(settings: OllamaSettings, model: str, num_predict: int, seed: int) -> Request:

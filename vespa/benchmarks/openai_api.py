@@ -20,7 +20,13 @@ from typing import Any, Literal
 
 from vespa.benchmarks.errors import BenchmarkError
 from vespa.benchmarks.prompts import text_prompt
-from vespa.benchmarks.runner import Request, fetch_json, measure, read_json, snippet
+from vespa.benchmarks.runner import (
+    Request,
+    discover_first_model,
+    measure,
+    read_json,
+    snippet,
+)
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import OpenAISettings
 
@@ -42,21 +48,9 @@ async def discover_model(session: BackendSession, timeout: float) -> str:
 
     :raise BenchmarkError: saying to set ``VESPA_BENCHMARK_MODEL``.
     """
-    try:
-        listing = await fetch_json(session, "/v1/models", timeout)
-    except BenchmarkError as e:
-        raise BenchmarkError(
-            f"cannot discover the model name ({e}); set VESPA_BENCHMARK_MODEL (or MODEL_NAME)"
-        ) from e
-    models = listing.get("data") if isinstance(listing, dict) else None
-    first = models[0] if isinstance(models, list) and models else None
-    name = first.get("id") if isinstance(first, dict) else None
-    if not isinstance(name, str) or not name:
-        raise BenchmarkError(
-            f"GET /v1/models lists no model ({snippet(listing)}); "
-            "set VESPA_BENCHMARK_MODEL (or MODEL_NAME)"
-        )
-    return name
+    return await discover_first_model(
+        session, timeout, path="/v1/models", list_key="data", name_key="id"
+    )
 
 
 def _completion_tokens(event: Any) -> int | None:

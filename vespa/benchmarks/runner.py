@@ -228,6 +228,39 @@ async def read_json(response: BackendResponse, request: Request) -> Any:
         raise BenchmarkError(f"{request}: the answer is not JSON: {_snippet(body)}") from None
 
 
+async def discover_first_model(
+    session: BackendSession,
+    timeout: float,
+    *,
+    path: str,
+    list_key: str,
+    name_key: str,
+    hint: str = "",
+) -> str:
+    """
+    The name of the first model a listing endpoint gives, e.g. ``GET /v1/models``
+    (``data[0].id``) or Ollama's ``GET /api/tags`` (``models[0].name``).
+
+    :param hint: what else could fix an empty listing, e.g. ``"pull one, or "``.
+    :raise BenchmarkError: saying to set ``VESPA_BENCHMARK_MODEL``.
+    """
+    try:
+        listing = await fetch_json(session, path, timeout)
+    except BenchmarkError as e:
+        raise BenchmarkError(
+            f"cannot discover the model name ({e}); set VESPA_BENCHMARK_MODEL (or MODEL_NAME)"
+        ) from e
+    models = listing.get(list_key) if isinstance(listing, dict) else None
+    first = models[0] if isinstance(models, list) and models else None
+    name = first.get(name_key) if isinstance(first, dict) else None
+    if not isinstance(name, str) or not name:
+        raise BenchmarkError(
+            f"GET {path} lists no model ({snippet(listing)}); "
+            f"{hint}set VESPA_BENCHMARK_MODEL (or MODEL_NAME)"
+        )
+    return name
+
+
 def snippet(value: Any, limit: int = 300) -> str:
     """
     The start of a body or a value, for error messages.

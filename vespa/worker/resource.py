@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
@@ -40,7 +41,7 @@ from vespa.errors import (
     write_error,
 )
 from vespa.log import get_logger
-from vespa.protocol.envelope import Envelope, parse_envelope
+from vespa.protocol.envelope import BODY_METHODS, Envelope, parse_envelope
 from vespa.protocol.signing import SignatureVerifier
 from vespa.proxy.relay import BackendRelay, RelayOutcome, RelayResult
 from vespa.proxy.site import ProxyRequest
@@ -55,7 +56,6 @@ log = get_logger(__name__)
 # A tunnel or a trace is not a model-server request; relaying either would
 # turn the worker into an open proxy or leak headers.
 _REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 #: Seconds a caller should wait before retrying, by phase.
 RETRY_AFTER = {Phase.LOADING: 10, Phase.BENCHMARKING: 10, Phase.ERRORED: 30, Phase.DRAINING: 30}
@@ -112,9 +112,12 @@ class WorkerResource(Resource):
                 if local is not None:
                     return local
             self._check(request, target)
-            envelope = parse_envelope(
-                request.method, target, self._body(request), unsecured=self.verifier is None
-            )
+            body = self._body(request)
+            envelope = parse_envelope(request.method, target, body, unsecured=self.verifier is None)
+            if envelope.body is None and request.method in BODY_METHODS:
+                # A passthrough: the body is already in memory, so the relay
+                # sends these bytes rather than reading request.content again.
+                envelope = replace(envelope, body=body)
         except VespaError as error:
             return self._refuse(request, error)
         return self._admit(request, envelope)
@@ -164,7 +167,7 @@ class WorkerResource(Resource):
             raise PathBlocked("this path is blocked on this worker")
 
     def _body(self, request: Request) -> bytes:
-        if request.method not in _BODY_METHODS or request.content is None:
+        if request.method not in BODY_METHODS or request.content is None:
             return b""
         request.content.seek(0)
         body: bytes = request.content.read()

@@ -217,7 +217,7 @@ class Startup(Service):
                 if response.code != 200:
                     raise ValueError(f"answered {response.code}")
                 self._verifier.set_public_key(body)
-            except (CancelledError, Exception) as e:
+            except Exception as e:  # CancelledError included: it is an Exception
                 if isinstance(e, CancelledError) and not self.running:
                     raise
                 failures += 1

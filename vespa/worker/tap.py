@@ -21,6 +21,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
+from vespa import __version__
 from vespa.benchmarks import BenchmarkError, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.log import get_logger, set_log_level
@@ -48,7 +49,7 @@ DEFAULT_AUTOSCALER = "https://run.vast.ai"
 #: Where ``--demo`` runs the autoscaler stand-in.
 DEMO_AUTOSCALER_PORT = 8080
 
-VERSION = "vespa-0.1.0"
+VERSION = f"vespa-{__version__}"
 
 #: Benchmark settings that have a command-line option (see BENCHMARKS.md).
 BENCHMARK_OPTIONS = {
