@@ -21,10 +21,13 @@ import json
 import random
 from typing import Any, Literal
 
+from twisted.web.client import ResponseFailed
+
 from vespa.benchmarks.errors import BenchmarkError
 from vespa.benchmarks.prompts import text_prompt
 from vespa.benchmarks.runner import (
     Request,
+    describe,
     discover_first_model,
     measure,
     read_json,
@@ -154,7 +157,14 @@ async def count_tokens(response: BackendResponse, request: Request) -> float:
     content_type = b";".join(response.headers.getRawHeaders(b"content-type") or [])
     if request.json.get("stream") and b"json" not in content_type.lower():
         counter = StreamCounter()
-        await response.collect(counter.feed)
+        try:
+            await response.collect(counter.feed)
+        except ResponseFailed as e:
+            # llama-cpp-python, interrupted, may end the stream mid-chunk.
+            raise BenchmarkError(
+                f"{request}: the stream was cut short after {counter.tokens} tokens "
+                f"(the connection ended mid-answer: {describe(e)})"
+            ) from e
         counter.finish()
         if counter.tokens <= 0:
             raise BenchmarkError(

@@ -48,6 +48,7 @@ __all__ = [
     "Request",
     "RunResult",
     "concurrency_levels",
+    "describe",
     "fetch_json",
     "measure",
     "measure_runs",
@@ -133,7 +134,8 @@ def concurrency_levels(limit: int) -> list[int]:
     return levels
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """What went wrong, from an exception (the messages inside a ResponseFailed)."""
     # ResponseFailed and friends carry a list of Failures and print as their
     # repr; the messages inside are what says what happened.
     reasons = getattr(error, "reasons", None)
@@ -202,7 +204,7 @@ async def send(session: BackendSession, request: Request, count: Count, timeout:
     except (BenchmarkError, CancelledError):
         raise
     except Exception as e:
-        raise BenchmarkError(f"{request}: {_describe(e)}") from e
+        raise BenchmarkError(f"{request}: {describe(e)}") from e
 
 
 async def fetch_json(session: BackendSession, path: str, timeout: float) -> Any:
@@ -237,7 +239,7 @@ async def fetch_json(session: BackendSession, path: str, timeout: float) -> Any:
     except (BenchmarkError, CancelledError):
         raise
     except Exception as e:
-        raise BenchmarkError(f"GET {path}: {_describe(e)}") from e
+        raise BenchmarkError(f"GET {path}: {describe(e)}") from e
 
 
 async def read_json(response: BackendResponse, request: Request) -> Any:
