@@ -260,3 +260,47 @@ class StartupSaysWhatItDoesTests(TestCase):
         env.clock.advance(env.worker.startup._settings.healthcheck_interval)
         await until(lambda: self.probes(b"/v1/models") == 3)
         self.assertEqual(self.probes(), 1)
+
+
+class NativeRoutesTests(TestCase):
+    """``auto`` starts from each built-in benchmark's native route, one its
+    server (here its fake, over loopback) answers 200 on."""
+
+    async def test_each_kind_probes_a_route_its_server_has(self) -> None:
+        from twisted.internet import reactor
+
+        from tests.support import listen
+        from vespa.benchmarks.session import BackendSession
+        from vespa.testing.model_servers import (
+            ComfyUIServer,
+            OllamaServer,
+            OpenAIServer,
+            TGIServer,
+            fake_site,
+        )
+        from vespa.worker.health import HealthRoute, probe
+
+        servers = {
+            "openai_chat": OpenAIServer(),
+            "openai_completions": OpenAIServer(),
+            "tgi": TGIServer(),
+            "ollama": OllamaServer(),
+            "comfyui": ComfyUIServer(),
+        }
+        self.assertEqual(
+            {kind: HealthRoute("", "auto", kind).path for kind in servers},
+            {
+                "openai_chat": "/health",
+                "openai_completions": "/health",
+                "tgi": "/health",
+                "ollama": "/api/version",
+                "comfyui": "/system_stats",
+            },
+        )
+        for kind, server in servers.items():
+            url = f"http://127.0.0.1:{listen(self, fake_site(server, reactor))}"
+            session = BackendSession.create(reactor, url)
+            self.addCleanup(session.close)
+            await probe(session.http, HealthRoute(url, "auto", kind).url, reactor, 5.0)
+        explicit = HealthRoute("http://x", "/ping", "ollama")
+        self.assertEqual((explicit.url, explicit.fall_back()), ("http://x/ping", False))

@@ -257,8 +257,7 @@ class LlamaCppTests(TestCase):
         caller = await raw_connect(port)
         caller.transport.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: worker\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         await caller.wait_for(b'"content"')
         # The abandoned request alone would take this long at the server's pace.
@@ -279,5 +278,3 @@ class LlamaCppTests(TestCase):
         self.assertEqual(answer.usage.completion_tokens, 8)
         self.assertLess(elapsed, full_length / 3, f"{elapsed:.1f} s, full {full_length:.1f} s")
         self.assertEqual(worker.state.phase, Phase.READY)
-
-

@@ -569,9 +569,10 @@ class OllamaServer(FakeModelServer):
         self.model = model
 
     def routes(self) -> dict[tuple[bytes, bytes], Callable[[Any], bytes | int]]:
-        """``/``, ``/api/tags`` and ``/api/generate``."""
+        """``/``, ``/api/version``, ``/api/tags`` and ``/api/generate``."""
         return {
             (b"GET", b"/"): lambda r: b"Ollama is running",
+            (b"GET", b"/api/version"): lambda r: self.json(r, 200, {"version": "0.5.7"}),
             (b"GET", b"/api/tags"): lambda r: self.json(
                 r, 200, {"models": [{"name": self.model, "model": self.model}]}
             ),
@@ -641,8 +642,11 @@ class ComfyUIServer(FakeModelServer):
         )
 
     def routes(self) -> dict[tuple[bytes, bytes], Callable[[Any], bytes | int]]:
-        """``/generate/sync``."""
-        return {(b"POST", b"/generate/sync"): self.generate}
+        """``/generate/sync`` and ComfyUI's ``/system_stats``."""
+        return {
+            (b"POST", b"/generate/sync"): self.generate,
+            (b"GET", b"/system_stats"): lambda r: self.json(r, 200, {"system": {}, "devices": []}),
+        }
 
     def parse(self, request: Any, body: Any) -> Job:
         """An ``input`` with a ``workflow_json`` or a ``modifier``."""
