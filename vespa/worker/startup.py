@@ -241,6 +241,7 @@ class Startup(Service):
 
     async def _fetch_public_key(self) -> None:
         assert self._verifier is not None and self._pubkey_url is not None
+        log.info("fetching the autoscaler public key: GET {url}", url=self._pubkey_url)
         delay, failures = 1.0, 0
         while True:
             try:
