@@ -17,6 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.logcapture import capture_log
 from tests.support import listen, until
 from vespa.benchmarks import (
     BUILT_IN,
@@ -37,6 +38,7 @@ from vespa.benchmarks import (
 )
 from vespa.benchmarks.__main__ import main as cli
 from vespa.benchmarks.openai_api import StreamCounter
+from vespa.benchmarks.runner import concurrency_levels
 from vespa.benchmarks.session import BackendSession
 from vespa.benchmarks.settings import ComfyUISettings, OpenAISettings, TGISettings
 from vespa.config import Origin, WorkerConfig
@@ -318,7 +320,7 @@ class SettingsTests(SynchronousTestCase):
         server = OpenAIServer(Clock(), model="x", tokens_per_second=10.0)
         backend = InMemoryBackend(server)
         backend.run(lambda session: openai_chat.benchmark(backend.URL, session))
-        self.assertEqual(server.requests, 1 + 2)
+        self.assertEqual(server.requests, 1 + 1 + 2)
         self.assertEqual(server.bodies[-1]["max_tokens"], 256)
 
 
@@ -350,36 +352,56 @@ class RunLoopTests(SynchronousTestCase):
         return str(caught.exception)
 
     def test_runs(self) -> None:
-        """A warm-up, then the runs, each timed; the best is the result."""
+        """A warm-up, then the ramp: ``runs`` runs at 1, 2, 4 ... up to the
+        concurrency, each timed."""
+        self.assertEqual(concurrency_levels(8), [1, 2, 4, 8])
+        self.assertEqual(concurrency_levels(6), [1, 2, 4, 6])
+        self.assertEqual(concurrency_levels(1), [1])
         server = TGIServer(Clock(), tokens_per_second=10.0)
-        results = self.runs(server, concurrency=2, runs=3)
-        self.assertEqual(server.requests, 1 + 3 * 2)
-        self.assertEqual([r.run for r in results], [1, 2, 3])
-        self.assertEqual({(r.succeeded, r.units, r.elapsed) for r in results}, {(2, 20.0, 1.0)})
-        self.assertEqual(results[0].throughput, 20.0)
+        results = self.runs(server, concurrency=4, runs=2)
+        self.assertEqual(server.requests, 1 + 2 * (1 + 2 + 4))
+        self.assertEqual([r.run for r in results], [1, 2, 3, 4, 5, 6])
+        self.assertEqual([r.requests for r in results], [1, 1, 2, 2, 4, 4])
+        self.assertTrue(all(r.complete and r.elapsed == 1.0 for r in results))
+        self.assertEqual([r.throughput for r in results], [10.0, 10.0, 20.0, 20.0, 40.0, 40.0])
 
-    def test_run_with_no_success_is_skipped(self) -> None:
-        """Run 1 fails entirely: skipped with its reason; run 2 is the measurement."""
-        server = TGIServer(
-            Clock(), tokens_per_second=10.0, failure=lambda n: "error" if n in (2, 3) else None
+    def test_a_failed_request_ends_the_ramp(self) -> None:
+        """
+        At concurrency 2 one request fails: that run is no measurement, the
+        ramp stops there, and the result comes from the level sustained,
+        with the log saying why.
+        """
+        server = TGIServer(Clock(), tokens_per_second=10.0, failure=lambda n: n == 5 and "error")
+        backend = InMemoryBackend(server)
+        with capture_log() as events:
+            measured = backend.run(
+                lambda session: measure(
+                    session, generate, count_all, RunSettings(concurrency=8, runs=3), name="test"
+                )
+            )
+        self.assertEqual(measured, 10.0)
+        self.assertEqual(server.requests, 1 + 3 + 2)
+        self.assertIn(
+            "test: at concurrency 2, 1 of 2 requests failed (POST /generate answered 500",
+            events.text,
         )
-        results = self.runs(server, concurrency=2, runs=2)
-        self.assertEqual((results[0].succeeded, results[0].throughput), (0, 0.0))
-        self.assertIn("POST /generate answered 500", results[0].failure)
-        self.assertEqual((results[1].succeeded, results[1].throughput), (2, 20.0))
+        self.assertIn("): measured at 1", events.text)
 
-    def test_partial_failure_counts_the_successes(self) -> None:
-        """One of two fails: the run counts the other's units over the run's time."""
-        server = TGIServer(Clock(), tokens_per_second=10.0, failure=lambda n: n == 2 and "error")
-        (result,) = self.runs(server, concurrency=2, runs=1)
-        self.assertEqual((result.succeeded, result.units, result.throughput), (1, 10.0, 10.0))
+    def test_partial_failure_is_not_a_measurement(self) -> None:
+        """One of two fails: the run counts nothing, though the other completed."""
+        server = TGIServer(Clock(), tokens_per_second=10.0, failure=lambda n: n == 3 and "error")
+        results = self.runs(server, concurrency=2, runs=1)
+        self.assertEqual([r.complete for r in results], [True, False])
+        self.assertEqual((results[1].succeeded, results[1].requests), (1, 2))
+        self.assertIn("POST /generate answered 500", results[1].failure)
 
     def test_no_success_is_an_error_not_a_number(self) -> None:
-        """The warm-up works, every run fails: an error with the first reason."""
+        """The warm-up works, the first run fails: an error with the reason."""
         server = TGIServer(Clock(), failure=lambda n: None if n == 1 else "error")
         message = self.failure(server, concurrency=2, runs=2)
-        self.assertIn("test: no benchmark request succeeded in 2 runs", message)
+        self.assertIn("test: no run completed: at concurrency 1, 1 of 1 requests failed", message)
         self.assertIn("the first failure: POST /generate answered 500", message)
+        self.assertEqual(server.requests, 2)
 
     def test_warmup_failure_stops_at_once(self) -> None:
         """A backend that cannot answer fails in one request's time."""
@@ -391,8 +413,9 @@ class RunLoopTests(SynchronousTestCase):
     def test_timeout_frees_the_backend(self) -> None:
         """A hanging request fails after the timeout and its connection is closed."""
         server = TGIServer(Clock(), failure=lambda n: "hang" if n == 3 else None)
-        (result,) = self.runs(server, concurrency=2, runs=1, timeout=4.0)
-        self.assertEqual((result.succeeded, result.elapsed), (1, 4.0))
+        result = self.runs(server, concurrency=2, runs=1, timeout=4.0)[-1]
+        self.assertEqual((result.requests, result.succeeded), (2, 1))
+        self.assertAlmostEqual(result.elapsed, 4.0)
         self.assertIn("no complete answer within 4 s", result.failure)
         self.assertEqual(server.cancelled, 1)
 
@@ -443,11 +466,14 @@ class RunLoopTests(SynchronousTestCase):
         backend.settle()
         clock.advance(10)  # the warm-up's answer
         backend.settle()
-        self.assertEqual(server.active, 3)
+        for _ in range(3):  # the three runs at concurrency 1
+            clock.advance(10)
+            backend.settle()
+        self.assertEqual(server.active, 2)
         d.cancel()
         backend.settle()
         self.failureResultOf(d, CancelledError)
-        self.assertEqual((server.active, server.cancelled), (0, 3))
+        self.assertEqual((server.active, server.cancelled), (0, 2))
 
 
 class SessionTests(SynchronousTestCase):

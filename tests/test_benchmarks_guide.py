@@ -63,7 +63,7 @@ class GuideTests(SynchronousTestCase):
         namespace = self.recipe()
         self.assertAlmostEqual(namespace["measured"], 4 * 640.0)
         server = namespace["server"]
-        self.assertEqual(server.requests, 1 + 3 * 4)
+        self.assertEqual(server.requests, 1 + 3 * (1 + 2 + 4))
         self.assertEqual({len(body["inputs"]) for body in server.bodies}, {32})
 
     def test_example_reports_a_wrong_answer(self) -> None:

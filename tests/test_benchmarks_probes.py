@@ -20,6 +20,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.logcapture import capture_log
 from tests.support import listen, until
 from vespa.benchmarks import BenchmarkError, comfyui, ollama, openai_chat, openai_completions, tgi
 from vespa.benchmarks.session import BackendResponse, BackendSession
@@ -71,7 +72,7 @@ class OpenAIProbeTests(SynchronousTestCase):
         last = server.bodies[-1]
         self.assertEqual(last["model"], "fake-model")
         self.assertEqual(last["stream_options"], {"include_usage": True})
-        self.assertEqual(server.requests, 1 + 2 * 4)
+        self.assertEqual(server.requests, 1 + 2 * (1 + 2 + 4))
         self.assertEqual(server.max_active, 4)
 
     def test_saturation_caps_throughput(self) -> None:
@@ -79,6 +80,38 @@ class OpenAIProbeTests(SynchronousTestCase):
         server = OpenAIServer(Clock(), tokens_per_second=100.0, saturate_at=2)
         settings = OpenAISettings(concurrency=8, runs=2, max_tokens=50)
         self.assertAlmostEqual(run(server, openai_chat.benchmark, settings), 200.0)
+
+    def test_cut_short_streams_are_not_a_measurement(self) -> None:
+        """
+        A server that runs one request and cuts its stream short when another
+        arrives (llama-cpp-python's default ``--interrupt_requests``): the
+        ramp stops at 2 and the capacity is the one-at-a-time figure, with
+        the log saying why, not a run of seven failed streams.
+        """
+        server = OpenAIServer(
+            Clock(), tokens_per_second=100.0, saturate_at=1, interrupt_streams=True
+        )
+        settings = OpenAISettings(concurrency=8, runs=2, max_tokens=50)
+        with capture_log() as log:
+            self.assertAlmostEqual(run(server, openai_chat.benchmark, settings), 100.0)
+        self.assertEqual(server.requests, 1 + 2 * 1 + 2)
+        self.assertIn(
+            "openai_chat: at concurrency 2, 1 of 2 requests failed "
+            "(POST /v1/chat/completions: the stream was cut short after 1 tokens "
+            "(it ended with no finish_reason)): measured at 1",
+            log.text,
+        )
+
+    def test_no_level_sustained_is_an_error_and_nothing_else(self) -> None:
+        """Every stream cut short (a server that always interrupts): an error."""
+        server = OpenAIServer(
+            Clock(), tokens_per_second=100.0, max_output_tokens=50, failure=None
+        )
+        server.finished = lambda job: b"data: [DONE]\n\n"  # type: ignore[method-assign]
+        settings = OpenAISettings(concurrency=4, runs=2, max_tokens=50)
+        message = failure_of(server, openai_chat.benchmark, settings)
+        self.assertIn("the warm-up request failed", message)
+        self.assertIn("the stream was cut short after 16 tokens", message)
 
     def test_latency_before_the_first_token(self) -> None:
         """Per request: 0.5 s to the first token, then 50 tokens at 100/s."""

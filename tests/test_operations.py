@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from typing import Any
 
 from twisted.internet import reactor
@@ -112,7 +113,8 @@ class RequestIdTests(TestCase):
     timeout = 30
 
     async def test_given_and_generated_ids(self) -> None:
-        """The caller's X-Request-Id is kept; without one, one is made."""
+        """The caller's X-Request-Id is kept; without one (or with a non-visible
+        one), a UUID4 is made: llama.cpp's server answers 400 to other ids."""
         env = await start_secured_worker(self, unsecured=True)
         response, body = await env.client.request(
             b"GET", b"/echo", headers={b"X-Request-Id": [b"abc-123"]}
@@ -121,8 +123,15 @@ class RequestIdTests(TestCase):
         self.assertIn(["X-Request-Id", "abc-123"], json.loads(body)["headers"])
         response, body = await env.client.request(b"GET", b"/echo")
         made = response.headers.getRawHeaders(b"x-request-id")[0]
-        self.assertEqual(len(made), 16)
+        self.assertEqual(uuid.UUID(made.decode()).version, 4)
+        self.assertEqual(str(uuid.UUID(made.decode())), made.decode())
         self.assertIn(["X-Request-Id", made.decode()], json.loads(body)["headers"])
+        response, body = await env.client.request(
+            b"GET", b"/echo", headers={b"X-Request-Id": [b"has space"]}
+        )
+        replaced = response.headers.getRawHeaders(b"x-request-id")[0]
+        self.assertEqual(uuid.UUID(replaced.decode()).version, 4)
+        self.assertNotEqual(replaced, made)
 
 
 class AccessLogTests(TestCase):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 
+from tests.logcapture import capture_log
 from tests.support import BENCHMARK_CALLS, start_secured_worker, until, wake_startup
 from tests.test_worker_protocol import Harness
+from vespa.worker import health
 from vespa.worker.state import Phase
 
 
@@ -144,3 +147,160 @@ class StartupTests(TestCase):
         self.assertEqual(await wake_startup(env.worker, env.clock), 16)
         await until(lambda: self.state.is_loaded)
         self.assertEqual(self.state.error, "")
+
+
+async def models_benchmark(backend_url: str, session: Any) -> float:
+    """A benchmark that needs ``/v1/models`` only (the server has no ``/health``)."""
+    response = await session.get("/v1/models")
+    await response.content()
+    return 50.0
+
+
+class StartupSaysWhatItDoesTests(TestCase):
+    """
+    The first minute with a model server: unsecured relays at once, the log
+    says what startup waits for, and the health route finds itself.
+    """
+
+    timeout = 30
+
+    async def start(self, **kw: Any) -> Any:
+        self.env = await start_secured_worker(self, wait_until_loaded=False, **kw)
+        return self.env
+
+    def probes(self, uri: bytes = b"/health") -> int:
+        return sum(1 for _, seen in self.env.backend.received if seen == uri)
+
+    async def next_probe(self, times: int = 1) -> None:
+        for _ in range(times):
+            before = len(self.env.backend.received)
+            await wake_startup(self.env.worker, self.env.clock)
+            await until(lambda before=before: len(self.env.backend.received) > before)
+
+    async def test_unsecured_relays_while_loading(self) -> None:
+        """Unsecured: requests go through while the model server loads; /ready
+        still says 503 loading, and the chain goes on to load."""
+        env = await self.start(
+            unsecured=True, before_start=lambda e: setattr(e.backend, "health_status", 503)
+        )
+        await until(lambda: self.probes() == 1)
+        response, body = await env.client.request(b"POST", b"/echo/dev", body=b'{"x": 1}')
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["body"], '{"x": 1}')
+        response, body = await env.client.request(b"GET", b"/ready")
+        self.assertEqual((response.code, json.loads(body)["phase"]), (503, "loading"))
+        self.assertEqual(env.worker.state.phase, Phase.LOADING)
+        env.backend.health_status = 200
+        await self.next_probe()
+        await until(lambda: env.worker.state.is_loaded)
+
+    async def test_waiting_is_logged_every_30_seconds_with_the_last_answer(self) -> None:
+        """One line as the wait starts, then one per 30 s with the last answer
+        (503 = still loading), the time spent and the limit; then the end."""
+        with capture_log() as log:
+            env = await self.start(before_start=lambda e: setattr(e.backend, "health_status", 503))
+            await until(lambda: self.probes() == 1)
+            await self.next_probe(times=12)  # probes every 5 s: t = 0 ... 60
+            waiting = [line for line in log.lines() if "still waiting" in line]
+            self.assertEqual(len(waiting), 2)
+            self.assertIn("answered 503 (still loading) (30 s of 1200 s)", waiting[0])
+            self.assertIn("(60 s of 1200 s)", waiting[1])
+            self.assertEqual(
+                len([line for line in log.lines() if line.startswith("waiting for the model")]),
+                1,
+            )
+            self.assertRegex(
+                log.text,
+                r"waiting for the model server: GET http://127\.0\.0\.1:\d+/health "
+                r"\(up to 1200 s\)",
+            )
+            env.backend.health_status = 200
+            await self.next_probe()
+            await until(lambda: env.worker.state.is_loaded)
+        self.assertIn("answered 200 after 65.0 s", log.text)
+        self.assertIn("benchmarking the model server: tests.support:fixed_benchmark", log.text)
+        self.assertRegex(log.text, r"loaded in 65\.0 s: 100 units/s")
+        self.assertTrue(
+            all(e["log_level"] is LogLevel.info for e in log.events if "waiting" in formatEvent(e))
+        )
+
+    async def test_404_names_the_option_once(self) -> None:
+        """An explicit route the server lacks: one warning naming
+        --healthcheck-endpoint with a suggestion, and the error says it too."""
+        with capture_log() as log:
+            env = await self.start(
+                healthcheck_endpoint="/health",
+                ready_timeout_initial=20.0,
+                before_start=lambda e: setattr(e.backend, "health_status", 404),
+            )
+            await until(lambda: self.probes() == 1)
+            await self.next_probe(times=4)
+            await until(lambda: env.worker.state.phase is Phase.ERRORED)
+        warnings = log.lines(LogLevel.warn)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("answered 404: the model server has no such route", warnings[0])
+        self.assertIn("--healthcheck-endpoint /v1/models", warnings[0])
+        self.assertIn("--healthcheck-endpoint", env.worker.state.error)
+
+    async def test_auto_falls_back_on_404_and_health_checks_use_the_choice(self) -> None:
+        """auto: /health answers 404, so /v1/models is tried at once and kept,
+        for startup and for the periodic checks; the choice is logged."""
+        self.patch(health, "DEFAULT_ROUTES", ("/health", "/v1/models"))
+        with capture_log() as log:
+            env = await self.start(
+                benchmark="tests.test_startup:models_benchmark",
+                before_start=lambda e: setattr(e.backend, "health_status", 404),
+            )
+            await until(lambda: env.worker.state.is_loaded)
+        self.assertEqual((self.probes(), self.probes(b"/v1/models")), (1, 2))
+        self.assertIn(
+            "/health answered 404: the model server has no such route; trying GET", log.text
+        )
+        self.assertIn("health checks use /v1/models (auto)", log.text)
+        env.clock.advance(env.worker.startup._settings.healthcheck_interval)
+        await until(lambda: self.probes(b"/v1/models") == 3)
+        self.assertEqual(self.probes(), 1)
+
+
+class NativeRoutesTests(TestCase):
+    """``auto`` starts from each built-in benchmark's native route, one its
+    server (here its fake, over loopback) answers 200 on."""
+
+    async def test_each_kind_probes_a_route_its_server_has(self) -> None:
+        from twisted.internet import reactor
+
+        from tests.support import listen
+        from vespa.benchmarks.session import BackendSession
+        from vespa.testing.model_servers import (
+            ComfyUIServer,
+            OllamaServer,
+            OpenAIServer,
+            TGIServer,
+            fake_site,
+        )
+        from vespa.worker.health import HealthRoute, probe
+
+        servers = {
+            "openai_chat": OpenAIServer(),
+            "openai_completions": OpenAIServer(),
+            "tgi": TGIServer(),
+            "ollama": OllamaServer(),
+            "comfyui": ComfyUIServer(),
+        }
+        self.assertEqual(
+            {kind: HealthRoute("", "auto", kind).path for kind in servers},
+            {
+                "openai_chat": "/health",
+                "openai_completions": "/health",
+                "tgi": "/health",
+                "ollama": "/api/version",
+                "comfyui": "/system_stats",
+            },
+        )
+        for kind, server in servers.items():
+            url = f"http://127.0.0.1:{listen(self, fake_site(server, reactor))}"
+            session = BackendSession.create(reactor, url)
+            self.addCleanup(session.close)
+            await probe(session.http, HealthRoute(url, "auto", kind).url, reactor, 5.0)
+        explicit = HealthRoute("http://x", "/ping", "ollama")
+        self.assertEqual((explicit.url, explicit.fall_back()), ("http://x/ping", False))

@@ -224,18 +224,20 @@ class DaemonTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["origin"], "vespa")
         self.assertEqual(http("GET", f"http://127.0.0.1:{port}/ping")[2], b"pong")
 
-    def test_backend_down_is_a_json_503_and_the_daemon_keeps_serving(self) -> None:
+    def test_backend_down_is_a_json_502_while_loading_and_the_daemon_keeps_serving(self) -> None:
         """
-        Unsecured, with the backend down: the worker never loads, and each
-        request gets a JSON 503 saying why; the daemon stays up.
+        Unsecured, with the backend down: the worker never loads, yet each
+        request is relayed (unsecured relays in every phase) and gets a JSON
+        502 saying why; /ready says 503 loading; the daemon stays up.
         """
         port = self.start("--unsecured", "--backend-url", f"http://127.0.0.1:{free_port()}")
         for _ in range(3):
             status, _, body = http("GET", f"http://127.0.0.1:{port}/v1/models")
-            self.assertEqual(status, 503)
+            self.assertEqual(status, 502)
             error = json.loads(body)
             self.assertEqual(error["origin"], "vespa")
-            self.assertIn("not ready", error["error"])
+        status, _, body = http("GET", f"http://127.0.0.1:{port}/ready")
+        self.assertEqual((status, json.loads(body)["phase"]), (503, "loading"))
         self.assertEqual(http("GET", f"http://127.0.0.1:{port}/ping")[0], 200)
 
     def test_sigterm_drains_a_long_stream_then_exits_0(self) -> None:

@@ -509,8 +509,9 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         "healthcheck-endpoint",
         "HEALTHCHECK_ENDPOINT",
         str,
-        "/health",
-        "Path on the backend that answers 200 when it is ready",
+        "auto",
+        "Path on the backend that answers 200 when it is ready; auto: the "
+        "benchmark's native route, the next one when the server answers 404",
     ),
     Setting(
         "healthcheck-interval",
@@ -530,7 +531,7 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         "healthcheck-timeout",
         "HEALTHCHECK_TIMEOUT",
         parse_positive_float,
-        10.0,
+        30.0,
         "Seconds per health check",
     ),
     Setting(
@@ -766,10 +767,10 @@ class WorkerConfig:
     replay_window: int | None = 10000
     url_binding: bool = True
     pubkey_timeout: float | None = 10.0
-    healthcheck_endpoint: str = "/health"
+    healthcheck_endpoint: str = "auto"
     healthcheck_interval: float = 10.0
     healthcheck_retry_interval: float = 5.0
-    healthcheck_timeout: float = 10.0
+    healthcheck_timeout: float = 30.0
     healthcheck_failures: int = 3
     ready_timeout_initial: float = 1200.0
     ready_timeout_resume: float = 300.0
@@ -807,8 +808,8 @@ class WorkerConfig:
             backend = DEMO_BACKEND
         if v["demo"] and (backend.scheme != "http" or not backend.is_ip):
             raise ConfigError("--demo needs an http://<ip>:<port> --backend-url to serve on")
-        if not v["healthcheck-endpoint"].startswith("/"):
-            raise ConfigError("--healthcheck-endpoint: must be a path starting with /")
+        if v["healthcheck-endpoint"] != "auto" and not v["healthcheck-endpoint"].startswith("/"):
+            raise ConfigError("--healthcheck-endpoint: must be auto or a path starting with /")
         slots = 1 if not v["allow-parallel"] else v["max-concurrency"]
         if v["use-ssl"]:
             from vespa.tls import TLSFilesError, server_options

@@ -59,6 +59,7 @@ __all__ = [
     "resolve_benchmark",
     "run_benchmark",
     "send",
+    "unit_of",
 ]
 
 Benchmark = Callable[[str, BackendSession], Any]
@@ -80,6 +81,24 @@ SETTINGS: dict[str, type[RunSettings]] = {
     "ollama": OllamaSettings,
     "comfyui": ComfyUISettings,
 }
+
+
+#: The workload unit of each built-in, for the log.
+UNITS = {
+    "openai_chat": "tokens",
+    "openai_completions": "tokens",
+    "tgi": "tokens",
+    "ollama": "tokens",
+    "comfyui": "units",
+}
+
+
+def unit_of(spec: str) -> str:
+    """
+    The workload unit of the benchmark ``spec`` names: ``units`` for one of
+    the user's own.
+    """
+    return UNITS.get(built_in_name(spec) or "", "units")
 
 
 def built_in_name(spec: str) -> str | None:

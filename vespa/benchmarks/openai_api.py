@@ -10,6 +10,9 @@ must then be its expected output tokens (its ``max_tokens``).
 Tokens are counted, not assumed: from ``usage.completion_tokens``, or, in a
 stream without usage, one token per content delta (how these servers stream:
 one token per event, the reasoning models' ``reasoning_content`` included).
+A stream that ends without a ``finish_reason`` was cut short (llama-cpp-python
+ends a running stream with ``[DONE]`` when another request arrives) and fails
+its request: it is not a measurement.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import json
 import random
 from typing import Any, Literal
 
+from twisted.web.client import ResponseFailed
+
 from vespa.benchmarks.errors import BenchmarkError
 from vespa.benchmarks.prompts import text_prompt
 from vespa.benchmarks.runner import (
     Request,
+    describe,
     discover_first_model,
     measure,
     read_json,
@@ -82,12 +88,14 @@ class StreamCounter:
 
     :ivar usage: ``usage.completion_tokens`` when the stream carried it.
     :ivar deltas: events with text (content, reasoning or completion text).
+    :ivar finished: whether a choice ended with a ``finish_reason``.
     """
 
     def __init__(self) -> None:
         self._buffer = b""
         self.usage: int | None = None
         self.deltas = 0
+        self.finished = False
 
     @property
     def tokens(self) -> int:
@@ -135,6 +143,9 @@ class StreamCounter:
         choices = event.get("choices")
         if isinstance(choices, list):
             self.deltas += sum(1 for choice in choices if _has_text(choice))
+            self.finished = self.finished or any(
+                isinstance(choice, dict) and choice.get("finish_reason") for choice in choices
+            )
 
 
 async def count_tokens(response: BackendResponse, request: Request) -> float:
@@ -146,12 +157,24 @@ async def count_tokens(response: BackendResponse, request: Request) -> float:
     content_type = b";".join(response.headers.getRawHeaders(b"content-type") or [])
     if request.json.get("stream") and b"json" not in content_type.lower():
         counter = StreamCounter()
-        await response.collect(counter.feed)
+        try:
+            await response.collect(counter.feed)
+        except ResponseFailed as e:
+            # llama-cpp-python, interrupted, may end the stream mid-chunk.
+            raise BenchmarkError(
+                f"{request}: the stream was cut short after {counter.tokens} tokens "
+                f"(the connection ended mid-answer: {describe(e)})"
+            ) from e
         counter.finish()
         if counter.tokens <= 0:
             raise BenchmarkError(
                 f"{request}: the stream carried no tokens "
                 "(no content deltas, no usage.completion_tokens)"
+            )
+        if not counter.finished:
+            raise BenchmarkError(
+                f"{request}: the stream was cut short after {counter.tokens} tokens "
+                "(it ended with no finish_reason)"
             )
         return counter.tokens
     body = await read_json(response, request)

@@ -9,12 +9,18 @@ loop does the rest:
 1. one warm-up request (its result is not timed: first requests compile
    kernels, fill caches and load weights lazily), which must succeed, so a
    backend that cannot answer at all fails in one request's time;
-2. ``runs`` runs of ``concurrency`` requests sent together, each run timed on
-   ``session.clock`` from the first request sent to the last answer;
-3. a run's throughput is the units its successful requests counted divided by
-   its time; a run with no success is skipped; the result is the best run.
-4. No success at all raises :class:`BenchmarkError` with the first failure's
-   reason, never a small number: a wrong capacity is worse than none.
+2. a ramp of concurrency levels, 1, 2, 4, ... up to ``concurrency``
+   (:func:`concurrency_levels`): at each level ``runs`` runs of that many
+   requests sent together, each run timed on ``session.clock`` from the first
+   request sent to the last answer;
+3. a run is a measurement only when every one of its requests completed: a
+   failed or cut-short request (llama-cpp-python ends a running stream when
+   another request arrives) would make the throughput a fiction. The first
+   run that is not one ends the ramp: the server does not sustain that level;
+4. the result is the best complete run's units per second, and the log says
+   where the ramp stopped and why. No complete run raises
+   :class:`BenchmarkError` with the reasons, never a small number: a wrong
+   capacity is worse than none.
 
 Every request fails after ``settings.timeout`` seconds, so a hanging backend
 gives an error instead of holding startup forever.
@@ -41,6 +47,8 @@ __all__ = [
     "Count",
     "Request",
     "RunResult",
+    "concurrency_levels",
+    "describe",
     "fetch_json",
     "measure",
     "measure_runs",
@@ -85,8 +93,8 @@ class RunResult:
     """
     What one run measured.
 
-    :param run: its number, from 1.
-    :param requests: requests sent.
+    :param run: its number, from 1, across the levels of the ramp.
+    :param requests: requests sent together: its concurrency level.
     :param succeeded: requests that answered and were counted.
     :param units: the units counted.
     :param elapsed: seconds on ``session.clock``.
@@ -107,8 +115,27 @@ class RunResult:
             return 0.0
         return self.units / self.elapsed
 
+    @property
+    def complete(self) -> bool:
+        """Whether it is a measurement: every request completed, in some time."""
+        return self.failure is None and self.succeeded == self.requests and self.throughput > 0
 
-def _describe(error: BaseException) -> str:
+
+def concurrency_levels(limit: int) -> list[int]:
+    """
+    The ramp up to ``limit``: 1, 2, 4, ... and ``limit`` itself.
+    """
+    levels = []
+    level = 1
+    while level < limit:
+        levels.append(level)
+        level *= 2
+    levels.append(limit)
+    return levels
+
+
+def describe(error: BaseException) -> str:
+    """What went wrong, from an exception (the messages inside a ResponseFailed)."""
     # ResponseFailed and friends carry a list of Failures and print as their
     # repr; the messages inside are what says what happened.
     reasons = getattr(error, "reasons", None)
@@ -177,7 +204,7 @@ async def send(session: BackendSession, request: Request, count: Count, timeout:
     except (BenchmarkError, CancelledError):
         raise
     except Exception as e:
-        raise BenchmarkError(f"{request}: {_describe(e)}") from e
+        raise BenchmarkError(f"{request}: {describe(e)}") from e
 
 
 async def fetch_json(session: BackendSession, path: str, timeout: float) -> Any:
@@ -212,7 +239,7 @@ async def fetch_json(session: BackendSession, path: str, timeout: float) -> Any:
     except (BenchmarkError, CancelledError):
         raise
     except Exception as e:
-        raise BenchmarkError(f"GET {path}: {_describe(e)}") from e
+        raise BenchmarkError(f"GET {path}: {describe(e)}") from e
 
 
 async def read_json(response: BackendResponse, request: Request) -> Any:
@@ -283,8 +310,9 @@ async def measure_runs(
     name: str = "benchmark",
 ) -> list[RunResult]:
     """
-    Warm up, then time ``settings.runs`` runs of ``settings.concurrency``
-    requests at once.
+    Warm up, then ramp: ``settings.runs`` runs at each concurrency level of
+    :func:`concurrency_levels` up to ``settings.concurrency``, until a run in
+    which some request did not complete.
 
     :param request: builds request ``i``: 0 is the warm-up, then 1, 2, ...
         across all runs, so each request can differ (a seed, a prompt).
@@ -293,8 +321,9 @@ async def measure_runs(
         sends that one, ``False`` none.
     :param unit: the unit's name, for the log.
     :param name: the benchmark's name, for the log.
-    :return: every run, the skipped ones included; at least one succeeded.
-    :raise BenchmarkError: when the warm-up fails, or no request succeeded.
+    :return: every run; at least one is :attr:`RunResult.complete`, and only
+        the last one may be incomplete (it ended the ramp).
+    :raise BenchmarkError: when the warm-up fails, or no run completed.
     """
     if warmup is not False:
         first = request(0) if warmup is True else warmup
@@ -304,63 +333,84 @@ async def measure_runs(
             raise BenchmarkError(f"{name}: the warm-up request failed: {e}") from e
     results: list[RunResult] = []
     index = 1
-    for run in range(1, settings.runs + 1):
-        batch = [request(index + k) for k in range(settings.concurrency)]
-        index += settings.concurrency
-        started = session.clock.seconds()
-        outcomes = await DeferredList(
-            [Deferred.fromCoroutine(send(session, r, count, settings.timeout)) for r in batch],
-            consumeErrors=True,
-        )
-        elapsed = session.clock.seconds() - started
-        units: list[float] = []
-        failures: list[Failure] = []
-        for ok, value in outcomes:
-            # DeferredList types a result as success or Failure, not which.
-            if ok:
-                units.append(value)
-            else:
-                failures.append(cast(Failure, value))
-        if any(f.check(CancelledError) for f in failures):
-            # The whole benchmark was cancelled (the worker is stopping):
-            # these are not failures of the backend.
-            raise CancelledError()
-        failure = failures[0].getErrorMessage() if failures else None
-        if units and elapsed <= 0:
-            failure = f"run {run} took no time on session.clock (is the clock running?)"
-            units = []
-        result = RunResult(run, len(batch), len(units), sum(units), elapsed, failure)
-        results.append(result)
-        if failures:
-            log.warn(
-                "{name} run {run}: {n} of {total} requests failed: {why}",
-                name=name,
-                run=run,
-                n=len(failures),
-                total=len(batch),
-                why=failure,
-            )
-        if not units:
-            log.warn("{name} run {run}: nothing measured; skipped", name=name, run=run)
-            continue
-        log.info(
-            "{name} run {run}: {units:g} {unit} in {elapsed:.3f} s from {n} requests: "
-            "{throughput:.4g} {unit}/s",
-            name=name,
-            run=run,
-            units=result.units,
-            unit=unit,
-            elapsed=elapsed,
-            n=result.succeeded,
-            throughput=result.throughput,
-        )
-    if not any(r.throughput > 0 for r in results):
-        first_failure = next((r.failure for r in results if r.failure), "unknown")
+    for level in concurrency_levels(settings.concurrency):
+        for _ in range(settings.runs):
+            batch = [request(index + k) for k in range(level)]
+            index += level
+            result = await _run(session, batch, count, settings, len(results) + 1)
+            results.append(result)
+            _log_run(result, name, unit)
+            if not result.complete:
+                break
+        if not results[-1].complete:
+            break
+    if not any(r.complete for r in results):
+        stopped = results[-1]
         raise BenchmarkError(
-            f"{name}: no benchmark request succeeded in {settings.runs} runs; "
-            f"the first failure: {first_failure}"
+            f"{name}: no run completed: at concurrency {stopped.requests}, "
+            f"{stopped.requests - stopped.succeeded} of {stopped.requests} requests failed; "
+            f"the first failure: {stopped.failure}"
         )
     return results
+
+
+async def _run(
+    session: BackendSession,
+    batch: list[Request],
+    count: Count,
+    settings: RunSettings,
+    number: int,
+) -> RunResult:
+    """Send ``batch`` together and time it."""
+    started = session.clock.seconds()
+    outcomes = await DeferredList(
+        [Deferred.fromCoroutine(send(session, r, count, settings.timeout)) for r in batch],
+        consumeErrors=True,
+    )
+    elapsed = session.clock.seconds() - started
+    units: list[float] = []
+    failures: list[Failure] = []
+    for ok, value in outcomes:
+        # DeferredList types a result as success or Failure, not which.
+        if ok:
+            units.append(value)
+        else:
+            failures.append(cast(Failure, value))
+    if any(f.check(CancelledError) for f in failures):
+        # The whole benchmark was cancelled (the worker is stopping):
+        # these are not failures of the backend.
+        raise CancelledError()
+    failure = failures[0].getErrorMessage() if failures else None
+    if units and elapsed <= 0:
+        failure = f"run {number} took no time on session.clock (is the clock running?)"
+        units = []
+    return RunResult(number, len(batch), len(units), sum(units), elapsed, failure)
+
+
+def _log_run(result: RunResult, name: str, unit: str) -> None:
+    if result.complete:
+        log.info(
+            "{name} run {run} at concurrency {concurrency}: {units:g} {unit} in {elapsed:.3f} s: "
+            "{throughput:.4g} {unit}/s",
+            name=name,
+            run=result.run,
+            concurrency=result.requests,
+            units=result.units,
+            unit=unit,
+            elapsed=result.elapsed,
+            throughput=result.throughput,
+        )
+        return
+    log.warn(
+        "{name} run {run} at concurrency {concurrency}: {n} of {total} requests failed, "
+        "not a measurement: {why}",
+        name=name,
+        run=result.run,
+        concurrency=result.requests,
+        n=result.requests - result.succeeded,
+        total=result.requests,
+        why=result.failure,
+    )
 
 
 async def measure(
@@ -374,20 +424,33 @@ async def measure(
     name: str = "benchmark",
 ) -> float:
     """
-    The best throughput over the runs of :func:`measure_runs` (same
+    The best throughput of the complete runs of :func:`measure_runs` (same
     parameters), in units per second.
 
-    :raise BenchmarkError: when the warm-up fails, or no request succeeded.
+    :raise BenchmarkError: when the warm-up fails, or no run completed.
     """
     results = await measure_runs(
         session, request, count, settings, warmup=warmup, unit=unit, name=name
     )
-    best = max(r.throughput for r in results)
+    complete = [r for r in results if r.complete]
+    best = max(complete, key=lambda r: r.throughput)
+    stopped = results[-1]
+    if not stopped.complete:
+        log.warn(
+            "{name}: at concurrency {concurrency}, {n} of {concurrency} requests failed ({why}): "
+            "measured at {best_level}",
+            name=name,
+            concurrency=stopped.requests,
+            n=stopped.requests - stopped.succeeded,
+            why=stopped.failure,
+            best_level=best.requests,
+        )
     log.info(
-        "{name}: {best:.4g} {unit}/s (the best of {n} runs)",
+        "{name}: {best:.4g} {unit}/s at concurrency {concurrency} (the best of {n} complete runs)",
         name=name,
-        best=best,
+        best=best.throughput,
         unit=unit,
-        n=len(results),
+        concurrency=best.requests,
+        n=len(complete),
     )
-    return best
+    return best.throughput

@@ -135,6 +135,9 @@ class FakeModelServer(Resource):
     :param saturate_at: requests running at once; ``None``: no limit.
     :param failure: a failure mode, or a function of the request number.
     :param max_output_tokens: tokens after which the model stops by itself.
+    :param interrupt_streams: end a running stream at its next token when
+        another request waits, as llama-cpp-python does by default
+        (``--interrupt_requests``): the stream closes with no final event.
 
     :ivar requests: generation requests received.
     :ivar active: requests generating now.
@@ -162,6 +165,7 @@ class FakeModelServer(Resource):
         saturate_at: int | None = None,
         failure: FailurePolicy = None,
         max_output_tokens: int | None = None,
+        interrupt_streams: bool = False,
     ) -> None:
         if not tokens_per_second > 0:
             raise ValueError(f"tokens_per_second must be positive, not {tokens_per_second!r}")
@@ -182,6 +186,7 @@ class FakeModelServer(Resource):
         self.saturate_at = saturate_at
         self.failure = failure
         self.max_output_tokens = max_output_tokens
+        self.interrupt_streams = interrupt_streams
         self.requests = 0
         self.active = 0
         self.max_active = 0
@@ -320,7 +325,9 @@ class FakeModelServer(Resource):
             self.token(job)
             if not job.running():
                 return
-            if job.produced < job.tokens:
+            if self.interrupt_streams and self._queue:
+                job.extra["interrupted"] = True
+            elif job.produced < job.tokens:
                 self._schedule(job)
                 return
         else:
@@ -475,7 +482,7 @@ class OpenAIServer(FakeModelServer):
     def finished(self, job: Job) -> bytes:
         """The final events, or the whole completion."""
         if job.stream:
-            if job.mode is None:
+            if job.mode is None and not job.extra.get("interrupted"):
                 end: dict[str, Any] = {"index": 0, "finish_reason": "length"}
                 end["delta" if job.extra["chat"] else "text"] = {} if job.extra["chat"] else ""
                 self.event(job, self._chunk(job, [end]))
@@ -562,9 +569,10 @@ class OllamaServer(FakeModelServer):
         self.model = model
 
     def routes(self) -> dict[tuple[bytes, bytes], Callable[[Any], bytes | int]]:
-        """``/``, ``/api/tags`` and ``/api/generate``."""
+        """``/``, ``/api/version``, ``/api/tags`` and ``/api/generate``."""
         return {
             (b"GET", b"/"): lambda r: b"Ollama is running",
+            (b"GET", b"/api/version"): lambda r: self.json(r, 200, {"version": "0.5.7"}),
             (b"GET", b"/api/tags"): lambda r: self.json(
                 r, 200, {"models": [{"name": self.model, "model": self.model}]}
             ),
@@ -634,8 +642,11 @@ class ComfyUIServer(FakeModelServer):
         )
 
     def routes(self) -> dict[tuple[bytes, bytes], Callable[[Any], bytes | int]]:
-        """``/generate/sync``."""
-        return {(b"POST", b"/generate/sync"): self.generate}
+        """``/generate/sync`` and ComfyUI's ``/system_stats``."""
+        return {
+            (b"POST", b"/generate/sync"): self.generate,
+            (b"GET", b"/system_stats"): lambda r: self.json(r, 200, {"system": {}, "devices": []}),
+        }
 
     def parse(self, request: Any, body: Any) -> Job:
         """An ``input`` with a ``workflow_json`` or a ``modifier``."""

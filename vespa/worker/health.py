@@ -22,8 +22,31 @@ from vespa.worker.state import WorkerState
 log = get_logger(__name__)
 
 
+#: ``--healthcheck-endpoint auto``: the routes tried in order, by benchmark;
+#: the next one is tried when the server answers 404 (it has no such route).
+#: llama-cpp-python has no ``/health``, llama-server and vLLM have one.
+NATIVE_ROUTES: dict[str, tuple[str, ...]] = {
+    "openai_chat": ("/health", "/v1/models"),
+    "openai_completions": ("/health", "/v1/models"),
+    "tgi": ("/health",),
+    "ollama": ("/api/version",),
+    "comfyui": ("/system_stats",),
+}
+
+#: The routes of ``auto`` for a benchmark of the user's own.
+DEFAULT_ROUTES = ("/health",)
+
+
 class BackendNotHealthy(Exception):
-    """The backend's health endpoint did not answer 200 in time."""
+    """
+    The backend's health endpoint did not answer 200 in time.
+
+    :ivar status: the HTTP status it answered, ``None`` when it did not answer.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def probe(http: Any, url: str, clock: IReactorTime, timeout: float) -> None:
@@ -41,7 +64,65 @@ async def probe(http: Any, url: str, clock: IReactorTime, timeout: float) -> Non
     except Exception as e:  # every failure to answer is "not healthy", with its reason
         raise BackendNotHealthy(f"GET {url}: {_describe(e)}") from e
     if response.code != 200:
-        raise BackendNotHealthy(f"GET {url} answered {response.code}")
+        raise BackendNotHealthy(f"GET {url} answered {response.code}", response.code)
+
+
+class HealthRoute:
+    """
+    The backend's health route: the one ``--healthcheck-endpoint`` names, or,
+    for ``auto``, the first of the benchmark's native routes the server has.
+
+    The startup chain moves it along (:meth:`fall_back`) while it waits for
+    the server; the periodic checker probes whatever it settled on.
+
+    :param backend_url: the backend origin.
+    :param endpoint: ``auto`` or a path.
+    :param benchmark: the built-in benchmark's name, for ``auto``; ``None``
+        for a benchmark of the user's own.
+    """
+
+    def __init__(self, backend_url: str, endpoint: str, benchmark: str | None) -> None:
+        self.backend_url = backend_url
+        self.auto = endpoint == "auto"
+        if self.auto:
+            self.candidates = NATIVE_ROUTES.get(benchmark or "", DEFAULT_ROUTES)
+        else:
+            self.candidates = (endpoint,)
+        self._index = 0
+
+    @property
+    def path(self) -> str:
+        """The route probed now."""
+        return self.candidates[self._index]
+
+    @property
+    def url(self) -> str:
+        """The URL probed now."""
+        return self.backend_url + self.path
+
+    def fall_back(self) -> bool:
+        """
+        The server answered 404 on :attr:`path`: move to the next candidate.
+
+        :return: whether there was one.
+        """
+        if self._index + 1 >= len(self.candidates):
+            return False
+        self._index += 1
+        return True
+
+    def advice(self) -> str:
+        """
+        What to do when the server has none of the routes: the option to set,
+        with a route worth trying.
+        """
+        tried = ", ".join(self.candidates)
+        suggestion = "/v1/models" if "/v1/models" not in self.candidates else "/"
+        return (
+            f"the model server has no such route (tried {tried}); set "
+            f"--healthcheck-endpoint to a path it answers 200 on when ready, "
+            f"e.g. --healthcheck-endpoint {suggestion}"
+        )
 
 
 def _describe(error: BaseException) -> str:

@@ -23,7 +23,7 @@ served, errored (backend 5xx, relay failure, timeout) or cancelled (client gone)
 from __future__ import annotations
 
 import json
-import os
+import uuid
 from dataclasses import replace
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -184,13 +184,18 @@ class WorkerResource(Resource):
         try:
             if self.verifier is not None and auth is not None:
                 self.verifier.verify(auth)
-            if not self.state.accepting:
+            # Unsecured (local development) relays in every phase but
+            # draining; the startup chain still runs and shows its phase on /ready.
+            if not self.state.accepting and (
+                self.verifier is not None or self.state.phase is Phase.DRAINING
+            ):
                 raise ServiceUnavailable(
                     self._unavailable_reason(),
                     headers={"Retry-After": str(RETRY_AFTER.get(self.state.phase, 10))},
                     details={"phase": self.state.phase.value},
                 )
-            self.admission.check(self.ledger.in_flight_workload, self.state.max_perf)
+            if self.state.is_loaded:  # no capacity to estimate a wait from before
+                self.admission.check(self.ledger.in_flight_workload, self.state.max_perf)
         except VespaError as error:
             self.ledger.reject(request_idx, reqnum, workload)
             return self._refuse(request, error)
@@ -279,13 +284,15 @@ class _Admitted:
 
 def _request_id(request: Request) -> bytes:
     """
-    The request's id: the caller's ``X-Request-Id`` when it is sane, else a new
-    one. It is forwarded to the backend and returned to the caller.
+    The request's id: the caller's ``X-Request-Id`` when it is sane (1 to 128
+    visible ASCII characters), else a new UUID4. It is forwarded to the backend
+    and returned to the caller: llama.cpp's server answers 400 to an id that is
+    not a UUID, so the ids made here are UUIDs.
     """
     given = request.requestHeaders.getRawHeaders(b"x-request-id")
-    if given and 0 < len(given[0]) <= 128 and given[0].isascii():
+    if given and 0 < len(given[0]) <= 128 and all(0x21 <= c <= 0x7E for c in given[0]):
         return given[0]
-    request_id = os.urandom(8).hex().encode("ascii")
+    request_id = str(uuid.uuid4()).encode("ascii")
     request.requestHeaders.setRawHeaders(b"x-request-id", [request_id])
     return request_id
 

@@ -3,6 +3,10 @@
 The startup chain, one Deferred: public key → backend ready → benchmark →
 loaded → periodic health checks.
 
+It says what it is doing, at info level: each step as it starts and ends and,
+while it waits for the model server, one line every :data:`WAIT_NOTE_INTERVAL`
+seconds with the server's last answer, the time spent and the limit.
+
 A failure keeps the worker up: the error is set on the state (reported to the
 autoscaler, and the reason of every 503), and the chain is tried again after
 ``retry`` seconds until it succeeds. The public key is fetched with capped
@@ -22,14 +26,23 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from vespa.benchmarks import BenchmarkError, resolve_benchmark, run_benchmark
+from vespa.benchmarks import (
+    BenchmarkError,
+    built_in_name,
+    resolve_benchmark,
+    run_benchmark,
+    unit_of,
+)
 from vespa.benchmarks.session import BackendSession
 from vespa.log import get_logger
 from vespa.protocol.signing import SignatureVerifier
-from vespa.worker.health import BackendNotHealthy, HealthChecker, probe
+from vespa.worker.health import BackendNotHealthy, HealthChecker, HealthRoute, probe
 from vespa.worker.state import Phase, WorkerState
 
 log = get_logger(__name__)
+
+#: Seconds between the "still waiting for the model server" lines.
+WAIT_NOTE_INTERVAL = 30.0
 
 
 class StartupError(Exception):
@@ -107,6 +120,8 @@ class Startup(Service):
     :param settings: ``healthcheck_endpoint``, ``healthcheck_timeout``,
         ``healthcheck_retry_interval``, ``ready_timeout_initial``,
         ``ready_timeout_resume``, ``pubkey_timeout`` and ``startup_retry``.
+    :param route: the health route, shared with the periodic checker; made
+        from ``settings.healthcheck_endpoint`` and the benchmark when ``None``.
     """
 
     #: Backoff of public key fetches: 1, 2, 4 ... capped at this many seconds.
@@ -127,6 +142,7 @@ class Startup(Service):
         verifier: SignatureVerifier | None,
         pubkey_url: str | None,
         settings: Any,
+        route: HealthRoute | None = None,
     ) -> None:
         self._clock = clock
         self._state = state
@@ -138,6 +154,9 @@ class Startup(Service):
         self._verifier = verifier
         self._pubkey_url = pubkey_url
         self._settings = settings
+        self.route = route or HealthRoute(
+            backend_url, settings.healthcheck_endpoint, built_in_name(benchmark)
+        )
         self._running: Deferred[None] | None = None
         self._retry: IDelayedCall | None = None
         self.session = BackendSession(http, backend_url, clock)
@@ -174,18 +193,33 @@ class Startup(Service):
         timeout = settings.ready_timeout_resume if cached else settings.ready_timeout_initial
         self._state.set_phase(Phase.LOADING)
         await self._wait_for_backend(timeout, "resume" if cached else "initial")
+        unit = unit_of(self._benchmark)
         if cached is None:
             self._state.set_phase(Phase.BENCHMARKING)
+            log.info("benchmarking the model server: {benchmark}", benchmark=self._benchmark)
+            started = self._clock.seconds()
             max_perf = await self._measure()
+            log.info(
+                "benchmark done in {elapsed:.1f} s: {perf:.4g} {unit}/s",
+                elapsed=self._clock.seconds() - started,
+                perf=max_perf,
+                unit=unit,
+            )
             self._cache.write(max_perf)
         else:
-            log.info("using the cached benchmark: {perf:g} units/s", perf=cached)
+            log.info(
+                "using the cached benchmark from {path}: {perf:.4g} {unit}/s",
+                path=self._cache.path,
+                perf=cached,
+                unit=unit,
+            )
             max_perf = cached
         self._state.loaded(max_perf)
         log.info(
-            "loaded in {loadtime:.1f} s: max throughput {perf:g} units/s",
+            "loaded in {loadtime:.1f} s: {perf:.4g} {unit}/s",
             loadtime=self._state.loadtime,
             perf=max_perf,
+            unit=unit,
         )
         self._health.start()
 
@@ -207,6 +241,7 @@ class Startup(Service):
 
     async def _fetch_public_key(self) -> None:
         assert self._verifier is not None and self._pubkey_url is not None
+        log.info("fetching the autoscaler public key: GET {url}", url=self._pubkey_url)
         delay, failures = 1.0, 0
         while True:
             try:
@@ -245,20 +280,61 @@ class Startup(Service):
             self.sleeping_until = None
 
     async def _wait_for_backend(self, timeout: float, kind: str) -> None:
-        settings = self._settings
-        url = self._backend_url + settings.healthcheck_endpoint
-        deadline = self._clock.seconds() + timeout
-        last = ""
+        """
+        Probe the health route until it answers 200, falling back along the
+        ``auto`` routes on 404; a 503 or no answer means "still loading".
+        """
+        settings, route, clock = self._settings, self.route, self._clock
+        started = clock.seconds()
+        deadline = started + timeout
+        next_note = started + WAIT_NOTE_INTERVAL
+        advised = False
+        log.info(
+            "waiting for the model server: GET {url} (up to {timeout:g} s)",
+            url=route.url,
+            timeout=timeout,
+        )
         while True:
             try:
-                await probe(self._http, url, self._clock, settings.healthcheck_timeout)
-                return
+                await probe(self._http, route.url, clock, settings.healthcheck_timeout)
             except BackendNotHealthy as e:
                 last = str(e)
-            if self._clock.seconds() + settings.healthcheck_retry_interval > deadline:
+                if e.status == 404 and route.fall_back():
+                    log.info(
+                        "{last}: the model server has no such route; trying GET {url}",
+                        last=last,
+                        url=route.url,
+                    )
+                    continue
+                if e.status == 404:
+                    last = f"{last}: {route.advice()}"
+                    if not advised:
+                        advised = True
+                        log.warn("{last}", last=last)
+                elif e.status == 503:
+                    last = f"{last} (still loading)"
+            else:
+                log.info(
+                    "the model server is ready: GET {url} answered 200 after {elapsed:.1f} s"
+                    "{choice}",
+                    url=route.url,
+                    elapsed=clock.seconds() - started,
+                    choice=f"; health checks use {route.path} (auto)" if route.auto else "",
+                )
+                return
+            now = clock.seconds()
+            if now + settings.healthcheck_retry_interval > deadline:
                 raise StartupError(
                     f"Backend failed to become ready after {timeout:g} seconds "
                     f"({kind} timeout): {last}"
+                )
+            if now >= next_note:
+                next_note = now + WAIT_NOTE_INTERVAL
+                log.info(
+                    "still waiting for the model server: {last} ({waited:.0f} s of {timeout:g} s)",
+                    last=last,
+                    waited=now - started,
+                    timeout=timeout,
                 )
             await self._sleep(settings.healthcheck_retry_interval)
 
@@ -275,9 +351,10 @@ class Startup(Service):
 
 
 def health_check(
-    http: Any, url: str, clock: IReactorTime, timeout: float
+    http: Any, route: HealthRoute, clock: IReactorTime, timeout: float
 ) -> Callable[[], Deferred[None]]:
     """
-    The probe the periodic checker runs: ``GET url`` answering 200.
+    The probe the periodic checker runs: ``GET`` on the route startup settled
+    on, answering 200.
     """
-    return lambda: Deferred.fromCoroutine(probe(http, url, clock, timeout))
+    return lambda: Deferred.fromCoroutine(probe(http, route.url, clock, timeout))

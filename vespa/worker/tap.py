@@ -22,7 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from vespa import __version__
-from vespa.benchmarks import BenchmarkError, load_benchmark
+from vespa.benchmarks import BenchmarkError, built_in_name, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
@@ -34,7 +34,7 @@ from vespa.service import OrderedMultiService
 from vespa.tls import server_options
 from vespa.worker.admission import Admission
 from vespa.worker.drain import Drain
-from vespa.worker.health import HealthChecker
+from vespa.worker.health import HealthChecker, HealthRoute
 from vespa.worker.ledger import Ledger
 from vespa.worker.metrics import WorkerMetrics
 from vespa.worker.reporter import Reporter, ReportSettings
@@ -209,15 +209,13 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     report_http, report_pool = _http(reactor, 4)
     _PoolCloser(relay.pool, backend_pool, report_pool).setServiceParent(root)
 
+    route = HealthRoute(
+        config.backend.url, config.healthcheck_endpoint, built_in_name(config.benchmark)
+    )
     health = HealthChecker(
         clock,
         state,
-        health_check(
-            backend_http,
-            config.backend.url + config.healthcheck_endpoint,
-            clock,
-            config.healthcheck_timeout,
-        ),
+        health_check(backend_http, route, clock, config.healthcheck_timeout),
         interval=config.healthcheck_interval,
         threshold=config.healthcheck_failures,
     )
@@ -233,6 +231,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         verifier=verifier,
         pubkey_url=pubkey_base + "/pubkey/",
         settings=config,
+        route=route,
     )
     startup.setServiceParent(root)
 
