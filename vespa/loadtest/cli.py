@@ -50,11 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     for setting in SETTINGS:
         names = f"--{setting.name}"
         if setting.flag:
-            parser.add_argument(names, action="store_true", default=None,
-                                help=setting.option_help())
+            parser.add_argument(
+                names, action="store_true", default=None, help=setting.option_help()
+            )
         else:
-            parser.add_argument(names, metavar=setting.name.upper().replace("-", "_"),
-                                default=None, help=setting.option_help())
+            parser.add_argument(
+                names,
+                metavar=setting.name.upper().replace("-", "_"),
+                default=None,
+                help=setting.option_help(),
+            )
     return parser
 
 
@@ -226,7 +231,11 @@ def main(argv: list[str] | None = None) -> None:
         async def go() -> None:
             try:
                 await run(
-                    reactor, config, environ, out=sys.stdout, err=sys.stderr,
+                    reactor,
+                    config,
+                    environ,
+                    out=sys.stdout,
+                    err=sys.stderr,
                     on_start=_interrupts(reactor, sys.stderr),
                 )
             except (ConfigError, VespaError) as e:

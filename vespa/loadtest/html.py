@@ -48,9 +48,9 @@ def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
     magnitude = 10 ** len(str(int(value))) / 10
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
         if value <= step * magnitude:
-            return step * magnitude
+            return float(step * magnitude)
     return value
 
 
@@ -96,7 +96,7 @@ def line_chart(
     for n, (name, values) in enumerate(series.items()):
         colour = _COLOURS[n % len(_COLOURS)]
         runs: list[list[str]] = [[]]
-        for t, v in zip(xs, values):
+        for t, v in zip(xs, values, strict=True):
             if v is None:
                 runs.append([])
             else:
@@ -184,8 +184,7 @@ def html_report(doc: dict[str, Any]) -> str:
         ),
     }
     figures = "\n".join(
-        f'<figure id="{chart_id}"><figcaption>{escape(CHARTS[chart_id])}</figcaption>'
-        f"{svg}</figure>"
+        f'<figure id="{chart_id}"><figcaption>{escape(CHARTS[chart_id])}</figcaption>{svg}</figure>'
         for chart_id, svg in charts.items()
     )
     title = f"Load test of {doc['target']}"

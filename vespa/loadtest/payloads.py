@@ -26,7 +26,7 @@ import json
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from vespa.benchmarks import BUILT_IN, SETTINGS
 from vespa.benchmarks.errors import SettingsError
@@ -121,7 +121,7 @@ def probe_source(
     base = (rng or random.Random()).randrange(1 << 30)
 
     if isinstance(settings, OpenAISettings):
-        kind = "chat" if name == "openai_chat" else "completions"
+        kind: Literal["chat", "completions"] = "chat" if name == "openai_chat" else "completions"
         opts = settings
         return lambda i: _from_probe(
             openai_api._request(kind, opts, str(model), opts.max_tokens, base + i)
@@ -136,9 +136,7 @@ def probe_source(
         )
     assert isinstance(settings, ComfyUISettings)
     try:
-        workflow = (
-            comfyui.load_workflow(settings.workflow_file) if settings.workflow_file else None
-        )
+        workflow = comfyui.load_workflow(settings.workflow_file) if settings.workflow_file else None
     except SettingsError as e:
         raise ConfigError(f"--payload comfyui: {e}") from None
     comfy_opts = settings

@@ -41,13 +41,15 @@ def text_summary(doc: dict[str, Any]) -> str:
         f"Load test of {doc['target']}",
         f"  payload {asked['payload']}, {asked['arrivals']} arrivals at {asked['rate']}"
         + (f", at most {asked['max_in_flight']} in flight" if asked.get("max_in_flight") else ""),
-        f"  {doc['elapsed_s']:.1f} s"
-        + (", interrupted" if doc.get("interrupted") else ""),
+        f"  {doc['elapsed_s']:.1f} s" + (", interrupted" if doc.get("interrupted") else ""),
         "",
         "Requests",
         f"  sent {counts['sent']}   succeeded {counts['succeeded']}   failed {counts['failed']}"
-        + (f"   skipped (max in flight) {counts['skipped_max_in_flight']}"
-           if counts["skipped_max_in_flight"] else "")
+        + (
+            f"   skipped (max in flight) {counts['skipped_max_in_flight']}"
+            if counts["skipped_max_in_flight"]
+            else ""
+        )
         + (f"   unfinished {counts['unfinished']}" if counts["unfinished"] else ""),
     ]
     failures = {k: v for k, v in doc["failures"].items() if v}

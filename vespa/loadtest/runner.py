@@ -112,9 +112,7 @@ class LoadRun:
         self.abandoning = False
         self._pending: dict[int, _Request] = {}
         self._source_failed = False
-        self.arrivals = Arrivals(
-            clock, offsets, self._arrive, limit=requests, duration=duration
-        )
+        self.arrivals = Arrivals(clock, offsets, self._arrive, limit=requests, duration=duration)
 
     def start(self) -> Deferred[Stats]:
         """Start sending; returns :attr:`finished`."""

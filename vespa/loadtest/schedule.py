@@ -98,7 +98,9 @@ def parse_ramp(text: str) -> RateProfile:
         start, end = float(parts[0]), float(parts[1])
         seconds = float(parts[2].strip().lower().removesuffix("s"))
     except ValueError:
-        raise ValueError(f"expected numbers FROM:TO:SECONDS such as 10:100:60s, got {text!r}")
+        raise ValueError(
+            f"expected numbers FROM:TO:SECONDS such as 10:100:60s, got {text!r}"
+        ) from None
     return RateProfile(start, end, seconds)
 
 

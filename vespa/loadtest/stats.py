@@ -173,8 +173,10 @@ class Stats:
         ok = [s for s in ended if s.cause is None]
         latencies = sorted(s.latency for s in ok if s.latency is not None)
         ttfts = sorted(s.ttft for s in ok if s.ttft is not None)
-        recent = sum(1 for s in self.samples if s.sent > now - RECENT_WINDOW)
-        window = min(RECENT_WINDOW, now) or 1.0
+        # The send rate and the asked one over the same recent window.
+        since = max(now - RECENT_WINDOW, 0.0)
+        recent = sum(1 for s in self.samples if s.sent >= since)
+        window = now - since or 1.0
         workers = Counter(s.worker for s in self.samples if s.worker)
         return {
             "elapsed_s": now,
@@ -184,7 +186,7 @@ class Stats:
             "failed": dict(Counter(s.cause for s in ended if s.cause is not None)),
             "retry_after": dict(Counter(s.retry_after for s in ended if s.retry_after)),
             "skipped": self.skipped,
-            "asked_rps": self.profile.rate(now),
+            "asked_rps": (self._asked(now) - self._asked(since)) / window,
             "sent_rps": recent / window,
             "latency_ms": {f"p{p}": _ms(percentile(latencies, p)) for p in (50, 95, 99)},
             "ttft_ms": {f"p{p}": _ms(percentile(ttfts, p)) for p in (50, 95)},
@@ -215,8 +217,7 @@ class Stats:
             "failures": {cause: sum(1 for s in failed if s.cause == cause) for cause in CAUSES},
             "retry_after": dict(Counter(s.retry_after for s in failed if s.retry_after)),
             "status_codes": {
-                str(code): n
-                for code, n in sorted(Counter(s.code for s in ended if s.code).items())
+                str(code): n for code, n in sorted(Counter(s.code for s in ended if s.code).items())
             },
             "rate": self._rates(ok, elapsed),
             "latency_ms": distribution_ms(s.latency for s in ok if s.latency is not None),
@@ -304,16 +305,21 @@ class Stats:
             "t": starts,
             "asked_rps": [
                 _round((self._asked(e) - self._asked(t)) / (e - t)) if e > t else None
-                for t, e in zip(starts, ends)
+                for t, e in zip(starts, ends, strict=True)
             ],
-            "sent_rps": [_round(n / width) for n in sent],
-            "succeeded_rps": [_round(n / width) for n in done],
-            **{
-                f"latency_p{p}_ms": [_ms(percentile(v, p)) for v in lat] for p in (50, 95, 99)
-            },
+            "sent_rps": [_per_second(n, t, e) for n, t, e in zip(sent, starts, ends, strict=True)],
+            "succeeded_rps": [
+                _per_second(n, t, e) for n, t, e in zip(done, starts, ends, strict=True)
+            ],
+            **{f"latency_p{p}_ms": [_ms(percentile(v, p)) for v in lat] for p in (50, 95, 99)},
             **{f"ttft_p{p}_ms": [_ms(percentile(v, p)) for v in ttft] for p in (50, 95)},
             "errors": {cause: series for cause, series in errors.items() if any(series)},
         }
+
+
+def _per_second(count: int, start: float, end: float) -> float | None:
+    """A bucket's count as a rate over its length (the last bucket may be short)."""
+    return _round(count / (end - start)) if end > start else None
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -222,4 +222,4 @@ async def fetch_json(target: Target, path: str) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise VespaError(f"GET {path} answered something other than JSON: {body[:200]!r}")
+        raise VespaError(f"GET {path} answered something other than JSON: {body[:200]!r}") from None
