@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import FIXED_THROUGHPUT, listen, shared_key, until
 from vespa.config import Origin, VastEnvironment, WorkerConfig
-from vespa.loadtest.cli import parse, run
+from vespa.loadtest.cli import _interrupts, parse, run
 from vespa.loadtest.html import CHARTS
 from vespa.testing.autoscaler import Autoscaler, autoscaler_site
 from vespa.testing.model_servers import OpenAIServer, fake_site
@@ -190,3 +191,61 @@ class DirectLoadTests(TestCase):
         self.assertEqual(list(doc["workers"]), [url])
         self.assertEqual(backend.bodies[-1]["model"], "fake-model")
         self.assertIn("prompt", backend.bodies[-1])
+
+
+class InterruptTests(TestCase):
+    timeout = 30
+
+    async def interrupted(self, presses: int) -> tuple[SimpleNamespace, dict[str, Any], str]:
+        """A run at 20/s against slow backends, Ctrl-C pressed ``presses`` times at 0.3 s."""
+        env = await start_endpoint(self, latency=1.0)
+        env.b.latency = 1.0
+        json_path = self.mktemp()
+        config = parse(
+            ["--endpoint", ENDPOINT, "--api-key", API_KEY, "--autoscaler-url",
+             env.autoscaler_url, "--payload", "openai_chat", "--model", "fake-model",
+             "--max-tokens", "2", "--rate", "20", "--requests", "1000", "--json", json_path],
+            {},
+        )  # fmt: skip
+        err = io.StringIO()
+
+        def on_start(load: Any) -> None:
+            # The handler Ctrl-C runs, called as the signal would call it.
+            hook = _interrupts(reactor, err)
+            previous = signal.getsignal(signal.SIGINT)
+            self.addCleanup(signal.signal, signal.SIGINT, previous)
+            hook(load)
+            handler = signal.getsignal(signal.SIGINT)
+            assert callable(handler)
+            for _ in range(presses):
+                reactor.callLater(0.3, handler, signal.SIGINT, None)
+
+        doc = await run(reactor, config, {}, out=io.StringIO(), err=err, on_start=on_start)
+        with open(json_path, encoding="utf-8") as f:
+            self.assertEqual(json.load(f)["counts"], doc["counts"])
+        return env, doc, err.getvalue()
+
+    async def test_first_ctrl_c_stops_sending_and_waits(self) -> None:
+        """Once: sending stops at once, the requests in flight finish, the report is written."""
+        env, doc, err = await self.interrupted(1)
+        self.assertTrue(doc["interrupted"])
+        sent = doc["counts"]["sent"]
+        self.assertGreater(sent, 3)
+        self.assertLess(sent, 10)
+        self.assertEqual(doc["counts"]["succeeded"], sent)
+        self.assertEqual(env.a.completed + env.b.completed, sent)
+        self.assertIn(f"waiting for {sent} in flight", err)
+
+    async def test_second_ctrl_c_abandons(self) -> None:
+        """Twice: the requests in flight are abandoned (the backends see them go)."""
+        env, doc, err = await self.interrupted(2)
+        sent = doc["counts"]["sent"]
+        self.assertEqual(doc["failures"]["abandoned"], sent)
+        self.assertEqual(doc["counts"]["succeeded"], 0)
+        self.assertIn("abandoning", err)
+        # Those that reached a backend are cancelled there; the others
+        # were still being routed, and routing stopped too.
+        reached = env.a.requests + env.b.requests
+        self.assertGreater(reached, 0)
+        await until(lambda: env.a.cancelled + env.b.cancelled == reached)
+        self.assertEqual(env.a.completed + env.b.completed, 0)
