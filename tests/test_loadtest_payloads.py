@@ -54,7 +54,8 @@ class ProbeTests(TestCase):
         self.assertEqual(spec.path, "/v1/completions")
         self.assertEqual(spec.payload["max_tokens"], 12)
         self.assertFalse(spec.streams)
-        self.assertTrue(probe_source("openai_completions", environ, model="m", stream=True)(0).streams)
+        streamed = probe_source("openai_completions", environ, model="m", stream=True)
+        self.assertTrue(streamed(0).streams)
 
     def test_a_model_is_needed(self) -> None:
         self.assertRaises(ConfigError, probe_source, "ollama", {})

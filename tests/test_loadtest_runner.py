@@ -109,7 +109,7 @@ class RunnerTests(TestCase):
 
     def test_each_request_ends_once_with_its_figures(self) -> None:
         """Sent on schedule; the answer's end is its latency; finished when all ended."""
-        clock, target, run, finished = self.start(requests=2)
+        clock, target, _, finished = self.start(requests=2)
         clock.pump([0.0, 0.1])
         self.assertEqual(len(target.pending), 2)
         clock.advance(0.05)
@@ -129,7 +129,7 @@ class RunnerTests(TestCase):
 
     def test_streamed_answer_times_its_tokens(self) -> None:
         """The first event with text is the first token; the role event is not."""
-        clock, target, run, finished = self.start(requests=1, source=stream_spec)
+        clock, target, _, finished = self.start(requests=1, source=stream_spec)
         clock.advance(0)
         headers = {b"content-type": [b"text/event-stream"]}
         answer = target.answer(0, 200, headers)
@@ -149,7 +149,7 @@ class RunnerTests(TestCase):
 
     def test_causes(self) -> None:
         """Each way a request fails is counted under its cause."""
-        clock, target, run, finished = self.start(requests=8)
+        clock, target, _, finished = self.start(requests=8)
         clock.pump([0.1] * 8)
         target.fail(0, NoWorkerReady("no worker became ready"))
         target.fail(1, WorkerUnavailable("refused"), worker=WORKER)
@@ -184,7 +184,7 @@ class RunnerTests(TestCase):
 
     def test_timeout(self) -> None:
         """A request past --timeout ends as a timeout; its answer is dropped."""
-        clock, target, run, finished = self.start(requests=2, timeout=5.0)
+        clock, target, _, finished = self.start(requests=2, timeout=5.0)
         clock.advance(0)
         answer = target.answer(0, 200)
         clock.advance(0.1)  # the second is sent, never answered
@@ -226,7 +226,7 @@ class RunnerTests(TestCase):
         def broken(i: int) -> RequestSpec:
             raise KeyError("prompt")
 
-        clock, target, run, finished = self.start(requests=2, source=broken)
+        clock, target, _, finished = self.start(requests=2, source=broken)
         clock.pump([0.1] * 2)
         stats = self.successResultOf(finished)
         self.assertEqual([s.cause for s in stats.samples], ["client", "client"])
