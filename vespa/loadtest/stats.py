@@ -257,7 +257,7 @@ class Stats:
     def _workers(self) -> dict[str, dict[str, Any]]:
         by_worker: dict[str, list[Sample]] = {}
         for s in self.samples:
-            by_worker.setdefault(s.worker or "(none)", []).append(s)
+            by_worker.setdefault(s.worker or "(no answer)", []).append(s)
         out = {}
         for worker, samples in sorted(by_worker.items(), key=lambda kv: -len(kv[1])):
             ok = [s for s in samples if s.ok]
