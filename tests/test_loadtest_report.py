@@ -15,7 +15,7 @@ from vespa.loadtest.html import CHARTS, html_report
 from vespa.loadtest.live import PlainView, RichView, make_view, progress_line
 from vespa.loadtest.report import text_summary, write_json
 from vespa.loadtest.schedule import RateProfile
-from vespa.loadtest.stats import Sample, Stats, percentile
+from vespa.loadtest.stats import Reservoir, Sample, Stats, percentile
 
 
 def _stats() -> Stats:
@@ -29,9 +29,10 @@ def _stats() -> Stats:
             sample.code, sample.cause, sample.retry_after = 429, "429", "5"
         if i == 4:
             sample.code, sample.cause = 500, "worker_5xx"
-        if i in (6, 8):
-            sample.ttft, sample.gaps, sample.tokens = 0.05, [0.01, 0.02], 3
         stats.sent(sample)
+        if i in (6, 8):
+            sample.ttft, sample.tokens = 0.05, 3
+            stats.token_gaps(sample, [0.01, 0.02])
     stats.sending_ended = 4.5
     return stats
 
@@ -39,6 +40,18 @@ def _stats() -> Stats:
 def _doc(stats: Stats, elapsed: float = 5.5) -> dict[str, object]:
     asked = {"payload": "openai_chat", "arrivals": "fixed", "rate": "2/s", "max_in_flight": 256}
     return {"target": "endpoint demo via http://as", "asked": asked, **stats.summary(elapsed)}
+
+
+class ReservoirTests(TestCase):
+    def test_bounded_and_uniform(self) -> None:
+        """A million gaps kept as 1000: their median is the median of all."""
+        reservoir = Reservoir(1000)
+        for i in range(1_000_000):
+            reservoir.add(i / 1_000_000)
+        self.assertEqual(reservoir.count, 1_000_000)
+        self.assertEqual(len(reservoir.values), 1000)
+        median = percentile(sorted(reservoir.values), 50) or 0
+        self.assertLess(abs(median - 0.5), 0.05)
 
 
 class PercentileTests(TestCase):

@@ -90,8 +90,9 @@ def line_chart(
     )
     for i in range(6):
         t = x_max * i / 5
+        label = f"{t:.1f}" if x_max < 10 else f"{t:.0f}"
         parts.append(
-            f'<text x="{x(t):.1f}" y="{_TOP + plot_h + 14}" text-anchor="middle">{t:.0f}</text>'
+            f'<text x="{x(t):.1f}" y="{_TOP + plot_h + 14}" text-anchor="middle">{label}</text>'
         )
     for n, (name, values) in enumerate(series.items()):
         colour = _COLOURS[n % len(_COLOURS)]

@@ -189,6 +189,7 @@ class _Request:
         self._timer: IDelayedCall | None = None
         self._tokens: TokenCounter | None = None
         self._last_token: float | None = None
+        self._gaps: list[float] = []
 
     def start(self) -> None:
         if self.run.timeout is not None:
@@ -256,7 +257,7 @@ class _Request:
         if self.sample.ttft is None:
             self.sample.ttft = now - self.sample.sent
         elif self._last_token is not None:
-            self.sample.gaps.append(now - self._last_token)
+            self._gaps.append(now - self._last_token)
         self._last_token = now
 
     # Endings
@@ -290,4 +291,6 @@ class _Request:
         self.sample.error = error
         if self._tokens is not None:
             self.sample.tokens = self._tokens.tokens
+        if cause is None:
+            self.run.stats.token_gaps(self.sample, self._gaps)
         self.run._ended(self)

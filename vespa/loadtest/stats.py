@@ -7,15 +7,17 @@ every report (text, JSON, HTML) and the live view are made from.
 Times are seconds from the start of the run. Latency is from sending to
 the end of the answer; time to first token (streamed answers only) from
 sending to the first event carrying text; the inter-token gaps are the times
-between chunks that carried text.
+between chunks that carried text (of the requests that succeeded, a
+uniform sample of them in a long run).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from vespa.loadtest.schedule import RateProfile
@@ -43,6 +45,10 @@ RECENT_WINDOW = 5.0
 #: Most time buckets in the charts; longer runs get wider buckets.
 MAX_BUCKETS = 120
 
+#: Inter-token gaps kept for their percentiles: a long streamed run has
+#: millions; a uniform sample of this many gives the same percentiles.
+GAP_SAMPLE = 100_000
+
 
 def percentile(values: Sequence[float], pct: float) -> float | None:
     """
@@ -57,10 +63,16 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     return values[low] + (values[high] - values[low]) * (rank - low)
 
 
-def distribution_ms(values: Iterable[float]) -> dict[str, float | int | None]:
-    """Count, min, mean, the percentiles and max of seconds, in milliseconds."""
+def distribution_ms(
+    values: Iterable[float], count: int | None = None
+) -> dict[str, float | int | None]:
+    """
+    Count, min, mean, the percentiles and max of seconds, in milliseconds.
+
+    :param count: the number of values ``values`` is a sample of, if it is one.
+    """
     ordered = sorted(v * 1000.0 for v in values)
-    out: dict[str, float | int | None] = {"count": len(ordered)}
+    out: dict[str, float | int | None] = {"count": len(ordered) if count is None else count}
     out["min"] = _round(ordered[0]) if ordered else None
     out["mean"] = _round(sum(ordered) / len(ordered)) if ordered else None
     for pct in PERCENTILES:
@@ -71,6 +83,32 @@ def distribution_ms(values: Iterable[float]) -> dict[str, float | int | None]:
 
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
+
+
+class Reservoir:
+    """
+    A uniform sample of at most ``limit`` values of a stream (reservoir
+    sampling), and how many there were.
+
+    :ivar values: the sample.
+    :ivar count: the values seen.
+    """
+
+    def __init__(self, limit: int = GAP_SAMPLE, rng: random.Random | None = None) -> None:
+        self.limit = limit
+        self.rng = rng or random.Random(0)
+        self.values: list[float] = []
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        """Take one more value."""
+        self.count += 1
+        if len(self.values) < self.limit:
+            self.values.append(value)
+            return
+        slot = self.rng.randrange(self.count)
+        if slot < self.limit:
+            self.values[slot] = value
 
 
 @dataclass
@@ -87,7 +125,7 @@ class Sample:
     :ivar worker: the worker that answered (or was last tried).
     :ivar attempts: worker requests made for it.
     :ivar ttft: seconds to the first token (streamed answers).
-    :ivar gaps: seconds between the chunks carrying tokens.
+    :ivar gap_max: the longest wait between two chunks carrying tokens.
     :ivar tokens: token events counted (streamed answers).
     :ivar retry_after: a 429's ``Retry-After``.
     :ivar error: what went wrong, in words.
@@ -102,7 +140,7 @@ class Sample:
     worker: str | None = None
     attempts: int = 0
     ttft: float | None = None
-    gaps: list[float] = field(default_factory=list)
+    gap_max: float | None = None
     tokens: int = 0
     retry_after: str | None = None
     error: str | None = None
@@ -121,9 +159,8 @@ class Sample:
         """The request as the JSON report lists it."""
         row = asdict(self)
         row["latency"] = self.latency
-        for key in ("due", "sent", "ended", "latency", "ttft"):
+        for key in ("due", "sent", "ended", "latency", "ttft", "gap_max"):
             row[key] = _round(row[key], 6)
-        row["gaps"] = [round(g, 6) for g in self.gaps]
         return row
 
 
@@ -142,11 +179,18 @@ class Stats:
         self.sending_ended: float | None = None
         self.skipped = 0
         self.samples: list[Sample] = []
+        self.gaps = Reservoir()
         self._skipped_at: list[float] = []
 
     def sent(self, sample: Sample) -> None:
         """A request went out."""
         self.samples.append(sample)
+
+    def token_gaps(self, sample: Sample, gaps: Iterable[float]) -> None:
+        """The inter-token gaps of a streamed request that succeeded."""
+        for gap in gaps:
+            self.gaps.add(gap)
+            sample.gap_max = gap if sample.gap_max is None else max(sample.gap_max, gap)
 
     def skip(self, due: float) -> None:
         """An arrival found ``--max-in-flight`` requests in flight: not sent."""
@@ -222,7 +266,7 @@ class Stats:
             "rate": self._rates(ok, elapsed),
             "latency_ms": distribution_ms(s.latency for s in ok if s.latency is not None),
             "ttft_ms": distribution_ms(s.ttft for s in ok if s.ttft is not None),
-            "inter_token_ms": distribution_ms(g for s in ok for g in s.gaps),
+            "inter_token_ms": distribution_ms(self.gaps.values, self.gaps.count),
             "attempts": sum(s.attempts for s in self.samples),
             "workers": self._workers(),
             "timeline": self._timeline(elapsed),
