@@ -219,6 +219,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from twisted.internet import reactor
     from twisted.internet.task import react
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
     environ = dict(os.environ)
     try:
@@ -226,6 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.stderr.write(f"vespa-loadtest: {e}\n")
         raise SystemExit(2) from None
+
+    # Errors only on stderr: the client core warns once per failed attempt,
+    # which would drown the live view; the report counts those failures.
+    errors = LogLevelFilterPredicate(defaultLogLevel=LogLevel.error)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [errors])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     def start(_: Any) -> Deferred[None]:
         async def go() -> None:
