@@ -26,6 +26,11 @@ def make_request(index: int) -> tuple[str, dict[str, Any], float]:
     return "/v1/embeddings", {"input": [f"text {index}"]}, 1
 
 
+def get_test_request() -> tuple[str, dict[str, Any], int]:
+    """The original PyWorker's helper: no index."""
+    return "/generate", {"inputs": "hi"}, 7
+
+
 def bad_request(index: int) -> Any:
     return "no leading slash", {}, 1
 
@@ -80,6 +85,11 @@ class FunctionTests(TestCase):
         self.assertEqual(
             source(3), RequestSpec("/v1/embeddings", {"input": ["text 3"]}, 1.0, "POST")
         )
+
+    def test_function_without_an_index(self) -> None:
+        """The original PyWorker's get_test_request() works unchanged."""
+        source = function_source("tests.test_loadtest_payloads:get_test_request")
+        self.assertEqual(source(5), RequestSpec("/generate", {"inputs": "hi"}, 7.0))
 
     def test_bad_function(self) -> None:
         self.assertRaises(ConfigError, function_source, "tests.nothing_here:f")

@@ -150,10 +150,13 @@ class SummaryTests(TestCase):
 class LiveViewTests(TestCase):
     def test_plain_line(self) -> None:
         stats = _stats()
-        stats.samples[9].ended = None  # still in flight
+        stats.samples[9].ended = None  # still in flight, answering
+        stats.samples[8].ended = stats.samples[8].code = None  # waiting for a worker
         stats.sending_ended = None  # and the schedule still running
         line = progress_line(stats.snapshot(5.0))
-        self.assertTrue(line.startswith("[   5.0s] sent 10 in flight 1 ok 7 "), line)
+        self.assertTrue(
+            line.startswith("[   5.0s] sent 10 in flight 2 (1 waiting, 1 answering) ok 6 "), line
+        )
         self.assertIn("failed 2 [429 too many requests (Retry-After 5) 1, worker 5xx 1]", line)
         self.assertIn("rate 2.0/s of 2.0/s", line)
         self.assertIn("workers 2 (50% 50%)", line)

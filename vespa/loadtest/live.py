@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_loadtest_live -*-
 """
 The live view while a load test runs, refreshed each ``--interval``: in
-flight, done, failed by cause (with a 429's ``Retry-After``), the rate
-achieved against the rate asked, latency percentiles so far, and the
-workers seen with the share of requests each got.
+flight (still routing or waiting for a first byte, or answering), done,
+failed by cause (with a 429's ``Retry-After``), the rate achieved against
+the rate asked, latency percentiles so far, and the workers seen with the
+share of requests each got.
 
 On a terminal it is a ``rich`` panel redrawn in place; when standard output
 is not a terminal (a pipe, a CI log) it is one plain line per refresh.
@@ -46,6 +47,12 @@ def _failed(snapshot: dict[str, Any]) -> str:
     return f"{sum(failed.values())} [{', '.join(parts)}]"
 
 
+def _split(snapshot: dict[str, Any]) -> str:
+    """In flight: routing or waiting for a first byte, and answering."""
+    waiting = snapshot["waiting"]
+    return f"{waiting} waiting, {snapshot['in_flight'] - waiting} answering"
+
+
 def _spread(workers: dict[str, int]) -> str:
     total = sum(workers.values()) or 1
     return " ".join(f"{100 * n / total:.0f}%" for n in workers.values())
@@ -56,7 +63,7 @@ def progress_line(snapshot: dict[str, Any]) -> str:
     lat, ttft = snapshot["latency_ms"], snapshot["ttft_ms"]
     line = (
         f"[{snapshot['elapsed_s']:6.1f}s] sent {snapshot['sent']} "
-        f"in flight {snapshot['in_flight']} ok {snapshot['succeeded']} "
+        f"in flight {snapshot['in_flight']} ({_split(snapshot)}) ok {snapshot['succeeded']} "
         f"failed {_failed(snapshot)} "
         f"rate {snapshot['sent_rps']:.1f}/s of {snapshot['asked_rps']:.1f}/s "
         f"p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])} p99 {_ms(lat['p99'])}"
@@ -110,7 +117,7 @@ class RichView:
         table.add_row("elapsed", f"{snapshot['elapsed_s']:.1f} s")
         table.add_row(
             "requests",
-            f"sent {snapshot['sent']}  in flight {snapshot['in_flight']}  "
+            f"sent {snapshot['sent']}  in flight {snapshot['in_flight']} ({_split(snapshot)})  "
             f"ok [green]{snapshot['succeeded']}[/]  skipped {snapshot['skipped']}",
         )
         table.add_row("failed", _failed(snapshot))

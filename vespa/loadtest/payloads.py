@@ -11,7 +11,8 @@ function of yours, or the lines of a JSONL file.
   the endpoint lists (``/v1/models``, ``/api/tags``).
 * ``--payload module:function``: ``function(index)`` returns ``(route,
   payload, cost)`` (``cost`` may be ``None``: then it is read from the body
-  as the client reads it).
+  as the client reads it); a function of no argument is called as it is,
+  so the original PyWorker's ``get_test_request()`` works unchanged.
 * ``--requests-file FILE``: one JSON object a line, ``{"route": "/v1/...",
   "payload": {...}, "cost": 100, "method": "POST"}`` (``path`` for
   ``route`` and ``body`` for ``payload`` are read too; only ``route`` is
@@ -22,6 +23,7 @@ function of yours, or the lines of a JSONL file.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -189,6 +191,13 @@ def function_source(spec: str) -> Source:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError(f"--payload {spec}: {module_name} has no function {function_name!r}")
+    try:
+        inspect.signature(function).bind(0)
+    except TypeError:
+        # No index: get_test_request(), as the original PyWorker's benchmarks define it.
+        return lambda i: _spec(function(), f"--payload {spec} (request {i})")
+    except ValueError:
+        pass  # no signature to read (a builtin): pass the index
     return lambda i: _spec(function(i), f"--payload {spec} (request {i})")
 
 

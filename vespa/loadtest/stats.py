@@ -226,6 +226,8 @@ class Stats:
             "elapsed_s": now,
             "sent": len(self.samples),
             "in_flight": len(self.samples) - len(ended),
+            # In flight: still routing or waiting for a first byte, or answering.
+            "waiting": sum(1 for s in self.samples if s.ended is None and s.code is None),
             "succeeded": len(ok),
             "failed": dict(Counter(s.cause for s in ended if s.cause is not None)),
             "retry_after": dict(Counter(s.retry_after for s in ended if s.retry_after)),
