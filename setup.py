@@ -22,6 +22,8 @@ setup(
         "psutil",
         # Metrics exposition in the format every scraper reads.
         "prometheus_client",
+        # vespa-loadtest's live view on a terminal.
+        "rich",
     ],
     extras_require={
         # openai: the client is tested with the real SDK as a caller.
@@ -31,6 +33,7 @@ setup(
         "console_scripts": [
             "vespa-certs = vespa.tls:main",
             "vespa-client = vespa.client.cli:main",
+            "vespa-loadtest = vespa.loadtest.cli:main",
         ],
     },
     classifiers=[

@@ -157,6 +157,17 @@ def _timeout(d: Deferred[T], seconds: float, clock: IReactorTime) -> Deferred[T]
     return d.addBoth(done)
 
 
+def _cancelled(error: Exception) -> bool:
+    """
+    Whether a failed call is our caller's cancellation: Agent reports a
+    request cancelled mid-flight as ``RequestGenerationFailed`` or
+    ``ResponseNeverReceived`` wrapping the ``CancelledError``, which must end
+    the routing, not be tried again.
+    """
+    reasons = getattr(error, "reasons", None) or ()
+    return any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons)
+
+
 def _excerpt(parsed: Any, raw: bytes) -> str:
     if isinstance(parsed, dict):
         for key in ("error", "msg", "message", "detail"):
@@ -382,6 +393,8 @@ class Router:
             except CancelledError:
                 raise
             except Exception as e:  # refused, reset, DNS: the autoscaler is unreachable
+                if _cancelled(e):
+                    raise CancelledError() from None
                 code, parsed, raw = 0, None, b""
                 problem = f"unreachable ({e.__class__.__name__}: {e})"
             else:
