@@ -55,6 +55,8 @@ class HealthAndReadinessTests(TestCase):
         response, body = await env.client.request(b"GET", b"/health")
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["phase"], "loading")
+        # The first probe must have had its 503 before the backend recovers.
+        await until(lambda: env.worker.startup.sleeping_until is not None)
         env.backend.health_status = 200
         await wake_startup(env.worker, env.clock)
         await until(lambda: env.worker.state.is_loaded)
