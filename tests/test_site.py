@@ -377,3 +377,163 @@ class DeadlineTests(TestCase):
         clock.advance(15)
         await client.closed
         self.assertTrue(client.data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
+
+
+class ConnectionLimitTests(TestCase):
+    """Beyond ``max_connections``, a new connection closes the one idle the longest."""
+
+    async def serve(self, limit: int) -> tuple[ProxySite, int]:
+        site = ProxySite(_Answer(), reactor=reactor, header_timeout=15.0, max_connections=limit)
+        return site, listen(self, site)
+
+    async def trickling(self, site: ProxySite, port: int, count: int) -> list[Any]:
+        clients = []
+        for _ in range(count):
+            client = await raw_connect(port)
+            self.addCleanup(client.transport.loseConnection)
+            client.transport.write(b"GET / HTTP/1.1\r\nX-Slow: ")
+            clients.append(client)
+        # Accepted in the order they connected: the first is the oldest.
+        await until(lambda: site.connections == count)
+        return clients
+
+    async def test_a_new_request_closes_the_oldest_slow_connection(self) -> None:
+        site, port = await self.serve(3)
+        slow = await self.trickling(site, port, 3)
+        answer = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"))
+        await slow[0].closed
+        self.assertEqual([client.closed.called for client in slow], [True, False, False])
+
+    async def test_when_every_connection_is_busy_a_new_one_gets_a_json_503(self) -> None:
+        site, port = await self.serve(2)
+        for _ in range(2):
+            busy = await raw_connect(port)
+            self.addCleanup(busy.transport.loseConnection)
+            busy.transport.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: site.connections == 2 and not site._idle)
+        status, headers, body = parse(await exchange(port, OK_REQUEST))
+        self.assertEqual(status, b"HTTP/1.1 503 Service Unavailable")
+        self.assertEqual(headers[b"retry-after"], [b"1"])
+        self.assertEqual(json.loads(body)["origin"], "vespa")
+
+
+class MalformedRequestTests(TestCase):
+    """Whatever cannot be parsed is refused at once, in JSON, and the connection closed."""
+
+    async def refused(self, request: bytes) -> dict[str, Any]:
+        port = listen(self, ProxySite(_Answer(), reactor=reactor, header_timeout=15.0))
+        status, headers, body = parse(await exchange(port, request))
+        self.assertEqual(status, b"HTTP/1.1 400 Bad Request")
+        self.assertEqual(headers[b"content-type"], [b"application/json"])
+        self.assertEqual(headers[b"connection"], [b"close"])
+        error: dict[str, Any] = json.loads(body)
+        self.assertEqual(error["origin"], "vespa")
+        return error
+
+    async def test_bare_lf_line_endings(self) -> None:
+        """A request whose lines end in LF alone is answered at once, not left to time out."""
+        error = await self.refused(b"GET / HTTP/1.1\nHost: x\n\n")
+        self.assertIn("bare LF", error["error"])
+
+    async def test_bare_lf_after_a_good_request_line(self) -> None:
+        await self.refused(b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n")
+
+    async def test_http_1_1_without_host(self) -> None:
+        error = await self.refused(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.assertEqual(error["error"], "an HTTP/1.1 request must have a Host header")
+
+    async def test_two_host_headers(self) -> None:
+        error = await self.refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        self.assertEqual(error["error"], "the request has more than one Host header")
+
+    async def test_garbage_request_line(self) -> None:
+        await self.refused(b"GARBAGE\r\n\r\n")
+
+    async def test_header_without_colon(self) -> None:
+        await self.refused(b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+
+    async def test_bad_chunk_framing(self) -> None:
+        await self.refused(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
+
+    async def test_http_1_0_needs_no_host(self) -> None:
+        """HTTP/1.0 has no Host requirement: served."""
+        port = listen(self, ProxySite(_Answer(), reactor=reactor))
+        answer = await exchange(port, b"GET / HTTP/1.0\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200 OK"), answer)
+
+
+class WorkerAnswerTests(TestCase):
+    """What a secured worker's own answers look like on the wire."""
+
+    async def test_vespa_answers_have_proper_phrases_and_no_twisted_server_header(self) -> None:
+        """
+        422 goes out as ``422 Unprocessable Content``, 401 and the local
+        routes as usual, none with twisted.web's ``Server`` header; a relayed
+        answer keeps the backend's own ``Server`` header.
+        """
+        from tests.test_worker_protocol import Harness
+
+        env = await start_secured_worker(self)
+        unsigned = await exchange(env.port, post_head(b"/echo", b"application/json", 2) + b"{}")
+        forged = wrap_body({**Harness(env).auth(1), "signature": "AAAA"}, {})
+        unauthorized = await exchange(
+            env.port, post_head(b"/echo", b"application/json", len(forged)) + forged
+        )
+        ping = await exchange(
+            env.port, b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        signed = wrap_body(Harness(env).auth(1), {})
+        relayed = await exchange(
+            env.port, post_head(b"/echo", b"application/json", len(signed)) + signed
+        )
+        expected = [
+            (unsigned, b"HTTP/1.1 422 Unprocessable Content"),
+            (unauthorized, b"HTTP/1.1 401 Unauthorized"),
+            (ping, b"HTTP/1.1 200 OK"),
+        ]
+        for answer, status_line in expected:
+            status, headers, _ = parse(answer)
+            self.assertEqual(status, status_line)
+            self.assertNotIn(b"server", headers)
+        status, headers, _ = parse(relayed)
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertTrue(headers[b"server"][0].startswith(b"TwistedWeb/"))  # the echo backend's
+
+    async def test_options_star_is_answered_in_json(self) -> None:
+        """``OPTIONS *`` is answered by Vespa in JSON; another method on ``*`` gets a JSON 405."""
+        env = await start_secured_worker(self)
+        status, headers, body = parse(
+            await exchange(env.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        )
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(headers[b"content-type"], [b"application/json"])
+        self.assertNotIn(b"server", headers)
+        self.assertEqual(json.loads(body)["origin"], "vespa")
+        status, headers, body = parse(
+            await exchange(env.port, b"GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        )
+        self.assertEqual(status, b"HTTP/1.1 405 Method Not Allowed")
+        self.assertEqual(headers[b"allow"], [b"OPTIONS"])
+        self.assertEqual(json.loads(body)["origin"], "vespa")
+        self.assertNotIn(b"*", [uri for _, uri in env.backend.received])
+
+    async def test_malformed_multipart_is_answered_in_json(self) -> None:
+        """
+        A multipart body whose parts do not match its boundary (twisted.web
+        answered a bare 400): secured, Vespa's JSON 422; unsecured, relayed
+        to the backend as it is.
+        """
+        body = b"--not-the-boundary\r\nContent-Disposition: garbage\r\n\r\nx\r\n"
+        request = post_head(b"/echo", MULTIPART, len(body)) + body
+        env = await start_secured_worker(self)
+        status, _, reply = parse(await exchange(env.port, request))
+        self.assertEqual(status, b"HTTP/1.1 422 Unprocessable Content")
+        self.assertEqual(json.loads(reply)["origin"], "vespa")
+        backend = EchoBackend(reactor)
+        _, port = start_worker(self, listen(self, ProxySite(backend, reactor=reactor)))
+        status, _, reply = parse(await exchange(port, request))
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(json.loads(reply)["body"], body.decode())
