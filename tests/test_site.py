@@ -537,3 +537,41 @@ class WorkerAnswerTests(TestCase):
         status, _, reply = parse(await exchange(port, request))
         self.assertEqual(status, b"HTTP/1.1 200 OK")
         self.assertEqual(json.loads(reply)["body"], body.decode())
+
+
+class WiringTests(TestCase):
+    """The worker's settings reach its site."""
+
+    def test_deadlines_and_the_connection_limit(self) -> None:
+        import resource as rlimit
+
+        from vespa.config import WorkerConfig
+        from vespa.fdlimit import connection_budget
+        from vespa.worker.tap import build_worker
+
+        config = WorkerConfig.from_sources(
+            {"backend-url": "http://127.0.0.1:9"},
+            {"VESPA_HEADER_TIMEOUT": "5", "PYWORKER_KEEPALIVE_TIMEOUT": "0"},
+        )
+        self.assertEqual((config.header_timeout, config.keepalive_timeout), (5.0, None))
+        site = build_worker(config, reactor, Clock()).listener.factory
+        self.assertEqual((site.header_timeout, site.keepalive_timeout), (5.0, None))
+        soft = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)[0]
+        self.assertEqual(site.max_connections, connection_budget(soft))
+
+    async def test_a_failing_resource_is_a_json_500(self) -> None:
+        """A resource that raises gets Vespa's JSON 500, not twisted.web's HTML page."""
+
+        class Broken(Resource):
+            isLeaf = True
+
+            def render(self, request: Request) -> bytes:
+                raise RuntimeError("bug")
+
+        port = listen(self, ProxySite(Broken(), reactor=reactor))
+        status, _, body = parse(
+            await exchange(port, OK_REQUEST[:-2] + b"Connection: close\r\n\r\n")
+        )
+        self.assertEqual(status, b"HTTP/1.1 500 Internal Server Error")
+        self.assertEqual(json.loads(body)["origin"], "vespa")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
