@@ -373,7 +373,7 @@ class DeadlineTests(TestCase):
         client = await raw_connect(port)
         client.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
         # Once the server has read the bytes, the connection is in its headers.
-        await until(lambda: [channel._phase for channel in site._idle] == ["head"])
+        await until(lambda: [channel._phase.value for channel in site._idle] == ["head"])
         clock.advance(15)
         await client.closed
         self.assertTrue(client.data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"))

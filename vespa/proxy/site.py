@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from enum import Enum
 from typing import IO, Any, cast
 from urllib.parse import unquote_to_bytes
 
@@ -190,12 +191,12 @@ class ProxyRequest(Request):
         self.refuse(BodyTooLarge(message))
 
 
-class _Phase:
+class _Phase(Enum):
     """Where a connection is in its request cycle."""
 
     IDLE = "idle"  # waiting for the first byte of a request
     HEAD = "head"  # the request line and headers are arriving
-    BUSY = "busy"  # the body is arriving, or the request is being answered
+    BUSY = "busy"  # the body is arriving, or the request is being answered (or refused)
 
 
 class ProxyChannel(http.HTTPChannel):
