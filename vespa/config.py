@@ -381,6 +381,21 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         "Largest request body accepted (bytes, or 512k, 64MB); larger gets 413",
     ),
     Setting(
+        "header-timeout",
+        "HEADER_TIMEOUT",
+        parse_seconds,
+        15.0,
+        "Seconds for a client's request line and headers to arrive, however slowly they "
+        "trickle; later gets 408 (0 = only the 60 s idle timeout)",
+    ),
+    Setting(
+        "keepalive-timeout",
+        "KEEPALIVE_TIMEOUT",
+        parse_seconds,
+        60.0,
+        "Seconds a client connection may wait between requests (0 = the 60 s idle timeout)",
+    ),
+    Setting(
         "connect-timeout",
         "CONNECT_TIMEOUT",
         parse_seconds,
@@ -726,6 +741,8 @@ class WorkerConfig:
     :ivar unsecured: forward requests without signature checks.
     :ivar blocked_paths: path patterns answered 403.
     :ivar max_body_size: the largest request body, in bytes.
+    :ivar header_timeout: seconds for a request line and headers, or ``None``.
+    :ivar keepalive_timeout: seconds a client connection may idle between requests, or ``None``.
     :ivar connect_timeout: seconds to connect to the backend, or ``None``.
     :ivar first_byte_timeout: seconds to the backend's response headers, or ``None``.
     :ivar idle_timeout: seconds of backend silence mid-response, or ``None``.
@@ -751,6 +768,8 @@ class WorkerConfig:
     unsecured: bool = False
     blocked_paths: tuple[str, ...] = ()
     max_body_size: int = 64 << 20
+    header_timeout: float | None = 15.0
+    keepalive_timeout: float | None = 60.0
     connect_timeout: float | None = 10.0
     first_byte_timeout: float | None = 600.0
     idle_timeout: float | None = 300.0
@@ -826,6 +845,8 @@ class WorkerConfig:
             unsecured=v["unsecured"],
             blocked_paths=v["blocked-paths"],
             max_body_size=v["max-body-size"],
+            header_timeout=v["header-timeout"],
+            keepalive_timeout=v["keepalive-timeout"],
             connect_timeout=v["connect-timeout"],
             first_byte_timeout=v["first-byte-timeout"],
             idle_timeout=v["idle-timeout"],

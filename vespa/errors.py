@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from twisted.web.iweb import IRequest
@@ -65,6 +66,12 @@ class MethodNotAllowed(VespaError):
     status = 405
 
 
+class RequestTimeout(VespaError):
+    """The request's headers did not arrive within ``--header-timeout`` (408)."""
+
+    status = 408
+
+
 class BodyTooLarge(VespaError):
     """The request body is over ``--max-body-size`` (413)."""
 
@@ -89,6 +96,47 @@ class BackendTimeout(VespaError):
     status = 504
 
 
+#: RFC 9110 names where Python's table still has the older ones (before 3.13).
+_RFC9110_PHRASES = {
+    413: "Content Too Large",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def status_phrase(status: int) -> bytes:
+    """
+    The reason phrase of ``status`` (RFC 9110), for a status line.
+
+    twisted.web knows no phrase for several codes Vespa sends (422, 429) and
+    would write ``Unknown Status``.
+
+    :param status: an HTTP status code.
+    :return: its phrase, or ``b""`` for a code without one.
+    """
+    phrase = _RFC9110_PHRASES.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+    return phrase.encode("ascii")
+
+
+def _error_headers(error: VespaError, length: int) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"Content-Type", b"application/json"),
+        (b"Content-Length", b"%d" % (length,)),
+        # Tells a client this answer is Vespa's own, not the model server's: a
+        # worker's 503 is worth retrying elsewhere, a backend's 500 is not.
+        (b"X-Vespa-Origin", error.origin.encode("ascii")),
+    ]
+    headers += [
+        (name.encode("ascii"), value.encode("latin-1")) for name, value in error.headers.items()
+    ]
+    return headers
+
+
 def write_error(request: IRequest, error: VespaError) -> bytes:
     """
     Set the status and headers of ``request`` for ``error`` and return its body.
@@ -100,12 +148,25 @@ def write_error(request: IRequest, error: VespaError) -> bytes:
     :return: the JSON body.
     """
     body = json.dumps(error.body()).encode("utf-8")
-    request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
-    # Tells a client this answer is Vespa's own, not the model server's: a
-    # worker's 503 is worth retrying elsewhere, a backend's 500 is not.
-    request.responseHeaders.setRawHeaders(b"x-vespa-origin", [error.origin.encode("ascii")])
-    for name, value in error.headers.items():
-        request.responseHeaders.setRawHeaders(name.encode("ascii"), [value.encode("latin-1")])
+    request.setResponseCode(error.status, status_phrase(error.status))
+    for name, value in _error_headers(error, len(body)):
+        request.responseHeaders.setRawHeaders(name, [value])
     return body
+
+
+def error_response(error: VespaError) -> bytes:
+    """
+    A whole HTTP/1.1 response for ``error`` that closes the connection.
+
+    For the answers written to a connection directly, before a request exists
+    or instead of one (a malformed request line, a header deadline, a body
+    over the limit).
+
+    :param error: the error to answer with.
+    :return: the status line, headers and JSON body.
+    """
+    body = json.dumps(error.body()).encode("utf-8")
+    lines = [b"HTTP/1.1 %d %s" % (error.status, status_phrase(error.status))]
+    lines += [name + b": " + value for name, value in _error_headers(error, len(body))]
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -1,27 +1,59 @@
-# -*- test-case-name: tests.test_worker_relay -*-
+# -*- test-case-name: tests.test_site,tests.test_worker_relay -*-
 """
-The ``twisted.web`` site a proxy serves with: body limits and a quiet log.
+The ``twisted.web`` site a proxy serves with: what a client on the internet
+may send, and how long it may take.
 
 twisted.web reads the whole request body before a resource sees the request
 (memory below 100 kB, else a temporary file) and sets no size limit, so the
 limit is enforced here, while the body arrives: an over-size body is refused
 with 413 as soon as it is known to be too large, and never stored.
+
+A proxy relays bodies as bytes, so form bodies are never parsed (twisted.web
+would parse them into ``request.args`` on the reactor thread: one 60 MB form
+froze a worker for 25 s). A connection must finish its request line and
+headers within ``header_timeout`` seconds however it trickles them, and may
+then sit idle between requests for ``keepalive_timeout``. With
+``max_connections`` set (the worker derives it from its open-file limit), a
+connection beyond the limit closes the one idle the longest instead of
+running the process out of file descriptors. Everything refused at the
+connection level is answered with Vespa's JSON error, never a bare status line.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from typing import IO, Any
+import re
+from enum import Enum
+from typing import IO, Any, cast
+from urllib.parse import unquote_to_bytes
 
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport, ITransport
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from vespa.errors import BodyTooLarge
+from vespa.errors import (
+    BadRequest,
+    BodyTooLarge,
+    MethodNotAllowed,
+    RequestTimeout,
+    ServiceUnavailable,
+    VespaError,
+    error_response,
+    status_phrase,
+    write_error,
+)
 from vespa.log import get_logger
 
 log = get_logger(__name__)
+
+#: A line feed without its carriage return, in a request line or header.
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class _Discard(io.RawIOBase):
@@ -36,20 +68,26 @@ class _Discard(io.RawIOBase):
 
 class ProxyRequest(Request):
     """
-    A request that enforces its site's ``max_body_size`` and adds no defaults
-    of its own to a relayed response (no ``Content-Type: text/html``).
+    A request that enforces its site's ``max_body_size``, never parses a form
+    body, and adds no defaults of its own to a relayed response (no
+    ``Content-Type: text/html``, no ``Server: TwistedWeb``).
     """
 
     defaultContentType = None
     body_too_large = False
+    #: Already answered at the connection level (the connection is closing):
+    #: the request is never processed.
+    refused = False
 
     #: When the request's headers had arrived (``reactor.seconds()``), for the access log.
     started_at = 0.0
 
     def gotLength(self, length: int | None) -> None:
         self._body_received = 0
+        if self.refused:
+            return
         site = getattr(self.channel, "site", None)
-        if site is not None and site._access_log:
+        if site is not None and getattr(site, "_access_log", False):
             self.started_at = site.reactor.seconds()
         limit = self._limit()
         if length is not None and limit is not None and length > limit:
@@ -58,7 +96,7 @@ class ProxyRequest(Request):
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
+        if self.body_too_large or self.refused:
             return
         self._body_received += len(data)
         limit = self._limit()
@@ -67,30 +105,264 @@ class ProxyRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Take the request line and process the request, leaving the body as it
+        arrived: unlike twisted.web, a form body is not parsed into ``args``
+        (only the query string is).
+        """
+        if self.refused:
+            return
+        if self.content is not None:
+            self.content.seek(0, 0)
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.path, question, query = path.partition(b"?")
+        self.args = http.parse_qs(query, 1) if question else {}
+        self.process()
+
+    def process(self) -> None:
+        """
+        Render the site's resource, as twisted.web does, less its ``Server``
+        header; a ``*`` target (which asks about the server itself) is
+        answered here in JSON.
+        """
+        self.site = cast(Site, self.channel.site)  # type: ignore[attr-defined]
+        self.setHeader(b"Date", http.datetimeToString())
+        if self.path == b"*":
+            self._answer_star()
+            return
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        try:
+            self.render(self.site.getResourceFor(self))
+        except Exception:
+            self.processingFailed(Failure())
+
+    def _answer_star(self) -> None:
+        if self.method == b"OPTIONS":
+            body = json.dumps({"origin": "vespa", "status": "ok"}).encode("utf-8")
+            self.setHeader(b"Content-Type", b"application/json")
+            self.setHeader(b"Content-Length", b"%d" % (len(body),))
+        else:
+            body = write_error(
+                self, MethodNotAllowed("only OPTIONS applies to *", headers={"Allow": "OPTIONS"})
+            )
+        self.write(body)
+        self.finish()
+
+    def processingFailed(self, reason: Failure) -> None:
+        """A failure while rendering: a JSON 500, never twisted.web's HTML page."""
+        log.failure("answering {method} failed", reason, method=self.method)
+        if self.startedWriting:
+            self.loseConnection()
+            return
+        body = write_error(self, VespaError("the request could not be processed"))
+        self.write(body)
+        self.finish()
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        # twisted.web has no phrase for 422 or 429 ("Unknown Status").
+        super().setResponseCode(code, status_phrase(code) if message is None else message)
+
+    def refuse(self, error: VespaError) -> None:
+        """
+        Answer ``error`` at once and close the connection; the request (and
+        whatever remains of its body) is dropped unprocessed.
+
+        Over HTTP/2 the stream cannot be answered here: the body is dropped as
+        it arrives and the resource answers once the request is complete.
+        """
+        content: IO[bytes] = _Discard()  # type: ignore[assignment]
+        self.content = content
+        channel = self.channel
+        if isinstance(channel, ProxyChannel):
+            self.refused = True
+            channel.refuse(error)
+
     def _limit(self) -> int | None:
         site = getattr(self.channel, "site", None)
         return getattr(site, "max_body_size", None)
 
     def _refuse_body(self, message: str) -> None:
+        # Answered now, instead of reading (and dropping) the rest of a body
+        # that may be gigabytes: the parser cannot resume mid-body.
         self.body_too_large = True
-        content: IO[bytes] = _Discard()  # type: ignore[assignment]
-        self.content = content
-        log.info("refused a request body: {message}", message=message)
-        channel = self.channel
-        if isinstance(channel, http.HTTPChannel) and channel.transport is not None:
-            # Answer now and close, instead of reading (and dropping) the rest of
-            # a body that may be gigabytes: the parser cannot resume mid-body.
-            error = BodyTooLarge(message)
-            body = json.dumps(error.body()).encode("utf-8")
-            channel.transport.write(
-                b"HTTP/1.1 413 Payload Too Large\r\n"
-                b"Content-Type: application/json\r\n"
-                b"Connection: close\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        self.refuse(BodyTooLarge(message))
+
+
+class _Phase(Enum):
+    """Where a connection is in its request cycle."""
+
+    IDLE = "idle"  # waiting for the first byte of a request
+    HEAD = "head"  # the request line and headers are arriving
+    BUSY = "busy"  # the body is arriving, or the request is being answered (or refused)
+
+
+class ProxyChannel(http.HTTPChannel):
+    """
+    An HTTP/1.x connection with deadlines for slow clients and JSON refusals.
+
+    Its site sets the deadlines: ``header_timeout`` from the connection (or
+    from a kept-alive request's first byte) to the end of the headers, not
+    reset by each byte; ``keepalive_timeout`` between requests. twisted.web's
+    idle timeout (``timeOut``, reset by each byte) still applies to a body.
+    """
+
+    site: ProxySite
+    _phase = _Phase.IDLE
+    _tail = b""
+    _kept_alive = False
+    _closing: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._idle(self.site.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._phase is _Phase.BUSY or self._handlingRequest:
+            super().dataReceived(data)
+            return
+        if self._phase is _Phase.IDLE:
+            self._phase = _Phase.HEAD
+            self._tail = b""
+            if self._kept_alive:
+                self.setTimeout(self.site.header_timeout or self.timeOut)
+        if self.site.header_timeout is None:
+            self.resetTimeout()
+        # Only the new bytes of the head are checked (the tail is their
+        # context): a body may hold any bytes.
+        head = self._tail + data
+        end = head.find(b"\r\n\r\n")
+        if _BARE_LF.search(head if end < 0 else head[:end], len(self._tail)):
+            # LineReceiver would wait for a CRLF that never comes.
+            self.refuse(BadRequest("a request line or header ends in a bare LF, not CRLF"))
+            return
+        self._tail = head[-3:]
+        # LineReceiver's parsing without HTTPChannel's, which would reset the deadline.
+        LineReceiver.dataReceived(self, data)
+
+    def allHeadersReceived(self) -> None:
+        self._busy()
+        request = self.requests[-1]
+        problem = _host_problem(request.requestHeaders.getRawHeaders(b"host"), self._version)
+        if problem is not None and isinstance(request, ProxyRequest):
+            request.refuse(BadRequest(problem))
+            return
+        super().allHeadersReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        self._idle(None)
+        self._kept_alive = True
+        super().requestDone(request)
+        # Replaying a pipelined request may have started the next one already.
+        if self._phase is _Phase.IDLE and self.persistent:
+            self.setTimeout(self.site.keepalive_timeout or self.timeOut)
+
+    def timeoutConnection(self) -> None:
+        if self._phase is _Phase.BUSY:
+            super().timeoutConnection()  # a body stalled: twisted.web's idle timeout
+            return
+        if self._phase is _Phase.HEAD:
+            timeout = self.site.header_timeout or self.timeOut
+            self.refuse(RequestTimeout(f"the request headers took longer than {timeout:g} s"))
+            return
+        log.debug("closing a connection idle between requests")
+        self._close()
+
+    def refuse(self, error: VespaError) -> None:
+        """
+        Answer ``error`` (JSON) and close the connection, whatever the request
+        state: for requests too malformed, slow or large to process.
+        """
+        if self._closing is not None or self.transport is None:
+            return
+        log.debug(
+            "refused a connection's request: {status} {error}",
+            status=error.status,
+            error=error.message,
+        )
+        self.transport.write(error_response(error))
+        self._close()
+
+    def evict(self) -> None:
+        """Close this idle connection now, to make room for a new one."""
+        log.debug("closing the connection idle the longest to make room for a new one")
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own answer is a bare "400 Bad Request" status line.
+        self.refuse(BadRequest("the request is malformed (request line, header or chunk framing)"))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.site.forget(self)
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        super().connectionLost(reason)
+
+    def _idle(self, timeout: float | None) -> None:
+        self._phase = _Phase.IDLE
+        self.site.idle(self)
+        if timeout is not None:
+            self.setTimeout(timeout)
+
+    def _busy(self) -> None:
+        self._phase = _Phase.BUSY
+        self.site.forget(self)
+        self.setTimeout(self.timeOut)
+
+    def _close(self) -> None:
+        # Closed once written; aborted if the peer does not read even that.
+        self.setTimeout(None)
+        self.site.forget(self)
+        self._phase = _Phase.BUSY
+        transport = cast(ITCPTransport, self.transport)
+        self._closing = self.callLater(self.abortTimeout, transport.abortConnection)
+        self.loseConnection()
+
+
+def _host_problem(hosts: list[bytes] | None, version: bytes) -> str | None:
+    """Why the ``Host`` headers of a request are not acceptable (RFC 9112 3.2), if they are not."""
+    if hosts is not None and len(hosts) > 1:
+        return "the request has more than one Host header"
+    if hosts is None and version == b"HTTP/1.1":
+        return "an HTTP/1.1 request must have a Host header"
+    return None
+
+
+class _Connection(_GenericHTTPChannelProtocol):
+    """
+    One accepted connection, counted by its site: HTTP/1.x on a
+    :class:`ProxyChannel` until ALPN selects HTTP/2.
+    """
+
+    def __init__(self, site: ProxySite, channel: ProxyChannel) -> None:
+        super().__init__(channel)
+        self._proxy_site = site
+        self._http1 = channel
+
+    def makeConnection(self, transport: ITransport) -> None:
+        admitted = self._proxy_site.opened()
+        super().makeConnection(transport)
+        if not admitted:
+            self._http1.refuse(
+                ServiceUnavailable(
+                    "the server is at its connection limit", headers={"Retry-After": "1"}
+                )
             )
-            channel.transport.loseConnection()
-        # Otherwise (HTTP/2) the body is dropped as it arrives and the
-        # resource answers 413 once the request is complete.
+
+    def dataReceived(self, data: bytes) -> None:
+        http1: object = self._http1
+        was_http1 = self._channel is http1
+        super().dataReceived(data)
+        if was_http1 and self._channel is not http1:
+            # HTTP/2 took over: the HTTP/1.x channel is gone, it is not idle.
+            self._proxy_site.forget(self._http1)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._proxy_site.closed()
+        super().connectionLost(reason)
 
 
 def _timed_log_formatter(timestamp: str, request: Any) -> str:
@@ -116,6 +388,13 @@ class ProxySite(Site):
         request costs 15-40% of throughput), ``-`` for the daemon's log, or a
         file path.
     :param reactor: the reactor for timeouts; the global one if ``None``.
+    :param header_timeout: seconds for a request line and headers to arrive,
+        however slowly they trickle; ``None`` for twisted.web's idle timeout.
+    :param keepalive_timeout: seconds a connection may wait between requests;
+        ``None`` for twisted.web's idle timeout.
+    :param max_connections: connections open at once; beyond it, a new
+        connection closes the one idle (or still sending its headers) the
+        longest, or is refused with 503 if none is. ``None`` for no limit.
     """
 
     requestFactory = ProxyRequest
@@ -129,6 +408,9 @@ class ProxySite(Site):
         max_body_size: int | None = None,
         access_log: str | None = None,
         reactor: Any = None,
+        header_timeout: float | None = None,
+        keepalive_timeout: float | None = None,
+        max_connections: int | None = None,
     ) -> None:
         log_path = access_log if access_log not in (None, "-") else None
         super().__init__(
@@ -136,7 +418,60 @@ class ProxySite(Site):
         )
         self.max_body_size = max_body_size
         self._access_log = access_log is not None
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_connections = max_connections
+        #: Connections open now.
+        self.connections = 0
+        # Idle connections (or still in their headers), the longest idle first.
+        self._idle: dict[ProxyChannel, None] = {}
+        self._at_limit = False
+
+    def protocol(self) -> _Connection:
+        """A new connection's protocol (twisted.web's, on a :class:`ProxyChannel`)."""
+        return _Connection(self, ProxyChannel())
 
     def log(self, request: http.Request) -> None:
         if self._access_log:
             super().log(request)
+
+    # Connection accounting, called by the connections.
+
+    def opened(self) -> bool:
+        """
+        Count a new connection; make room for it if the site is at its limit.
+
+        :return: whether it may be served (``False``: nothing could be closed for it).
+        """
+        self.connections += 1
+        limit = self.max_connections
+        if limit is None or self.connections <= limit:
+            self._at_limit = False
+            return True
+        if not self._at_limit:
+            self._at_limit = True
+            log.warn(
+                "{count} connections: at the limit of {limit}, each new one closes the one "
+                "idle the longest (slow or idle clients)",
+                count=self.connections,
+                limit=limit,
+            )
+        if not self._idle:
+            return False
+        oldest = next(iter(self._idle))
+        self.forget(oldest)
+        oldest.evict()
+        return True
+
+    def closed(self) -> None:
+        """Count a connection gone."""
+        self.connections -= 1
+
+    def idle(self, channel: ProxyChannel) -> None:
+        """``channel`` waits for a request (it may be closed to make room), from now."""
+        self._idle.pop(channel, None)
+        self._idle[channel] = None
+
+    def forget(self, channel: ProxyChannel) -> None:
+        """``channel`` is serving a request, or gone: it is not closed to make room."""
+        self._idle.pop(channel, None)

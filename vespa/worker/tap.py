@@ -24,6 +24,7 @@ from twisted.web.server import Site
 from vespa import __version__
 from vespa.benchmarks import BenchmarkError, built_in_name, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
+from vespa.fdlimit import connection_budget, raise_fd_limit
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
 from vespa.protocol.signing import SignatureVerifier
@@ -280,6 +281,9 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         max_body_size=config.max_body_size,
         access_log=config.access_log,
         reactor=clock,
+        header_timeout=config.header_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        max_connections=connection_budget(raise_fd_limit()),
     )
     factory: Any = site
     if config.use_ssl:
