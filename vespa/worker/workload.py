@@ -143,6 +143,14 @@ _BY_BENCHMARK: dict[str, Calculator] = {
 }
 
 
+#: The default workload of each built-in benchmark's unit: one benchmark
+#: request. A benchmark of the user's has :data:`DEFAULT_WORKLOAD`.
+_DEFAULTS: dict[str, float] = {
+    kind: JOB_UNITS if calculator is comfyui_jobs else DEFAULT_MAX_TOKENS
+    for kind, calculator in _BY_BENCHMARK.items()
+}
+
+
 def load_calculator(spec: str) -> Calculator:
     """
     Import the user's calculator ``module:function``.
@@ -176,12 +184,11 @@ class Workload:
 
     def __init__(self, source: str, benchmark: str, default_cost: float | None = None) -> None:
         kind = built_in_name(benchmark)
-        self._default = JOB_UNITS if kind == "comfyui" else DEFAULT_MAX_TOKENS
+        self._default = _DEFAULTS.get(kind or "", DEFAULT_WORKLOAD)
         self._default_cost = default_cost
         self._calculator: Calculator | None
         if source == "cost" or (source == "auto" and kind is None):
             self._calculator = None
-            self._default = DEFAULT_WORKLOAD if kind is None else self._default
             self.description = "the autoscaler's cost"
         elif source == "auto":
             assert kind is not None
