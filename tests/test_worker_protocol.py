@@ -346,6 +346,62 @@ class ReportTests(ProtocolTestCase):
         )
         self.assertEqual((delete["worker_id"], delete["mtoken"]), (7, "master-token"))
 
+    async def test_record_times_of_cancelled_requests(self) -> None:
+        """
+        With one slot: a request cancelled at the backend has its start and
+        no end; one cancelled while queued has neither (the official zeros);
+        both are Cancelled with success true.
+        """
+        h = await self.start(slots=1)
+        self.env.clock.advance(5)
+        clients = []
+        for n in range(2):
+            client = await raw_connect(self.env.port)
+            body = wrap_body(h.auth(1, request_idx=70 + n), {})
+            client.transport.write(
+                b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            clients.append(client)
+            await until(lambda n=n: self.ledger.totals.received == n + 1)
+        self.env.clock.advance(1)
+        for client in reversed(clients):
+            client.transport.loseConnection()
+        await until(lambda: self.ledger.totals.cancelled == 2)
+        await self.report(lambda r: r["new_load"] == 0 and r["num_requests_working"] == 0)
+        records = {
+            r["request_idx"]: r for d in self.env.autoscaler.delete_reports for r in d["requests"]
+        }
+        at_backend, queued = records[70], records[71]
+        self.assertEqual((at_backend["status"], at_backend["success"]), ("Cancelled", True))
+        self.assertEqual((queued["status"], queued["success"]), ("Cancelled", True))
+        self.assertGreater(at_backend["work_started_at"], 0.0)
+        self.assertEqual(at_backend["work_completed_at"], 0.0)
+        self.assertEqual((queued["work_started_at"], queued["work_completed_at"]), (0.0, 0.0))
+        self.assertGreater(queued["entered_queue_at"], 0.0)
+
+    async def test_legacy_deletes_for_an_older_autoscaler(self) -> None:
+        """
+        ``--delete-requests-format legacy`` against a stand-in expecting the
+        2024-2025 form: the two-POST body is accepted, nothing refused.
+        """
+        h = await self.start(
+            delete_requests_format="legacy",
+            before_start=lambda env: setattr(env.autoscaler, "report_format", "legacy"),
+        )
+        ok = h.auth(2)
+        await h.post(b"/echo", {}, auth=ok)
+        await h.post(b"/status/500", {}, cost=3)
+        await self.report(lambda r: r["cur_perf"] > 0)
+        self.assertEqual(self.env.autoscaler.refused_reports, [])
+        bodies = self.env.autoscaler.delete_reports
+        self.assertEqual(
+            [sorted(b) for b in bodies],
+            [sorted(("worker_id", "mtoken", "request_idxs", "success"))] * 2,
+        )
+        self.assertEqual([b["success"] for b in bodies], [True, False])
+        self.assertEqual(bodies[0]["request_idxs"], [ok["request_idx"]])
+
     async def test_in_flight_requests_are_reported(self) -> None:
         """A request in flight shows in cur_load and working_request_idxs."""
         h = await self.start()
