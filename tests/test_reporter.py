@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -935,3 +937,48 @@ class SlowAutoscalerTests(SynchronousTestCase):
         served = [p.body["cur_perf"] for p in h.autoscaler.received if p.path == "/worker_status/"]
         self.assertEqual(sum(served), 3.0)
         self.assertEqual(served.count(3.0), 1)
+
+
+class ReporterPropertyTests(SynchronousTestCase):
+    """Whatever the ledger holds, every report is strict JSON and the cadence holds."""
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(
+        requests=st.lists(
+            st.tuples(
+                st.integers(min_value=-(2**70), max_value=2**70),
+                st.floats(min_value=0.0, max_value=1e308),
+                st.sampled_from(list(Outcome)),
+            ),
+            max_size=12,
+        ),
+        max_perf=st.floats(min_value=1e-300, max_value=1e300),
+    )
+    def test_reports_always_sound(
+        self, requests: list[tuple[int, float, Outcome]], max_perf: float
+    ) -> None:
+        """
+        Any indexes and workloads the ledger accepts, any outcome, any
+        throughput: a status goes out every tick there is a change and at the
+        heartbeat, every body is strict JSON with finite numbers, and the
+        deletions are all acknowledged.
+        """
+        h = Harness(self)
+        h.state.loaded(max_perf)
+        h.start()
+        for idx, workload, outcome in requests:
+            if outcome is Outcome.REJECTED:
+                h.ledger.reject(idx, 0, workload)
+            else:
+                ticket = h.ledger.receive(idx, 0, workload)
+                if outcome is not Outcome.SERVED or idx % 2:
+                    h.ledger.finish(ticket, outcome)
+            h.tick()
+        before = len(h.autoscaler.statuses())
+        h.tick(times=21)
+        self.assertGreaterEqual(len(h.autoscaler.statuses()) - before, 2)
+        for post in h.autoscaler.received:
+            json.dumps(post.body, allow_nan=False)
+        self.assertEqual(h.ledger.pending_deletions, 0)
+        h.reporter.stopService()
+        h.pump()

@@ -83,6 +83,7 @@ class GeneratedTokensTests(SynchronousTestCase):
             ({"messages": []}, DEFAULT_MAX_TOKENS),
             ({"max_tokens": "40"}, DEFAULT_MAX_TOKENS),
             ({"max_tokens": True}, DEFAULT_MAX_TOKENS),
+            ({"max_tokens": 10**400}, math.inf),
             ([1, 2], DEFAULT_MAX_TOKENS),
             (None, DEFAULT_MAX_TOKENS),
         ]
@@ -133,7 +134,7 @@ class WorkloadTests(SynchronousTestCase):
         """
         warnings = Warnings(self)
         workload = Workload("tests.test_workload:echo_weight", "openai_chat")
-        bad = [math.nan, math.inf, -1.0, MAX_WORKLOAD * 10, "12", None, [1]]
+        bad = [math.nan, math.inf, -1.0, MAX_WORKLOAD * 10, 10**400, "12", None, [1]]
         for value in bad:
             self.assertEqual(workload.of(body({"weight": value}), None), DEFAULT_MAX_TOKENS)
         self.assertEqual(workload.fallbacks, len(bad))
@@ -157,7 +158,12 @@ class WorkloadTests(SynchronousTestCase):
         payload=st.one_of(
             st.binary(max_size=64),
             st.recursive(
-                st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=4),
+                st.none()
+                | st.booleans()
+                | st.floats()
+                | st.integers()
+                | st.just(10**400)
+                | st.text(max_size=4),
                 lambda inner: (
                     st.lists(inner, max_size=3)
                     | st.dictionaries(

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +93,10 @@ class WorkloadError(ValueError):
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: as good as infinite
+        return math.inf
 
 
 def generated_tokens(payload: Any) -> float:
