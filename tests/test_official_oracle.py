@@ -18,11 +18,12 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from tests.support import HTTPClient, start_echo_backend
+from tests.support import HTTPClient, start_echo_backend, until
 from tests.test_worker_protocol import ProtocolTestCase
 from vespa.protocol.envelope import wrap_body
 
@@ -79,7 +80,7 @@ class OfficialOracleTests(ProtocolTestCase):
 
     async def start_official(self, autoscaler_port: int) -> int:
         """Start the official worker in front of an echo backend; return its port."""
-        _, backend_port = start_echo_backend(self)
+        self.official_backend, backend_port = start_echo_backend(self)
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         log_file = os.path.join(workdir, "model.log")
@@ -123,42 +124,90 @@ class OfficialOracleTests(ProtocolTestCase):
             output = self.official.output.decode("utf-8", "replace")[-4000:]
             self.fail(f"no {what} within {seconds} s; the official worker said:\n{output}")
 
+    async def records(self, worker_id: int, statuses: set[str]) -> dict[str, dict[str, Any]]:
+        """The first record of each status in ``statuses`` that ``worker_id`` deleted."""
+
+        def found() -> dict[str, dict[str, Any]]:
+            records: dict[str, dict[str, Any]] = {}
+            for body in self.env.autoscaler.delete_reports:
+                if body["worker_id"] == worker_id:
+                    for record in body["requests"]:
+                        records.setdefault(record["status"], record)
+            return records
+
+        for _ in range(600):
+            if statuses <= set(found()):
+                return found()
+            # Vespa's reports run on the test's clock, the official worker's on its own.
+            self.env.clock.advance(1)
+            await until(lambda: not self.env.worker.reporter._busy)
+            await deferLater(reactor, 0.1, lambda: None)
+        output = self.official.output.decode("utf-8", "replace")[-4000:]
+        self.fail(
+            f"worker {worker_id} deleted {sorted(found())}, not {sorted(statuses)}:\n{output}"
+        )
+
+    async def traffic(self, post: Any) -> None:
+        """
+        The same traffic for each worker: two served requests; one that
+        hangs at the backend while another is refused (429, the worker being
+        exclusive), then is cancelled by its client.
+        """
+        for _ in range(2):
+            response, body = await post(b"/echo")
+            self.assertEqual(response.code, 200, body)
+        hanging = ensureDeferred(post(b"/hang"))
+        hanging.addErrback(lambda f: None)  # the client gives up, as intended
+        await until(lambda: any(uri == b"/hang" for _, uri in self.backends_received()))
+        response, body = await post(b"/echo")
+        self.assertEqual(response.code, 429, body)
+        hanging.cancel()
+
+    def backends_received(self) -> list[tuple[bytes, bytes]]:
+        """What the two echo backends received, ``(method, uri)``."""
+        return list(self.env.backend.received) + list(self.official_backend.received)
+
     async def test_same_keys_and_types(self) -> None:
         """
-        After two served requests each, the official worker's and Vespa's
-        status reports (one with served work) and deletion bodies have the
-        same keys, and each value the same JSON type.
+        For the same traffic (served, refused with 429, cancelled at the
+        backend), the official worker's and Vespa's status reports (one with
+        served work) and deletion records have the same keys and each value
+        the same JSON type; the records of each status have the official
+        success flag and the same zero times.
         """
         from vastai.serverless.server.lib.data_types import RequestMetrics, WorkerStatusData
 
-        h = await self.start(signing_mode="url")
+        h = await self.start(signing_mode="url", max_wait_time=0.0)
         autoscaler = self.env.autoscaler
-        autoscaler_port = self.env.autoscaler_port
-        official_port = await self.start_official(autoscaler_port)
+        official_port = await self.start_official(self.env.autoscaler_port)
         await self.wait(
             autoscaler.wait_for_status(lambda r: r.get("id") == OFFICIAL_ID and r["max_perf"] > 0),
             "loaded report from the official worker",
         )
         official = HTTPClient(self, official_port)
-        for _ in range(2):
+
+        async def to_official(path: bytes) -> Any:
             auth = h.auth(1, mode="url", url=f"http://127.0.0.1:{official_port}")
-            response, body = await official.request(
-                b"POST", b"/echo", body=wrap_body(auth, {"x": 1})
-            )
-            self.assertEqual(response.code, 200, body)
-            response, body = await h.post(b"/echo", {"x": 1}, auth=h.auth(1, mode="url"))
-            self.assertEqual(response.code, 200, body)
+            return await official.request(b"POST", path, body=wrap_body(auth, {"x": 1}))
+
+        async def to_vespa(path: bytes) -> Any:
+            return await h.post(path, {"x": 1}, auth=h.auth(1, mode="url"))
+
+        await self.traffic(to_official)
+        self.official_backend.received.clear()
+        self.env.backend.received.clear()
+        # Vespa's wall clock is the test's, at 0 until now: "never" is 0 too.
+        self.env.clock.advance(1)
+        await self.traffic(to_vespa)
 
         theirs_status = await self.wait(
             autoscaler.wait_for_status(lambda r: r.get("id") == OFFICIAL_ID and r["cur_perf"] > 0),
             "status with served work from the official worker",
         )
-        theirs_delete = await self.wait(
-            autoscaler.wait_for_delete(lambda d: d.get("worker_id") == OFFICIAL_ID),
-            "deletions from the official worker",
-        )
         ours_status = await self.report(lambda r: r["id"] == VESPA_ID and r["cur_perf"] > 0)
-        ours_delete = next(d for d in autoscaler.delete_reports if d["worker_id"] == VESPA_ID)
+        statuses = {"Success", "Rejected", "Cancelled"}
+        theirs_records = await self.records(OFFICIAL_ID, statuses)
+        ours_records = await self.records(VESPA_ID, statuses)
         self.assertEqual(autoscaler.refused_reports, [])
 
         status_types = declared_types(WorkerStatusData)
@@ -178,20 +227,21 @@ class OfficialOracleTests(ProtocolTestCase):
                 # Vespa always writes the declared float, never the int 0 of a reset.
                 self.assertIs(type(ours_status[name]), float, name)
 
+        ours_delete = next(d for d in autoscaler.delete_reports if d["worker_id"] == VESPA_ID)
+        theirs_delete = next(d for d in autoscaler.delete_reports if d["worker_id"] == OFFICIAL_ID)
         self.assertEqual(sorted(ours_delete), sorted(theirs_delete))
         record_types = declared_types(RequestMetrics)
-        [ours_first, *_] = ours_delete["requests"]
-        [theirs_first, *_] = theirs_delete["requests"]
-        self.assertEqual(sorted(ours_first), sorted(theirs_first))
-        for name in theirs_first:
-            self.assertEqual(
-                json_kind(ours_first[name], None),
-                json_kind(theirs_first[name], None),
-                f"{name}: ours {ours_first[name]!r}, official {theirs_first[name]!r}",
-            )
-            self.assertIn(name, record_types)
-        self.assertEqual(
-            (ours_first["status"], ours_first["success"]),
-            (theirs_first["status"], theirs_first["success"]),
-        )
+        for status in sorted(statuses):
+            ours, theirs = ours_records[status], theirs_records[status]
+            self.assertEqual(sorted(ours), sorted(theirs), status)
+            for name in theirs:
+                self.assertIn(name, record_types)
+                self.assertEqual(
+                    json_kind(ours[name], None),
+                    json_kind(theirs[name], None),
+                    f"{status} {name}: ours {ours[name]!r}, official {theirs[name]!r}",
+                )
+            for name in ("entered_queue_at", "work_started_at", "work_completed_at"):
+                self.assertEqual(ours[name] == 0, theirs[name] == 0, f"{status} {name}")
+            self.assertEqual(ours["success"], theirs["success"], status)
         json.dumps([ours_status, ours_delete], allow_nan=False)
