@@ -20,7 +20,6 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from tests.support import HTTPClient, start_echo_backend, until
@@ -124,28 +123,37 @@ class OfficialOracleTests(ProtocolTestCase):
             output = self.official.output.decode("utf-8", "replace")[-4000:]
             self.fail(f"no {what} within {seconds} s; the official worker said:\n{output}")
 
-    async def records(self, worker_id: int, statuses: set[str]) -> dict[str, dict[str, Any]]:
-        """The first record of each status in ``statuses`` that ``worker_id`` deleted."""
+    def records(self, worker_id: int) -> dict[str, dict[str, Any]]:
+        """The first record of each status that ``worker_id`` deleted so far."""
+        records: dict[str, dict[str, Any]] = {}
+        for body in self.env.autoscaler.delete_reports:
+            if body["worker_id"] == worker_id:
+                for record in body["requests"]:
+                    records.setdefault(record["status"], record)
+        return records
 
-        def found() -> dict[str, dict[str, Any]]:
-            records: dict[str, dict[str, Any]] = {}
-            for body in self.env.autoscaler.delete_reports:
-                if body["worker_id"] == worker_id:
-                    for record in body["requests"]:
-                        records.setdefault(record["status"], record)
-            return records
+    async def official_records(self, statuses: set[str]) -> dict[str, dict[str, Any]]:
+        """Wait for a record of each status from the official worker (its own clock)."""
+        for status in sorted(statuses):
+            await self.wait(
+                self.env.autoscaler.wait_for_delete(
+                    lambda d, s=status: (
+                        d["worker_id"] == OFFICIAL_ID
+                        and any(r["status"] == s for r in d["requests"])
+                    )
+                ),
+                f"{status} record from the official worker",
+            )
+        return self.records(OFFICIAL_ID)
 
-        for _ in range(600):
-            if statuses <= set(found()):
-                return found()
-            # Vespa's reports run on the test's clock, the official worker's on its own.
+    async def vespa_records(self, statuses: set[str]) -> dict[str, dict[str, Any]]:
+        """Tick Vespa's clock until it deleted a record of each status."""
+        for _ in range(30):
+            if statuses <= set(self.records(VESPA_ID)):
+                return self.records(VESPA_ID)
             self.env.clock.advance(1)
             await until(lambda: not self.env.worker.reporter._busy)
-            await deferLater(reactor, 0.1, lambda: None)
-        output = self.official.output.decode("utf-8", "replace")[-4000:]
-        self.fail(
-            f"worker {worker_id} deleted {sorted(found())}, not {sorted(statuses)}:\n{output}"
-        )
+        self.fail(f"Vespa deleted {sorted(self.records(VESPA_ID))}, not {sorted(statuses)}")
 
     async def traffic(self, post: Any) -> None:
         """
@@ -206,8 +214,8 @@ class OfficialOracleTests(ProtocolTestCase):
         )
         ours_status = await self.report(lambda r: r["id"] == VESPA_ID and r["cur_perf"] > 0)
         statuses = {"Success", "Rejected", "Cancelled"}
-        theirs_records = await self.records(OFFICIAL_ID, statuses)
-        ours_records = await self.records(VESPA_ID, statuses)
+        theirs_records = await self.official_records(statuses)
+        ours_records = await self.vespa_records(statuses)
         self.assertEqual(autoscaler.refused_reports, [])
 
         status_types = declared_types(WorkerStatusData)
