@@ -256,8 +256,8 @@ class Reporter(Service):
         self._disk_baseline: float | None = None
         self._disk_failing = False
         self._broken: set[str] = set()
-        # The fields whose values are being dropped, each logged once.
-        self._dropping: set[str] = set()
+        # (path, field) of the values being dropped, each logged once.
+        self._dropping: set[tuple[str, str]] = set()
         self._status_outage = _Outage(STATUS_PATH)
         self._delete_outage = _Outage(DELETE_PATH)
         #: How many ticks found the previous cycle still in flight.
@@ -444,18 +444,16 @@ class Reporter(Service):
         Log each field whose value was dropped once, when it starts being
         dropped; again only after it was sound in between.
         """
-        fields = {f"{what} {item.partition(':')[0]}" for item in built.dropped}
-        for item in built.dropped:
-            name = f"{what} {item.partition(':')[0]}"
-            if name not in self._dropping:
+        dropping = {(what, item.partition(":")[0]): item for item in built.dropped}
+        for key, item in dropping.items():
+            if key not in self._dropping:
                 log.warn(
                     "{what}: a value cannot be reported and is left out ({item}); "
                     "the rest of the report is sent",
                     what=what,
                     item=item,
                 )
-                self._dropping.add(name)
-        self._dropping -= {n for n in self._dropping if n.startswith(what + " ")} - fields
+        self._dropping = {k for k in self._dropping if k[0] != what} | set(dropping)
 
     def _read_disk(self) -> float | None:
         try:
