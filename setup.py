@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         # openai: the client is tested with the real SDK as a caller.
-        "test": ["hypothesis", "supervisor", "openai"],
+        # vastai: the official worker 1.9.1 is the oracle of the reports' form.
+        "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1"],
     },
     entry_points={
         "console_scripts": [

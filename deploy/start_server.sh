@@ -55,7 +55,7 @@ try:
 except ValueError:
     worker_id = 0
 numbers = ("loadtime", "cur_load", "rej_load", "new_load", "max_perf", "cur_perf",
-           "cur_capacity", "max_capacity", "additional_disk_usage")
+           "cur_capacity", "max_capacity", "additional_disk_usage", "disk_usage")
 report = {"id": worker_id, "mtoken": env.get("MASTER_TOKEN", ""),
           "version": env["VESPA_REPORT_VERSION"], "error_msg": env["VESPA_REPORT_MESSAGE"],
           "url": env["VESPA_REPORT_URL"], "num_requests_working": 0,
@@ -72,7 +72,7 @@ print(json.dumps(report))
     printf '"loadtime": 0.0, "cur_load": 0.0, "rej_load": 0.0, "new_load": 0.0, '
     printf '"max_perf": 0.0, "cur_perf": 0.0, "cur_capacity": 0.0, "max_capacity": 0.0, '
     printf '"num_requests_working": 0, "num_requests_recieved": 0, '
-    printf '"additional_disk_usage": 0.0, "working_request_idxs": []}\n'
+    printf '"additional_disk_usage": 0.0, "disk_usage": 0.0, "working_request_idxs": []}\n'
 }
 
 report_version() {

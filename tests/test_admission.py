@@ -28,11 +28,28 @@ class EstimateTests(SynchronousTestCase):
     def test_spec_example(self) -> None:
         """
         One cost-100 request in flight at 6.67 units/s is about 15 s of work, so
-        with the default 10 s limit the next request is refused.
+        with a 10 s limit the next request is refused.
         """
-        admission = Admission()
+        admission = Admission(max_wait_time=10.0)
         self.assertAlmostEqual(admission.estimate_wait(JOB, PERF), 14.993, places=3)
         self.assertRaises(TooBusy, admission.check, JOB, PERF)
+
+    def test_official_default_is_30_seconds(self) -> None:
+        """As the official worker's ``max_queue_time``: 30 s of work waits, more is refused."""
+        admission = Admission()
+        self.assertEqual(admission.max_wait_time, 30.0)
+        admission.check(30 * PERF, PERF)
+        self.assertRaises(TooBusy, admission.check, 30.5 * PERF, PERF)
+
+    def test_zero_is_an_exclusive_worker(self) -> None:
+        """
+        ``max_wait_time`` 0 refuses while anything is in flight, even a request
+        whose workload is 0, and admits when nothing is.
+        """
+        admission = Admission(max_wait_time=0.0)
+        admission.check(0.0, PERF, 0)
+        self.assertRaises(TooBusy, admission.check, 0.0, PERF, 1)
+        self.assertRaises(TooBusy, admission.check, 1.0, 1e9, 1)
 
     def test_first_request_always_admitted(self) -> None:
         """
@@ -75,7 +92,7 @@ class EstimateTests(SynchronousTestCase):
         seconds (rounded up), and the estimate (to 3 decimals) and the limit in
         the body.
         """
-        admission = Admission()
+        admission = Admission(max_wait_time=10.0)
         error = self.assertRaises(TooBusy, admission.check, JOB, PERF)
         self.assertIsInstance(error, VespaError)
         self.assertEqual(error.status, 429)
@@ -93,7 +110,7 @@ class EstimateTests(SynchronousTestCase):
         :func:`~vespa.errors.write_error` turns the refusal into a 429 with a
         ``Retry-After`` header and a JSON body.
         """
-        error = self.assertRaises(TooBusy, Admission().check, JOB, PERF)
+        error = self.assertRaises(TooBusy, Admission(max_wait_time=10.0).check, JOB, PERF)
         request = DummyRequest([b""])
         body = json.loads(write_error(request, error))
         self.assertEqual(request.responseCode, 429)

@@ -63,10 +63,24 @@ def verify(pem: bytes, message: bytes, signature: str) -> None:
     pkcs1_15.new(key).verify(SHA256.new(message), base64.b64decode(signature))
 
 
+def record(idx: int, success: bool, status: str = "Success") -> dict[str, Any]:
+    """A ``/delete_requests/`` record, as vastai 1.9.1 sends one."""
+    return {
+        "request_idx": idx,
+        "success": success,
+        "status": status,
+        "entered_queue_at": 1765000000.5,
+        "work_started_at": 1765000001.0 if status != "Rejected" else 0.0,
+        "work_completed_at": 1765000002.0 if status != "Rejected" else 0.0,
+    }
+
+
 def report(worker_id: int, url: str | None, **fields: Any) -> dict[str, Any]:
     """A ``/worker_status/`` body with every field, loaded and healthy unless overridden."""
-    body: dict[str, Any] = dict.fromkeys(STATUS_FIELDS, 0)
+    body: dict[str, Any] = dict.fromkeys(STATUS_FIELDS, 0.0)
     body.update(
+        num_requests_working=0,
+        num_requests_recieved=0,
         id=worker_id,
         mtoken="token",
         version="test",
@@ -364,8 +378,8 @@ class ReportTests(StandinTestCase):
             code, content = yield self.post_json("/worker_status/", report(n, None))
             self.assertEqual((code, json.loads(content)), (200, {"ok": True}))
         deletes = [
-            {"worker_id": 1, "mtoken": "t", "request_idxs": [1, 2], "success": True},
-            {"worker_id": 1, "mtoken": "t", "request_idxs": [3], "success": False},
+            {"worker_id": 1, "mtoken": "t", "requests": [record(1, True), record(2, True)]},
+            {"worker_id": 1, "mtoken": "t", "requests": [record(3, False, "Rejected")]},
         ]
         for body in deletes:
             code, content = yield self.post_json("/delete_requests/", body)
@@ -374,6 +388,55 @@ class ReportTests(StandinTestCase):
         self.assertEqual(self.autoscaler.delete_reports, deletes)
         self.assertEqual(len(self.autoscaler.status_times), 3)
         self.assertEqual(len(self.autoscaler.delete_times), 2)
+
+    @inlineCallbacks
+    def test_other_forms_refused(self) -> Gen:
+        """
+        By default, a legacy deletion, a 17-field status, a record with a bad
+        status and a status with a non-number load are 422 and not recorded.
+        """
+        legacy_status = report(1, WORKER_A)
+        del legacy_status["disk_usage"]
+        bad_load = report(1, WORKER_A, cur_load="1e308")
+        refused = [
+            (
+                "/delete_requests/",
+                {"worker_id": 1, "mtoken": "t", "request_idxs": [1], "success": True},
+            ),
+            (
+                "/delete_requests/",
+                {"worker_id": 1, "mtoken": "t", "requests": [record(1, True, "Done")]},
+            ),
+            ("/worker_status/", legacy_status),
+            ("/worker_status/", bad_load),
+        ]
+        for path, body in refused:
+            code, content = yield self.post_json(path, body)
+            self.assertEqual(code, 422, body)
+            self.assertIn("error", json.loads(content))
+        self.assertEqual((self.autoscaler.status_reports, self.autoscaler.delete_reports), ([], []))
+        self.assertEqual(
+            [body for _, body, _ in self.autoscaler.refused_reports], [b for _, b in refused]
+        )
+
+    @inlineCallbacks
+    def test_legacy_forms_as_an_option(self) -> Gen:
+        """With ``report_format="legacy"``, 2024-2025 bodies are accepted and records refused."""
+        self.autoscaler.report_format = "legacy"
+        legacy_status = report(1, WORKER_A)
+        del legacy_status["disk_usage"]
+        legacy_delete = {"worker_id": 1, "mtoken": "t", "request_idxs": [1], "success": True}
+        for path, body in (
+            ("/worker_status/", legacy_status),
+            ("/delete_requests/", legacy_delete),
+        ):
+            code, _ = yield self.post_json(path, body)
+            self.assertEqual(code, 200)
+        code, _ = yield self.post_json(
+            "/delete_requests/", {"worker_id": 1, "mtoken": "t", "requests": [record(1, True)]}
+        )
+        self.assertEqual(code, 422)
+        self.assertEqual(self.autoscaler.delete_reports, [legacy_delete])
 
     @inlineCallbacks
     def test_invalid_json(self) -> Gen:
@@ -405,12 +468,11 @@ class ReportTests(StandinTestCase):
         other.cancel()
         self.failureResultOf(other, CancelledError)
 
-        deleted = self.autoscaler.wait_for_delete(lambda b: 7 in b["request_idxs"])
+        deleted = self.autoscaler.wait_for_delete(lambda b: b["requests"][0]["request_idx"] == 7)
         yield self.post_json(
-            "/delete_requests/",
-            {"worker_id": 1, "mtoken": "", "request_idxs": [7], "success": True},
+            "/delete_requests/", {"worker_id": 1, "mtoken": "", "requests": [record(7, True)]}
         )
-        self.assertEqual(self.successResultOf(deleted)["request_idxs"], [7])
+        self.assertEqual(self.successResultOf(deleted)["requests"], [record(7, True)])
 
     @inlineCallbacks
     def test_latest_status(self) -> Gen:
@@ -654,6 +716,13 @@ class CommandLineTests(SynchronousTestCase):
                 api_key="secret",
             ),
         )
+
+    def test_report_format_option(self) -> None:
+        """``--report-format legacy`` reaches the config and the stand-in it builds."""
+        config = parse_args(["--report-format", "legacy"])
+        self.assertEqual(config.report_format, "legacy")
+        self.assertEqual(build_autoscaler(config, Clock()).report_format, "legacy")
+        self.assertEqual(StandinConfig().report_format, "records")
 
     def test_usage_errors(self) -> None:
         """A bad signing mode, port or worker url is a usage error (exit status 2)."""

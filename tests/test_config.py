@@ -708,6 +708,41 @@ class WorkerConfigTests(SynchronousTestCase):
                 checked += 1
         self.assertGreaterEqual(checked, 10)
 
+    def test_accounting_settings(self) -> None:
+        """
+        ``--max-wait-time`` is 30 s by default, ``0`` an exclusive worker and
+        ``off`` no limit; ``--workload`` and ``--delete-requests-format`` take
+        their words (or a calculator) from the command line or the environment.
+        """
+        base = {"backend-url": BACKEND}
+        config = WorkerConfig.from_sources(base, {})
+        self.assertEqual(
+            (config.max_wait_time, config.workload, config.delete_requests_format),
+            (30.0, "auto", "records"),
+        )
+        self.assertEqual(config.report_timeout, 60.0)
+        for text, limit in (("0", 0.0), ("off", None), ("None", None), ("2.5s", 2.5)):
+            config = WorkerConfig.from_sources({**base, "max-wait-time": text}, {})
+            self.assertEqual(config.max_wait_time, limit, text)
+        config = WorkerConfig.from_sources(
+            base,
+            {
+                "VESPA_WORKLOAD": "mycalc:workload",
+                "PYWORKER_DELETE_REQUESTS_FORMAT": "Legacy",
+            },
+        )
+        self.assertEqual(
+            (config.workload, config.delete_requests_format), ("mycalc:workload", "legacy")
+        )
+        config = WorkerConfig.from_sources({**base, "workload": "COST"}, {})
+        self.assertEqual(config.workload, "cost")
+        self.assertIn("--max-wait-time", config_error({**base, "max-wait-time": "-1"}))
+        self.assertIn("--max-wait-time", config_error({**base, "max-wait-time": "inf"}))
+        self.assertIn("--workload", config_error({**base, "workload": "no module"}))
+        self.assertIn(
+            "--delete-requests-format", config_error({**base, "delete-requests-format": "csv"})
+        )
+
     def test_backend_from_environment(self) -> None:
         """
         The backend URL can come from ``PYWORKER_BACKEND_URL``.

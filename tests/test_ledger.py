@@ -9,9 +9,11 @@ from dataclasses import fields
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from vespa.protocol.reports import DeletionRecord
 from vespa.worker.ledger import Deletions, Ledger, Outcome, Ticket, Totals, Window
 
 
@@ -306,9 +308,41 @@ class DeletionTests(SynchronousTestCase):
         ledger.reject(2, 2, 1.0)
         batch = ledger.take_deletions()
         ledger.deletions_sent(batch.part(False))
-        self.assertEqual(ledger.take_deletions(), Deletions(succeeded=(1,)))
+        self.assertEqual(ledger.take_deletions().succeeded, (1,))
+        self.assertEqual(ledger.take_deletions().failed, ())
         ledger.deletions_sent(batch.part(True))
         self.assertFalse(ledger.take_deletions())
+
+    def test_records_times_and_status(self) -> None:
+        """
+        Each record has the official status and times from the ledger's
+        clock: arrival at receive, start at the first ``started``, end at
+        finish (0.0 when cancelled); a rejected request only its arrival.
+        """
+        clock = Clock()
+        ledger = Ledger(now=clock.seconds)
+        clock.advance(100)
+        ticket = ledger.receive(1, 1, 1.0)
+        clock.advance(1)
+        ledger.started(ticket)
+        clock.advance(1)
+        ledger.started(ticket)  # only the first counts
+        clock.advance(1)
+        ledger.finish(ticket, Outcome.SERVED)
+        ledger.started(ticket)  # no longer in flight: ignored
+        cancelled = ledger.receive(2, 2, 1.0)
+        ledger.started(cancelled)
+        clock.advance(1)
+        ledger.finish(cancelled, Outcome.CANCELLED)
+        ledger.reject(3, 3, 1.0)
+        self.assertEqual(
+            ledger.take_deletions().records,
+            (
+                DeletionRecord(1, True, "Success", 100.0, 101.0, 103.0),
+                DeletionRecord(2, True, "Cancelled", 103.0, 103.0, 0.0),
+                DeletionRecord(3, False, "Rejected", 104.0, 0.0, 0.0),
+            ),
+        )
 
     def test_duplicate_idxs_are_distinct_entries(self) -> None:
         """

@@ -76,7 +76,8 @@ class MetricsTests(TestCase):
     timeout = 30
 
     async def test_metrics_count_requests_by_outcome(self) -> None:
-        """After served, errored and rejected requests, the counters say so."""
+        """After served, errored and forged requests, the counters say so: the
+        forged one (401) only as a refusal, never as a rejected request."""
         env = await start_secured_worker(self)
         h = Harness(env)
         await h.post(b"/echo", {}, cost=7)
@@ -93,10 +94,14 @@ class MetricsTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertIn('vespa_requests_total{outcome="served"} 1.0', text)
         self.assertIn('vespa_requests_total{outcome="errored"} 1.0', text)
-        self.assertIn('vespa_requests_total{outcome="rejected"} 1.0', text)
+        self.assertIn('vespa_requests_total{outcome="rejected"} 0.0', text)
         self.assertIn('vespa_workload_total{outcome="served"} 7.0', text)
         self.assertIn('vespa_phase{phase="ready"} 1.0', text)
         self.assertIn("vespa_max_perf 100.0", text)
+        refused = env.worker.resource.metrics.registry.get_sample_value(
+            "vespa_refused_requests_total", {"status": "401"}
+        )
+        self.assertEqual(refused, 1.0)
         # The worker's own registry observed the backend exchanges.
         exchanges = env.worker.resource.metrics.backend_time.collect()[0]
         count = next(s.value for s in exchanges.samples if s.name.endswith("_count"))

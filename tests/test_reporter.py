@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -102,13 +104,17 @@ class FakeAutoscaler(Resource):
         return self.bodies("/worker_status/", host, accepted)
 
     def deleted(self, success: bool) -> list[int]:
-        """Every request_idx accepted by ``/delete_requests/`` with ``success``."""
-        return [
-            i
-            for body in self.bodies("/delete_requests/", accepted=True)
-            if body["success"] is success
-            for i in body["request_idxs"]
-        ]
+        """
+        Every request_idx accepted by ``/delete_requests/`` with ``success``,
+        from bodies of either form (records or legacy).
+        """
+        found = []
+        for body in self.bodies("/delete_requests/", accepted=True):
+            if "requests" in body:
+                found += [r["request_idx"] for r in body["requests"] if r["success"] is success]
+            elif body["success"] is success:
+                found += body["request_idxs"]
+        return found
 
 
 class CaptureLog:
@@ -145,7 +151,10 @@ class Harness:
         self.autoscaler = FakeAutoscaler()
         self.http = StubTreq(self.autoscaler)
         self.state = WorkerState(self.clock)
-        self.ledger = Ledger(max_pending_deletions=settings.pop("max_pending_deletions", 100_000))
+        self.ledger = Ledger(
+            max_pending_deletions=settings.pop("max_pending_deletions", 100_000),
+            now=self.clock.seconds,
+        )
         self.disk = 10 * GB
         self.disk_error: Exception | None = None
         self.reporter = Reporter(
@@ -200,7 +209,8 @@ class StatusFieldTests(SynchronousTestCase):
     def test_every_field(self) -> None:
         """
         After loading (t=5, 100/s) and a known mix of requests, the first
-        report has each of the 17 fields with its exact value and type.
+        report has each of the 18 fields with its exact value and the JSON
+        type the official worker sends.
         """
         h = Harness(self)
         h.clock.advance(5)
@@ -236,11 +246,12 @@ class StatusFieldTests(SynchronousTestCase):
             "error_msg": "",
             "max_perf": 100.0,
             "cur_perf": 10.0,
-            "cur_capacity": 0.0,
-            "max_capacity": 0.0,
+            "cur_capacity": 0,
+            "max_capacity": 0,
             "num_requests_working": 2,
             "num_requests_recieved": 4,
             "additional_disk_usage": 0.0,
+            "disk_usage": 10.0,
             "working_request_idxs": [13, 14],
             "url": "http://5.6.7.8:3000",
         }
@@ -258,6 +269,7 @@ class StatusFieldTests(SynchronousTestCase):
                 "cur_perf": 0.0,
                 "error_msg": "boom",
                 "additional_disk_usage": 0.5,
+                "disk_usage": 10.5,
             },
         )
 
@@ -405,7 +417,8 @@ def run_outage(testcase: SynchronousTestCase, mode: str) -> Harness:
     """
     logged = CaptureLog(testcase, "vespa.worker.reporter")
     ledger_log = CaptureLog(testcase, "vespa.worker.ledger")
-    h = Harness(testcase, max_pending_deletions=20)
+    # Attempts time out after 10 s, so that a hung one ends within the outage.
+    h = Harness(testcase, max_pending_deletions=20, timeout=10.0)
     h.state.loaded(100.0)
     h.start()
     testcase.assertEqual(len(h.autoscaler.statuses(accepted=True)), 1)
@@ -553,11 +566,68 @@ class OverlapTests(SynchronousTestCase):
 
 
 class DeletionTests(SynchronousTestCase):
-    """``/delete_requests/``: split by flag, removed only when acknowledged."""
+    """``/delete_requests/``: records (or the legacy split), removed only when acknowledged."""
+
+    def test_records_in_one_post(self) -> None:
+        """
+        Every ended request goes in one POST of records, oldest first, with
+        the official status, success flag and times: a served request has all
+        three times; an errored one too; a request cancelled in the queue has
+        neither start nor end; one cancelled at the backend has a start and
+        no end; a rejected one only its arrival.
+        """
+        h = Harness(self)
+        ledger = h.ledger
+        served = ledger.receive(1, 1, 1.0)  # t=0
+        h.clock.advance(1)
+        ledger.started(served)  # t=1
+        errored = ledger.receive(2, 2, 1.0)
+        ledger.started(errored)
+        queued = ledger.receive(3, 3, 1.0)
+        h.clock.advance(2)
+        ledger.finish(served, Outcome.SERVED)  # t=3
+        ledger.finish(errored, Outcome.ERRORED)
+        ledger.finish(queued, Outcome.CANCELLED)
+        working = ledger.receive(5, 5, 1.0)
+        ledger.started(working)
+        h.clock.advance(1)
+        ledger.finish(working, Outcome.CANCELLED)  # t=4
+        ledger.reject(4, 4, 1.0)
+        ledger.receive(6, 6, 1.0)  # still in flight: not deleted
+        h.start()
+
+        def record(idx: int, success: bool, status: str, *times: float) -> dict[str, Any]:
+            keys = ("entered_queue_at", "work_started_at", "work_completed_at")
+            return {
+                "request_idx": idx,
+                "success": success,
+                "status": status,
+                **dict(zip(keys, times, strict=True)),
+            }
+
+        self.assertEqual(
+            h.autoscaler.bodies("/delete_requests/"),
+            [
+                {
+                    "worker_id": 77,
+                    "mtoken": "tok",
+                    "requests": [
+                        record(1, True, "Success", 0.0, 1.0, 3.0),
+                        record(2, False, "Error", 1.0, 1.0, 3.0),
+                        record(3, True, "Cancelled", 1.0, 0.0, 0.0),
+                        record(5, True, "Cancelled", 3.0, 3.0, 0.0),
+                        record(4, False, "Rejected", 4.0, 0.0, 0.0),
+                    ],
+                }
+            ],
+        )
+        self.assertEqual(ledger.pending_deletions, 0)
+        h.tick(times=3)
+        self.assertEqual(len(h.autoscaler.bodies("/delete_requests/")), 1)
 
     def test_split_and_acknowledged(self) -> None:
-        """Served and cancelled go with success true; errored and rejected false."""
-        h = Harness(self)
+        """Legacy form: served and cancelled go with success true; errored and rejected false."""
+        h = Harness(self, delete_format="legacy")
         ledger = h.ledger
         ledger.finish(ledger.receive(1, 1, 1.0), Outcome.SERVED)
         ledger.finish(ledger.receive(2, 2, 1.0), Outcome.ERRORED)
@@ -576,7 +646,7 @@ class DeletionTests(SynchronousTestCase):
 
     def test_only_non_empty_lists(self) -> None:
         """Only the flag with entries is posted; nothing when nothing is pending."""
-        h = Harness(self)
+        h = Harness(self, delete_format="legacy")
         h.ledger.reject(9, 9, 1.0)
         h.start()
         h.tick(times=3)
@@ -588,9 +658,9 @@ class DeletionTests(SynchronousTestCase):
     def test_kept_until_acknowledged(self) -> None:
         """
         A refused POST keeps the entries; when only one of the two POSTs is
-        accepted, only its entries go.
+        accepted, only its entries go (legacy form).
         """
-        h = Harness(self)
+        h = Harness(self, delete_format="legacy")
         h.ledger.finish(h.ledger.receive(1, 1, 1.0), Outcome.SERVED)
         h.ledger.reject(2, 2, 1.0)
         h.autoscaler.modes["a.test"] = "fail"
@@ -623,7 +693,10 @@ class DeletionTests(SynchronousTestCase):
         h.start()
         h.tick(times=2)
         self.assertEqual(
-            [b["request_idxs"] for b in h.autoscaler.bodies("/delete_requests/")],
+            [
+                [r["request_idx"] for r in b["requests"]]
+                for b in h.autoscaler.bodies("/delete_requests/")
+            ],
             [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]],
         )
 
@@ -676,7 +749,8 @@ class StopTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(h.ledger.pending_deletions, 1)
         self.assertEqual(h.ledger.window().requests_rejected, 1)
-        h.tick(times=30)
+        # The hung attempt ends by its own 60 s timeout; nothing is left after.
+        h.tick(times=60)
         self.assertEqual(len(h.clock.getDelayedCalls()), 0)
 
 
@@ -777,7 +851,134 @@ class SettingsTests(SynchronousTestCase):
 
     def test_bad_values(self) -> None:
         """Non-positive interval, heartbeat, timeout or batch size; a bare string."""
-        for bad in ({"interval": 0}, {"heartbeat": -1}, {"timeout": 0}):
+        for bad in (
+            {"interval": 0},
+            {"heartbeat": -1},
+            {"timeout": 0},
+            {"stop_timeout": 0},
+            {"delete_format": "xml"},
+        ):
             self.assertRaises(ValueError, ReportSettings, ("http://a",), **bad)
         self.assertRaises(ValueError, ReportSettings, ("http://a",), max_deletions_per_post=0)
         self.assertRaises(TypeError, ReportSettings, "http://a")
+
+
+class UnsoundValueTests(SynchronousTestCase):
+    """A value that cannot be reported is dropped and logged once; the reports go on."""
+
+    def test_absurd_load_dropped_heartbeat_kept(self) -> None:
+        """
+        A load of 1e300 in flight (over MAX_LOAD): every status still goes
+        out on time with cur_load 0.0 in its place, each field's problem
+        logged once (cur_load, and new_load in the window that received it);
+        once the request ends, the real value is sent again.
+        """
+        logged = CaptureLog(self, "vespa.worker.reporter")
+        h = Harness(self)
+        h.state.loaded(10.0)
+        h.start()
+        ticket = h.ledger.receive(1, 1, 1e300)
+        h.tick(times=25)
+        statuses = h.autoscaler.statuses()
+        # The start report, the change at t=1, then heartbeats at t=11 and t=21.
+        self.assertEqual(len(statuses), 4)
+        self.assertEqual({s["cur_load"] for s in statuses}, {0.0})
+        self.assertEqual(statuses[-1]["working_request_idxs"], [1])
+        dropped = [e for e in logged.at(LogLevel.warn) if "cannot be reported" in e["log_format"]]
+        self.assertEqual(
+            sorted(e["item"].partition(":")[0] for e in dropped), ["cur_load", "new_load"]
+        )
+        h.ledger.finish(ticket, Outcome.SERVED)
+        other = h.ledger.receive(2, 2, 5.0)
+        h.tick()
+        self.assertEqual(h.autoscaler.statuses()[-1]["cur_load"], 5.0)
+        h.ledger.finish(other, Outcome.SERVED)
+
+    def test_unsound_index_left_out_of_deletions(self) -> None:
+        """
+        An index the autoscaler cannot store (2**70, -1) is left out of the
+        records, logged once, and its batch still acknowledged: the ones
+        behind it are not blocked.
+        """
+        logged = CaptureLog(self, "vespa.worker.reporter")
+        h = Harness(self)
+        h.ledger.reject(2**70, 0, 1.0)
+        h.ledger.reject(-1, 0, 1.0)
+        h.ledger.reject(8, 0, 1.0)
+        h.start()
+        h.tick(times=3)
+        self.assertEqual(h.autoscaler.deleted(False), [8])
+        self.assertEqual(h.ledger.pending_deletions, 0)
+        dropped = [e for e in logged.at(LogLevel.warn) if "cannot be reported" in e["log_format"]]
+        self.assertEqual(len(dropped), 1)
+
+
+class SlowAutoscalerTests(SynchronousTestCase):
+    """A slow autoscaler is waited for: its counts are not sent twice."""
+
+    def test_answer_after_20_seconds_counted_once(self) -> None:
+        """
+        The autoscaler takes 20 s to accept a report carrying 3 units
+        served: with the default timeout it is not given up on, so the
+        served work is sent once in all (the official worker's 10 s timeout
+        would have sent it again).
+        """
+        h = Harness(self)
+        self.assertEqual(h.reporter._settings.timeout, 60.0)
+        h.state.loaded(10.0)
+        h.start()
+        h.autoscaler.modes["a.test"] = "hang"
+        h.ledger.finish(h.ledger.receive(1, 1, 3.0), Outcome.SERVED)
+        h.tick(times=20)
+        h.autoscaler.modes.clear()
+        h.autoscaler.release()
+        h.pump()
+        h.tick(times=15)
+        served = [p.body["cur_perf"] for p in h.autoscaler.received if p.path == "/worker_status/"]
+        self.assertEqual(sum(served), 3.0)
+        self.assertEqual(served.count(3.0), 1)
+
+
+class ReporterPropertyTests(SynchronousTestCase):
+    """Whatever the ledger holds, every report is strict JSON and the cadence holds."""
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(
+        requests=st.lists(
+            st.tuples(
+                st.integers(min_value=-(2**70), max_value=2**70),
+                st.floats(min_value=0.0, max_value=1e308),
+                st.sampled_from(list(Outcome)),
+            ),
+            max_size=12,
+        ),
+        max_perf=st.floats(min_value=1e-300, max_value=1e300),
+    )
+    def test_reports_always_sound(
+        self, requests: list[tuple[int, float, Outcome]], max_perf: float
+    ) -> None:
+        """
+        Any indexes and workloads the ledger accepts, any outcome, any
+        throughput: a status goes out every tick there is a change and at the
+        heartbeat, every body is strict JSON with finite numbers, and the
+        deletions are all acknowledged.
+        """
+        h = Harness(self)
+        h.state.loaded(max_perf)
+        h.start()
+        for idx, workload, outcome in requests:
+            if outcome is Outcome.REJECTED:
+                h.ledger.reject(idx, 0, workload)
+            else:
+                ticket = h.ledger.receive(idx, 0, workload)
+                if outcome is not Outcome.SERVED or idx % 2:
+                    h.ledger.finish(ticket, outcome)
+            h.tick()
+        before = len(h.autoscaler.statuses())
+        h.tick(times=21)
+        self.assertGreaterEqual(len(h.autoscaler.statuses()) - before, 2)
+        for post in h.autoscaler.received:
+            json.dumps(post.body, allow_nan=False)
+        self.assertEqual(h.ledger.pending_deletions, 0)
+        h.reporter.stopService()
+        h.pump()

@@ -10,7 +10,7 @@ import random
 from typing import Any
 from urllib.parse import urlencode
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
@@ -92,6 +92,15 @@ class ProtocolTestCase(TestCase):
         self.h = Harness(self.env)
         return self.h
 
+    def refused(self, status: str) -> float:
+        """The worker's local count of refusals with ``status``."""
+        registry = self.env.worker.resource.metrics.registry
+        return registry.get_sample_value("vespa_refused_requests_total", {"status": status}) or 0.0
+
+    def deleted(self) -> list[int]:
+        """Every request_idx in the accepted /delete_requests/ records, in order."""
+        return [r["request_idx"] for d in self.env.autoscaler.delete_reports for r in d["requests"]]
+
     def assert_invariant(self) -> None:
         totals = self.ledger.totals
         self.assertEqual(
@@ -163,20 +172,25 @@ class SignedRequestTests(ProtocolTestCase):
         response, _ = await h.post(b"/echo", {}, auth=h.auth(3, mode="full"))
         self.assertEqual(response.code, 401)
 
-    async def test_bad_signature_is_401_and_rejected(self) -> None:
-        """A tampered request is 401, counted as rejected and reported as failed."""
+    async def test_bad_signature_is_401_and_never_reported(self) -> None:
+        """
+        A tampered request is 401 and counted in the local metrics only: not
+        in the ledger, not in rej_load, not in /delete_requests/.
+        """
         h = await self.start()
         auth = h.auth(40)
         auth["cost"] = 1
         response, body = await h.post(b"/echo", {}, auth=auth)
         self.assertEqual(response.code, 401)
         self.assertEqual(json.loads(body)["origin"], "vespa")
-        self.assertEqual(self.ledger.totals.rejected, 1)
+        self.assertEqual((self.ledger.totals.rejected, self.ledger.totals.received), (0, 0))
+        self.assertEqual(self.refused("401"), 1.0)
         self.assertEqual([r for r in self.env.backend.received if r[1] != b"/health"], [])
-        report = await self.report(lambda r: r["rej_load"] > 0)
-        self.assertEqual(report["rej_load"], 1.0)
-        delete = await self.env.autoscaler.wait_for_delete(lambda d: not d["success"])
-        self.assertEqual(delete["request_idxs"], [auth["request_idx"]])
+        signed = h.auth(5)
+        await h.post(b"/echo", {}, auth=signed)
+        report = await self.report(lambda r: r["cur_perf"] > 0)
+        self.assertEqual(report["rej_load"], 0.0)
+        self.assertEqual(self.deleted(), [signed["request_idx"]])
 
     async def test_replayed_signature_is_refused(self) -> None:
         """The same signed request twice: the second is 401."""
@@ -233,15 +247,28 @@ class AdmissionTests(ProtocolTestCase):
     """The wait estimate refuses with 429; slots queue requests in order."""
 
     async def test_429_when_the_estimated_wait_is_over_the_limit(self) -> None:
-        """At 10 units/s, 150 units in flight is a 15 s wait: the next request gets 429."""
+        """
+        At 10 units/s, 350 units in flight is a 35 s wait, over the default
+        30 s: the next request gets 429, and is reported as Rejected.
+        """
         h = await self.start(throughput=10.0)
-        first = ensureDeferred(h.post(b"/hang", {}, cost=150))
+        first = ensureDeferred(h.post(b"/hang", {}, cost=350))
         await until(lambda: self.ledger.in_flight_count == 1)
-        response, body = await h.post(b"/echo", {}, cost=1)
+        auth = h.auth(1)
+        response, body = await h.post(b"/echo", {}, auth=auth)
         self.assertEqual(response.code, 429)
         error = json.loads(body)
-        self.assertEqual(error["estimated_wait"], 15.0)
-        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"15"])
+        self.assertEqual(error["estimated_wait"], 35.0)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"35"])
+        report = await self.report(lambda r: r["rej_load"] > 0)
+        self.assertEqual(report["rej_load"], 1.0)
+        [delete] = self.env.autoscaler.delete_reports
+        [record] = delete["requests"]
+        self.assertEqual(
+            (record["request_idx"], record["status"], record["success"]),
+            (auth["request_idx"], "Rejected", False),
+        )
+        self.assertEqual((record["work_started_at"], record["work_completed_at"]), (0.0, 0.0))
         self.assertEqual(self.ledger.totals.rejected, 1)
         first.cancel()
         first.addErrback(lambda f: None)  # the client gave up, as intended
@@ -284,13 +311,15 @@ class ReportTests(ProtocolTestCase):
     """What the autoscaler is told, and that an outage loses nothing."""
 
     async def test_report_fields(self) -> None:
-        """A report after one served request has the 17 fields with the right values."""
+        """A report after one served request has the 18 fields with the right values,
+        and the deletion is one record with its status and times."""
         h = await self.start()
         auth = h.auth(30)
         await h.post(b"/echo", {}, auth=auth)
         report = await self.report(lambda r: r["cur_perf"] > 0)
         self.assertEqual(tuple(sorted(report)), tuple(sorted(WORKER_STATUS_FIELDS)))
-        self.assertEqual(len(report), 17)
+        self.assertEqual(len(report), 18)
+        self.assertIsInstance(report["disk_usage"], float)
         self.assertEqual(report["id"], 7)
         self.assertEqual(report["mtoken"], "master-token")
         self.assertEqual(report["url"], PUBLIC_URL)
@@ -303,9 +332,75 @@ class ReportTests(ProtocolTestCase):
         self.assertEqual(report["working_request_idxs"], [])
         self.assertGreaterEqual(report["loadtime"], 0.0)
         self.assertIsInstance(report["additional_disk_usage"], float)
-        delete = await self.env.autoscaler.wait_for_delete(lambda d: d["success"])
-        self.assertEqual(delete["request_idxs"], [auth["request_idx"]])
+        delete = await self.env.autoscaler.wait_for_delete(lambda d: True)
+        [record] = delete["requests"]
+        self.assertEqual(
+            (record["request_idx"], record["status"], record["success"]),
+            (auth["request_idx"], "Success", True),
+        )
+        self.assertTrue(
+            0
+            <= record["entered_queue_at"]
+            <= record["work_started_at"]
+            <= record["work_completed_at"]
+        )
         self.assertEqual((delete["worker_id"], delete["mtoken"]), (7, "master-token"))
+
+    async def test_record_times_of_cancelled_requests(self) -> None:
+        """
+        With one slot: a request cancelled at the backend has its start and
+        no end; one cancelled while queued has neither (the official zeros);
+        both are Cancelled with success true.
+        """
+        h = await self.start(slots=1)
+        self.env.clock.advance(5)
+        clients = []
+        for n in range(2):
+            client = await raw_connect(self.env.port)
+            body = wrap_body(h.auth(1, request_idx=70 + n), {})
+            client.transport.write(
+                b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            clients.append(client)
+            await until(lambda n=n: self.ledger.totals.received == n + 1)
+        self.env.clock.advance(1)
+        for client in reversed(clients):
+            client.transport.loseConnection()
+        await until(lambda: self.ledger.totals.cancelled == 2)
+        await self.report(lambda r: r["new_load"] == 0 and r["num_requests_working"] == 0)
+        records = {
+            r["request_idx"]: r for d in self.env.autoscaler.delete_reports for r in d["requests"]
+        }
+        at_backend, queued = records[70], records[71]
+        self.assertEqual((at_backend["status"], at_backend["success"]), ("Cancelled", True))
+        self.assertEqual((queued["status"], queued["success"]), ("Cancelled", True))
+        self.assertGreater(at_backend["work_started_at"], 0.0)
+        self.assertEqual(at_backend["work_completed_at"], 0.0)
+        self.assertEqual((queued["work_started_at"], queued["work_completed_at"]), (0.0, 0.0))
+        self.assertGreater(queued["entered_queue_at"], 0.0)
+
+    async def test_legacy_deletes_for_an_older_autoscaler(self) -> None:
+        """
+        ``--delete-requests-format legacy`` against a stand-in expecting the
+        2024-2025 form: the two-POST body is accepted, nothing refused.
+        """
+        h = await self.start(
+            delete_requests_format="legacy",
+            before_start=lambda env: setattr(env.autoscaler, "report_format", "legacy"),
+        )
+        ok = h.auth(2)
+        await h.post(b"/echo", {}, auth=ok)
+        await h.post(b"/status/500", {}, cost=3)
+        await self.report(lambda r: r["cur_perf"] > 0)
+        self.assertEqual(self.env.autoscaler.refused_reports, [])
+        bodies = self.env.autoscaler.delete_reports
+        self.assertEqual(
+            [sorted(b) for b in bodies],
+            [sorted(("worker_id", "mtoken", "request_idxs", "success"))] * 2,
+        )
+        self.assertEqual([b["success"] for b in bodies], [True, False])
+        self.assertEqual(bodies[0]["request_idxs"], [ok["request_idx"]])
 
     async def test_in_flight_requests_are_reported(self) -> None:
         """A request in flight shows in cur_load and working_request_idxs."""
@@ -322,12 +417,13 @@ class ReportTests(ProtocolTestCase):
 
     async def test_outage_of_60_seconds_loses_no_count(self) -> None:
         """Reports fail for 60 simulated seconds while requests come and go; the
-        first accepted report after it carries every count, once."""
+        first accepted report after it carries every count, once (and nothing
+        of the forged requests sent meanwhile)."""
         h = await self.start()
         await self.report()
         accepted_before = len(self.env.autoscaler.status_reports)
         self.env.autoscaler.fail("500")
-        served, rejected = 0.0, 0.0
+        served = 0.0
         for second in range(60):
             if second % 10 == 0:
                 await h.post(b"/echo", {}, cost=10)
@@ -335,7 +431,6 @@ class ReportTests(ProtocolTestCase):
                 bad = h.auth(3)
                 bad["cost"] = 4
                 await h.post(b"/echo", {}, auth=bad)
-                rejected += 4
             self.env.clock.advance(1)
             await until(lambda: not self.env.worker.reporter._busy)
         self.assertEqual(len(self.env.autoscaler.status_reports), accepted_before)
@@ -343,15 +438,13 @@ class ReportTests(ProtocolTestCase):
         report = await self.report(lambda r: r["cur_perf"] > 0)
         self.assertEqual(report["cur_perf"], served)
         self.assertEqual(report["new_load"], served)
-        self.assertEqual(report["rej_load"], rejected)
-        deletes = []
+        self.assertEqual(report["rej_load"], 0.0)
         for _ in range(3):
             self.env.clock.advance(1)
             await until(lambda: not self.env.worker.reporter._busy)
-        for d in self.env.autoscaler.delete_reports:
-            deletes.extend(d["request_idxs"])
-        self.assertEqual(len(deletes), 12)
-        self.assertEqual(len(set(deletes)), 12)
+        deletes = self.deleted()
+        self.assertEqual(len(deletes), 6)
+        self.assertEqual(len(set(deletes)), 6)
 
     async def test_hung_autoscaler_does_not_slow_requests(self) -> None:
         """With the autoscaler hanging, requests are served at once."""
@@ -396,7 +489,7 @@ class LifecycleTests(ProtocolTestCase):
         every request ends in exactly one state and the reports add up."""
         h = await self.start()
         rng = random.Random(20261125)
-        disconnects = 0
+        disconnects = bad = 0
         for _ in range(40):
             kind = rng.choice(["ok", "500", "gone", "bad", "gone-stream"])
             if kind == "ok":
@@ -407,6 +500,7 @@ class LifecycleTests(ProtocolTestCase):
                 auth = h.auth(2)
                 auth["reqnum"] += 1
                 await h.post(b"/echo", {}, auth=auth)
+                bad += 1
             else:
                 client = await raw_connect(self.env.port)
                 body = wrap_body(h.auth(4), {})
@@ -422,7 +516,9 @@ class LifecycleTests(ProtocolTestCase):
             self.assert_invariant()
         totals = self.ledger.totals
         self.assertEqual(totals.cancelled, disconnects)
-        self.assertEqual(totals.received + totals.rejected, 40)
+        # Forged signatures are refused before verification: never in the ledger.
+        self.assertEqual(totals.received + bad, 40)
+        self.assertEqual(totals.rejected, 0)
         for _ in range(3):
             await self.report()
         reports = self.env.autoscaler.status_reports
@@ -432,3 +528,81 @@ class LifecycleTests(ProtocolTestCase):
             sum(r["new_load"] for r in reports),
             totals.workload_received - totals.workload_cancelled,
         )
+
+
+class UnverifiedRequestTests(ProtocolTestCase):
+    """
+    The attacks of issue 10 items 1 and 4: what an unsigned caller claims
+    never reaches the reports, and the reports keep their cadence.
+    """
+
+    async def test_two_costs_of_1e308_then_a_signed_request(self) -> None:
+        """
+        Two forged requests claiming cost 1e308 (in the body, and as
+        ``serverless_cost`` in a GET query) are 401; the reports keep coming
+        every tick, and the signed request after them is counted.
+        """
+        h = await self.start()
+        forged = h.auth(1)
+        forged["cost"] = 1e308
+        response, _ = await h.post(b"/echo", {}, auth=forged)
+        self.assertEqual(response.code, 401)
+        query = h.auth(1)
+        query["cost"] = "1e308"
+        response, _ = await h.get(b"/echo", auth=query)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(self.refused("401"), 2.0)
+        signed = h.auth(30)
+        response, _ = await h.post(b"/echo", {}, auth=signed)
+        self.assertEqual(response.code, 200)
+        report = await self.report(lambda r: r["cur_perf"] > 0)
+        self.assertEqual((report["cur_perf"], report["rej_load"]), (30.0, 0.0))
+        # The heartbeat goes on: a report at least every 10 simulated seconds.
+        before = len(self.env.autoscaler.status_reports)
+        for _ in range(21):
+            self.env.clock.advance(1)
+            await until(lambda: not self.env.worker.reporter._busy)
+        self.assertGreaterEqual(len(self.env.autoscaler.status_reports) - before, 2)
+        self.assertEqual(self.env.autoscaler.refused_reports, [])
+        self.assertEqual(self.deleted(), [signed["request_idx"]])
+
+    async def test_1000_invented_indexes_never_deleted(self) -> None:
+        """
+        1,000 forged requests with invented indexes (and one claiming the
+        index of a request in flight) are all 401 and none of their indexes
+        reaches /delete_requests/: only the real requests are deleted, once.
+        """
+        h = await self.start()
+        victim = h.auth(5)
+        pending = ensureDeferred(h.post(b"/hang", {}, auth=victim))
+        await until(lambda: self.ledger.in_flight_count == 1)
+        client = HTTPClient(self, self.env.port, pooled=True)
+        client.pool.maxPersistentPerHost = 10
+        someone_elses = h.auth(1)["signature"]
+
+        async def forge(n: int) -> int:
+            auth = h.auth(1, request_idx=900_000 + n)
+            auth["signature"] = someone_elses
+            if n == 0:
+                auth["request_idx"] = victim["request_idx"]
+            response, _ = await client.request(b"POST", b"/echo", body=wrap_body(auth, {}))
+            return int(response.code)
+
+        for first in range(0, 1000, 10):
+            codes = await gatherResults(
+                [ensureDeferred(forge(n)) for n in range(first, first + 10)]
+            )
+            self.assertEqual(set(codes), {401})
+        self.assertEqual(self.refused("401"), 1000.0)
+        signed = h.auth(5)
+        await h.post(b"/echo", {}, auth=signed)
+        await self.report(lambda r: r["cur_perf"] > 0)
+        for _ in range(3):
+            self.env.clock.advance(1)
+            await until(lambda: not self.env.worker.reporter._busy)
+        self.assertEqual(self.deleted(), [signed["request_idx"]])
+        report = self.env.autoscaler.status_reports[-1]
+        self.assertEqual(report["working_request_idxs"], [victim["request_idx"]])
+        self.assertEqual(report["rej_load"], 0.0)
+        pending.cancel()
+        pending.addErrback(lambda f: None)  # the client gave up, as intended

@@ -124,6 +124,14 @@ class UsageErrorTests(SynchronousTestCase):
             "PYTHONPATH",
         )
 
+    def test_workload_calculator_that_cannot_load(self) -> None:
+        """An unknown --workload calculator stops startup, naming it."""
+        self.assert_usage_error(
+            run_twistd("--backend-url", "http://127.0.0.1:8000", "--workload", "nope_calc:weigh"),
+            "--workload",
+            "nope_calc",
+        )
+
     def test_bad_benchmark_setting(self) -> None:
         """A bad --benchmark-runs is refused naming the setting."""
         self.assert_usage_error(

@@ -148,13 +148,17 @@ def parse_seconds(text: str) -> float | None:
     word = text.strip().lower()
     if word in ("off", "none", "0"):
         return None
+    return _seconds(text) or None
+
+
+def _seconds(text: str) -> float:
     try:
-        seconds = float(word.removesuffix("s"))
+        seconds = float(text.strip().lower().removesuffix("s"))
     except ValueError:
         raise ValueError(f"not a number of seconds: {text!r}") from None
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"must be a positive number of seconds, got {text!r}")
-    return seconds or None
+    return seconds
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -199,6 +203,31 @@ def parse_positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(f"must be 1 or more, got {value}")
     return value
+
+
+def parse_wait_limit(text: str) -> float | None:
+    """
+    Parse a wait limit in seconds: ``0`` is a limit (nothing may wait),
+    ``off`` or ``none`` is no limit (``None``).
+    """
+    if text.strip().lower() in ("off", "none"):
+        return None
+    return _seconds(text)
+
+
+def parse_workload(text: str) -> str:
+    """
+    Parse a workload source: ``auto``, ``cost`` or ``module:function``.
+    """
+    word = text.strip()
+    if word.lower() in ("auto", "cost"):
+        return word.lower()
+    if not _CALCULATOR.match(word):
+        raise ValueError(f"expected auto, cost or module:function, got {text!r}")
+    return word
+
+
+_CALCULATOR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def parse_count_or_off(text: str) -> int | None:
@@ -465,9 +494,10 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
     Setting(
         "max-wait-time",
         "MAX_WAIT_TIME",
-        parse_seconds,
-        10.0,
-        "Refuse (429) when the estimated wait is over this many seconds (0 = never)",
+        parse_wait_limit,
+        30.0,
+        "Refuse (429) when the estimated wait is over this many seconds "
+        "(0 = while anything is in flight, off = never)",
     ),
     Setting(
         "allow-parallel",
@@ -488,7 +518,15 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         "DEFAULT_COST",
         parse_positive_float,
         None,
-        "Workload counted for a request whose signed cost is 1 or less",
+        "Workload counted for a request whose signed cost is 1 or less (--workload cost)",
+    ),
+    Setting(
+        "workload",
+        "WORKLOAD",
+        parse_workload,
+        "auto",
+        "Each request's workload: auto (from the payload, in the benchmark's unit), "
+        "cost (the autoscaler's, unsigned today) or module:function",
     ),
     # Signatures
     Setting(
@@ -610,8 +648,15 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         "report-timeout",
         "METRICS_TIMEOUT",
         parse_positive_float,
-        10.0,
-        "Seconds per report attempt",
+        60.0,
+        "Seconds per report attempt; long, so a slow autoscaler is not sent the same counts twice",
+    ),
+    Setting(
+        "delete-requests-format",
+        "DELETE_REQUESTS_FORMAT",
+        parse_choice("records", "legacy"),
+        "records",
+        "records (one POST of per-request records, as vastai 1.9.1) or legacy (2024-2025)",
     ),
     # Operation
     Setting(
@@ -752,9 +797,12 @@ class WorkerConfig:
     :ivar access_log: access log path, ``-`` for the daemon log, or ``None``.
     :ivar log_level: the lowest level of Vespa's events that is logged.
     :ivar demo: also run the demo model server at ``backend``.
-    :ivar max_wait_time: refuse with 429 over this estimated wait, or ``None``.
+    :ivar max_wait_time: refuse with 429 over this estimated wait (0: while
+        anything is in flight), or ``None``.
     :ivar slots: requests relayed at once, ``None`` for no limit.
     :ivar default_cost: workload for a signed cost of 1 or less, or ``None``.
+    :ivar workload: ``auto``, ``cost`` or a ``module:function`` calculator.
+    :ivar delete_requests_format: ``records`` or ``legacy``.
     :ivar signature_mode: ``full`` or ``url``: what the autoscaler signs.
     :ivar replay_window: reqnum window of the replay check, ``None`` for off.
     :ivar url_binding: refuse requests signed for another worker's url.
@@ -779,9 +827,10 @@ class WorkerConfig:
     access_log: str | None = None
     log_level: LogLevel = LogLevel.info
     demo: bool = False
-    max_wait_time: float | None = 10.0
+    max_wait_time: float | None = 30.0
     slots: int | None = None
     default_cost: float | None = None
+    workload: str = "auto"
     signature_mode: str = "full"
     replay_window: int | None = 10000
     url_binding: bool = True
@@ -798,7 +847,8 @@ class WorkerConfig:
     benchmark_cache: str = ".has_benchmark"
     report_interval: float = 1.0
     report_heartbeat: float = 10.0
-    report_timeout: float = 10.0
+    report_timeout: float = 60.0
+    delete_requests_format: str = "records"
     use_ssl: bool = False
     tls_cert: str = "/etc/instance.crt"
     tls_key: str = "/etc/instance.key"
@@ -859,6 +909,7 @@ class WorkerConfig:
             max_wait_time=v["max-wait-time"],
             slots=slots,
             default_cost=v["default-cost"],
+            workload=v["workload"],
             signature_mode=v["signature-mode"],
             replay_window=v["replay-window"],
             url_binding=v["url-binding"],
@@ -876,6 +927,7 @@ class WorkerConfig:
             report_interval=v["report-interval"],
             report_heartbeat=v["report-heartbeat"],
             report_timeout=v["report-timeout"],
+            delete_requests_format=v["delete-requests-format"],
             use_ssl=v["use-ssl"],
             tls_cert=v["tls-cert"],
             tls_key=v["tls-key"],

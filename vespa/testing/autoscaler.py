@@ -14,8 +14,10 @@ It signs with pycryptodome directly, exactly as the real autoscaler does
                             ``{"endpoint", "cost", "request_idx"?}``: a
                             signed worker assignment, or the "no worker
                             ready" answer (no ``url``, a ``status`` text)
-``POST /worker_status/``    a worker's status report: recorded, ``{"ok": true}``
-``POST /delete_requests/``  finished request indexes: recorded, ``{"ok": true}``
+``POST /worker_status/``    a worker's status report: checked, recorded,
+                            ``{"ok": true}``
+``POST /delete_requests/``  finished requests: checked, recorded,
+                            ``{"ok": true}``
 ==========================  =================================================
 
 Which workers can be routed to is decided in two ways, and both apply:
@@ -29,6 +31,14 @@ Which workers can be routed to is decided in two ways, and both apply:
   ``max_perf == 0`` and no error registers an unknown url as a loading worker
   and leaves a known one as it is.  A report without ``url`` applies to the url
   its ``id`` reported last.
+
+Reports are checked as today's autoscaler reads them (``vast-2026.md`` 2, 3):
+by default a status has the 18 fields of vastai 1.9.1 and a deletion is one
+body of per-request records; with ``report_format="legacy"`` the 17 fields and
+the two-POST ``request_idxs`` body of 2024-2025 are expected instead. A report
+of another form, or with a value of the wrong JSON type, NaN or infinity, is
+answered 422 and kept in :attr:`Autoscaler.refused_reports`, not recorded: a
+worker that sends it would be misread by the real one.
 
 Failures are injected with :meth:`Autoscaler.fail`: answer 500, hang (never
 answer; :meth:`Autoscaler.close` drops those connections), or drop the
@@ -70,7 +80,11 @@ from vespa.log import get_logger
 __all__ = [
     "DELETE_FIELDS",
     "FAILURE_MODES",
+    "LEGACY_DELETE_FIELDS",
+    "LEGACY_STATUS_FIELDS",
     "PATHS",
+    "RECORD_FIELDS",
+    "REPORT_FORMATS",
     "SIGNING_MODES",
     "STATUS_FIELDS",
     "Autoscaler",
@@ -100,9 +114,9 @@ PATHS: Mapping[str, bytes] = {
     "delete_requests": b"/delete_requests/",
 }
 
-#: The 17 fields of a ``/worker_status/`` report (protocol section 5.1), with
-#: the wire's misspelling.  Not enforced; tests of a reporter compare with it.
-STATUS_FIELDS = frozenset(
+#: The 17 fields of a 2024-2025 ``/worker_status/`` report (protocol section
+#: 5.1), with the wire's misspelling.
+LEGACY_STATUS_FIELDS = frozenset(
     {
         "id",
         "mtoken",
@@ -124,8 +138,34 @@ STATUS_FIELDS = frozenset(
     }
 )
 
-#: The fields of a ``/delete_requests/`` body (protocol section 5.3).
-DELETE_FIELDS = frozenset({"worker_id", "mtoken", "request_idxs", "success"})
+#: The 18 fields of a ``/worker_status/`` report from vastai 1.9.1.
+STATUS_FIELDS = LEGACY_STATUS_FIELDS | {"disk_usage"}
+
+#: The fields of a ``/delete_requests/`` body of records (vastai 1.9.1).
+DELETE_FIELDS = frozenset({"worker_id", "mtoken", "requests"})
+
+#: The fields of each record of a ``/delete_requests/`` body.
+RECORD_FIELDS = frozenset(
+    {
+        "request_idx",
+        "success",
+        "status",
+        "entered_queue_at",
+        "work_started_at",
+        "work_completed_at",
+    }
+)
+
+#: The fields of a 2024-2025 ``/delete_requests/`` body (protocol section 5.3).
+LEGACY_DELETE_FIELDS = frozenset({"worker_id", "mtoken", "request_idxs", "success"})
+
+#: The report forms the stand-in can expect: today's, or 2024-2025's.
+REPORT_FORMATS = ("records", "legacy")
+
+#: The JSON types of the status fields that are not numbers.
+_STATUS_TEXT = ("mtoken", "version", "error_msg", "url")
+_STATUS_INTS = ("id", "num_requests_working", "num_requests_recieved")
+_RECORD_STATUSES = ("Success", "Error", "Cancelled", "Rejected")
 
 _FULL_FIELDS = ("cost", "endpoint", "reqnum", "request_idx", "url")
 _T = TypeVar("_T")
@@ -225,6 +265,8 @@ class Autoscaler:
     :param signing_mode: ``"full"`` or ``"url"``, see :func:`sign_auth`.
     :param endpoint: the one endpoint name ``/route/`` knows.
     :param api_key: the key ``/route/`` requires as ``Authorization: Bearer``.
+    :param report_format: ``"records"`` (today's reports) or ``"legacy"``
+        (2024-2025's); see the module docstring.
     :ivar public_key_pem: what ``/pubkey/`` serves.
     :ivar status_reports: every accepted ``/worker_status/`` body, in order.
     :ivar status_times: ``clock.seconds()`` at the arrival of each of them.
@@ -233,6 +275,8 @@ class Autoscaler:
     :ivar route_requests: every ``/route/`` JSON object received and not failed
         by :meth:`fail`, whatever the answer (401, 404, routed or not).
     :ivar injected_failures: every request answered by :meth:`fail`, in order.
+    :ivar refused_reports: ``(path name, body, reason)`` of every report
+        refused with 422 for its form.
     """
 
     def __init__(
@@ -243,7 +287,14 @@ class Autoscaler:
         signing_mode: str = "full",
         endpoint: str = "demo-endpoint",
         api_key: str = "demo-key",
+        report_format: str = "records",
     ) -> None:
+        if report_format not in REPORT_FORMATS:
+            raise ValueError(
+                f"unknown report format {report_format!r}; expected one of {REPORT_FORMATS}"
+            )
+        self.report_format = report_format
+        self.refused_reports: list[tuple[str, dict[str, Any], str]] = []
         if signing_mode not in SIGNING_MODES:
             raise ValueError(
                 f"unknown signing mode {signing_mode!r}; expected one of {SIGNING_MODES}"
@@ -462,6 +513,37 @@ class Autoscaler:
         self.delete_reports.append(body)
         self.delete_times.append(self.clock.seconds())
 
+    def _report_problem(self, name: str, body: dict[str, Any]) -> str | None:
+        """Why ``body`` is not a report of the expected form, or ``None``."""
+        legacy = self.report_format == "legacy"
+        if name == "worker_status":
+            # A report without url applies to the last one its id gave (see above).
+            required = (LEGACY_STATUS_FIELDS if legacy else STATUS_FIELDS) - {"url"}
+            return _fields_problem(body, required, STATUS_FIELDS) or _status_problem(body)
+        if legacy:
+            problem = _fields_problem(body, LEGACY_DELETE_FIELDS, LEGACY_DELETE_FIELDS)
+            if problem is None and not (
+                isinstance(body["request_idxs"], list)
+                and all(_is_int(i) for i in body["request_idxs"])
+                and isinstance(body["success"], bool)
+            ):
+                problem = "request_idxs must be a list of integers and success a boolean"
+            return problem
+        problem = _fields_problem(body, DELETE_FIELDS, DELETE_FIELDS)
+        if problem is not None:
+            return problem
+        if not isinstance(body["requests"], list):
+            return "requests must be a list of records"
+        for record in body["requests"]:
+            if not isinstance(record, dict):
+                return "requests must be a list of records"
+            problem = _fields_problem(record, RECORD_FIELDS, RECORD_FIELDS) or _record_problem(
+                record
+            )
+            if problem is not None:
+                return f"record {record.get('request_idx')!r}: {problem}"
+        return None
+
     # -- routing -----------------------------------------------------------
 
     def _pick(self) -> str | None:
@@ -571,6 +653,11 @@ class _AutoscalerResource(Resource):
             return _json(request, code, answer)
         if body is None:
             return _json(request, 400, {"error": "invalid JSON"})
+        problem = scaler._report_problem(name, body)
+        if problem is not None:
+            log.info("refused {name} ({problem}): {body}", name=name, problem=problem, body=body)
+            scaler.refused_reports.append((name, body, problem))
+            return _json(request, 422, {"error": problem})
         _json(request, 200, {"ok": True}, finish=True)
         if name == "worker_status":
             log.debug("worker_status {body}", body=body)
@@ -629,6 +716,48 @@ def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fields_problem(
+    body: dict[str, Any], required: frozenset[str], allowed: frozenset[str]
+) -> str | None:
+    missing = sorted(required - set(body))
+    unknown = sorted(set(body) - allowed)
+    if missing or unknown:
+        return f"missing fields {missing}, unknown fields {unknown}"
+    return None
+
+
+def _status_problem(body: dict[str, Any]) -> str | None:
+    for field, value in body.items():
+        if field in _STATUS_TEXT:
+            ok = isinstance(value, str)
+        elif field in _STATUS_INTS:
+            ok = _is_int(value)
+        elif field == "working_request_idxs":
+            ok = isinstance(value, list) and all(_is_int(i) for i in value)
+        else:
+            ok = _is_number(value)
+        if not ok:
+            return f"{field} has the wrong type or is not finite: {value!r:.40}"
+    return None
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    if not _is_int(record["request_idx"]):
+        return "request_idx must be an integer"
+    if not isinstance(record["success"], bool):
+        return "success must be a boolean"
+    if record["status"] not in _RECORD_STATUSES:
+        return f"status must be one of {', '.join(_RECORD_STATUSES)}"
+    for field in ("entered_queue_at", "work_started_at", "work_completed_at"):
+        if not (_is_number(record[field]) and record[field] >= 0):
+            return f"{field} must be a finite number of seconds"
+    return None
+
+
 def _abort(request: Request) -> None:
     transport = getattr(request.channel, "transport", None)
     if ITCPTransport.providedBy(transport):
@@ -662,6 +791,7 @@ class StandinConfig:
     :ivar signing_mode: ``"full"`` or ``"url"``.
     :ivar endpoint: the endpoint name ``/route/`` accepts.
     :ivar api_key: the key ``/route/`` requires.
+    :ivar report_format: ``"records"`` or ``"legacy"``: the reports expected.
     :ivar verbose: log every request handled.
     """
 
@@ -672,6 +802,7 @@ class StandinConfig:
     signing_mode: str = "full"
     endpoint: str = "demo-endpoint"
     api_key: str = "demo-key"
+    report_format: str = "records"
     verbose: bool = False
 
 
@@ -701,6 +832,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--signing-mode", choices=SIGNING_MODES, default=defaults.signing_mode)
     parser.add_argument("--endpoint", default=defaults.endpoint, help="default %(default)s")
     parser.add_argument("--api-key", default=defaults.api_key, help="default %(default)s")
+    parser.add_argument(
+        "--report-format",
+        choices=REPORT_FORMATS,
+        default=defaults.report_format,
+        help="reports expected: records (vastai 1.9.1, 18 status fields) or legacy "
+        "(2024-2025); default %(default)s",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
@@ -728,6 +866,7 @@ def parse_args(argv: list[str] | None = None) -> StandinConfig:
         signing_mode=args.signing_mode,
         endpoint=args.endpoint,
         api_key=args.api_key,
+        report_format=args.report_format,
         verbose=args.verbose,
     )
 
@@ -765,6 +904,7 @@ def build_autoscaler(config: StandinConfig, clock: IReactorTime | None = None) -
         signing_mode=config.signing_mode,
         endpoint=config.endpoint,
         api_key=config.api_key,
+        report_format=config.report_format,
     )
     for url in config.workers:
         autoscaler.register_worker(url)

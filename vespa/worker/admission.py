@@ -7,7 +7,10 @@ Two independent gates, applied in this order by the resource:
 
 1. :meth:`Admission.check` refuses a request (:class:`TooBusy`, 429) when the
    work already in flight would take longer than ``max_wait_time`` to drain at
-   the measured throughput (``vast-protocol.md`` 4.2). The incoming request's
+   the measured throughput (``vast-protocol.md`` 4.2). As in the official
+   worker (``vast-2026.md`` 6), the limit defaults to 30 s; ``0`` refuses
+   while anything at all is in flight (an exclusive worker); ``None`` never
+   refuses. The incoming request's
    own cost is not counted, so a lone request is always admitted, however
    large. Requests still queued for a slot are part of the in-flight workload
    (the caller counts them), so the slot queue is bounded by time, not by a
@@ -94,14 +97,15 @@ class Admission:
     The worker's admission gates: the wait-time check and the concurrency slots.
 
     :param max_wait_time: refuse a request when the estimated wait for the
-        work in flight is over this many seconds; ``None`` never refuses.
+        work in flight is over this many seconds; ``0`` refuses while any
+        request is in flight; ``None`` never refuses.
     :param slots: how many requests may be relayed at once; ``None`` for no
         limit.
     :raises ValueError: if ``max_wait_time`` is negative or NaN, or ``slots``
         is below 1.
     """
 
-    def __init__(self, *, max_wait_time: float | None = 10.0, slots: int | None = None) -> None:
+    def __init__(self, *, max_wait_time: float | None = 30.0, slots: int | None = None) -> None:
         if max_wait_time is not None and not max_wait_time >= 0:
             raise ValueError(f"max_wait_time must be >= 0 or None, not {max_wait_time!r}")
         if slots is not None and slots < 1:
@@ -149,7 +153,7 @@ class Admission:
         throughput = max_perf if max_perf > MIN_THROUGHPUT else MIN_THROUGHPUT
         return in_flight_workload / throughput
 
-    def check(self, in_flight_workload: float, max_perf: float) -> None:
+    def check(self, in_flight_workload: float, max_perf: float, in_flight: int = 0) -> None:
         """
         Refuse a request if the work ahead of it would take too long.
 
@@ -158,13 +162,16 @@ class Admission:
 
         :param in_flight_workload: as for :meth:`estimate_wait`.
         :param max_perf: as for :meth:`estimate_wait`.
+        :param in_flight: how many requests are in flight, queued ones
+            included: with ``max_wait_time`` 0, any is a refusal, even one
+            whose workload is 0.
         :raises TooBusy: if the estimate is over ``max_wait_time`` (or is NaN).
         """
         limit = self.max_wait_time
         if limit is None:
             return
         estimate = self.estimate_wait(in_flight_workload, max_perf)
-        if estimate <= limit:
+        if estimate <= limit and not (limit == 0 and in_flight > 0):
             return
         # NaN fails the test above, so it is refused; NaN and inf fail this
         # one, so they are reported as the cap.

@@ -27,9 +27,14 @@ snapshots that are acknowledged explicitly, so an outage loses nothing:
   nothing, so the next report carries everything. The sum of all committed
   windows plus the current window always equals the totals.
 - The *pending deletions* (:meth:`Ledger.take_deletions`): every finished or
-  rejected request's ``request_idx``, for ``/delete_requests/``, with its
-  success flag (served and cancelled are successes, as in the original;
-  errored and rejected are failures). :meth:`Ledger.deletions_sent` drops
+  rejected request, for ``/delete_requests/``, as a
+  :class:`~vespa.protocol.reports.DeletionRecord`: its ``request_idx``, its
+  status and success flag (served and cancelled are successes, as in the
+  original; errored and rejected are failures) and its three wall-clock times
+  (``entered_queue_at`` at :meth:`Ledger.receive`, ``work_started_at`` at
+  :meth:`Ledger.started`, ``work_completed_at`` at :meth:`Ledger.finish`; 0.0
+  for "never", and always 0.0 when cancelled, as the official worker sends
+  them). :meth:`Ledger.deletions_sent` drops
   exactly the entries of an acknowledged batch, again by internal key, so
   duplicate ``request_idx`` values (idx 0 in unsecured mode, retries) are
   never confused. The list is bounded: past ``max_pending_deletions`` the
@@ -43,10 +48,13 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vespa.log import get_logger
+from vespa.protocol.reports import DeletionRecord
 
 log = get_logger(__name__)
 
@@ -72,6 +80,14 @@ _SUCCESS = {
     Outcome.REJECTED: False,
 }
 
+#: The ``status`` each outcome carries to ``/delete_requests/``.
+_STATUS = {
+    Outcome.SERVED: "Success",
+    Outcome.CANCELLED: "Cancelled",
+    Outcome.ERRORED: "Error",
+    Outcome.REJECTED: "Rejected",
+}
+
 
 class Ticket:
     """
@@ -80,16 +96,29 @@ class Ticket:
 
     :ivar request_idx: the autoscaler's index for the request (0 when unsecured).
     :ivar reqnum: the autoscaler's request number (0 when unsecured).
-    :ivar workload: the request's workload (cost) in benchmark units.
+    :ivar workload: the request's workload in benchmark units.
+    :ivar entered_queue_at: wall time it was received.
+    :ivar work_started_at: wall time its backend call started, 0.0 until then.
     """
 
-    __slots__ = ("_key", "reqnum", "request_idx", "workload")
+    __slots__ = (
+        "_key",
+        "entered_queue_at",
+        "reqnum",
+        "request_idx",
+        "work_started_at",
+        "workload",
+    )
 
-    def __init__(self, key: int, request_idx: int, reqnum: int, workload: float) -> None:
+    def __init__(
+        self, key: int, request_idx: int, reqnum: int, workload: float, entered_queue_at: float
+    ) -> None:
         self._key = key
         self.request_idx = request_idx
         self.reqnum = reqnum
         self.workload = workload
+        self.entered_queue_at = entered_queue_at
+        self.work_started_at = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -141,45 +170,51 @@ class Window:
 @dataclass(frozen=True)
 class Deletions:
     """
-    A snapshot of pending ``/delete_requests/`` entries, split by success flag.
-    Give it (or one :meth:`part` of it) back to :meth:`Ledger.deletions_sent`
-    once the autoscaler acknowledged it.
+    A snapshot of pending ``/delete_requests/`` entries, oldest first. Give it
+    (or one :meth:`part` of it) back to :meth:`Ledger.deletions_sent` once the
+    autoscaler acknowledged it.
 
-    :ivar succeeded: ``request_idx`` values to send with ``success: true``
-        (served and cancelled requests), oldest first.
-    :ivar failed: ``request_idx`` values to send with ``success: false``
-        (errored and rejected requests), oldest first.
+    :ivar records: how each request ended, oldest first.
     """
 
-    succeeded: tuple[int, ...] = ()
-    failed: tuple[int, ...] = ()
-    _succeeded_keys: tuple[int, ...] = field(default=(), repr=False, compare=False)
-    _failed_keys: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    records: tuple[DeletionRecord, ...] = ()
+    _keys: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     def __bool__(self) -> bool:
-        return bool(self.succeeded or self.failed)
+        return bool(self.records)
 
     def __len__(self) -> int:
-        return len(self.succeeded) + len(self.failed)
+        return len(self.records)
+
+    @property
+    def succeeded(self) -> tuple[int, ...]:
+        """The ``request_idx`` of the served and cancelled requests."""
+        return tuple(self.request_idxs(True))
+
+    @property
+    def failed(self) -> tuple[int, ...]:
+        """The ``request_idx`` of the errored and rejected requests."""
+        return tuple(self.request_idxs(False))
 
     def request_idxs(self, success: bool) -> list[int]:
         """
-        The ``request_idx`` values with one success flag.
+        The ``request_idx`` values with one success flag (the legacy body).
 
         :param success: which half.
         """
-        return list(self.succeeded if success else self.failed)
+        return [r.request_idx for r in self.records if r.success is success]
 
     def part(self, success: bool) -> Deletions:
         """
         The half of this batch with one success flag, to acknowledge it alone
-        (the two flags are sent as two POSTs).
+        (the legacy form sends the two flags as two POSTs).
 
         :param success: which half.
         """
-        if success:
-            return Deletions(self.succeeded, (), self._succeeded_keys, ())
-        return Deletions((), self.failed, (), self._failed_keys)
+        kept = [
+            (r, k) for r, k in zip(self.records, self._keys, strict=True) if r.success is success
+        ]
+        return Deletions(tuple(r for r, _ in kept), tuple(k for _, k in kept))
 
 
 class Ledger:
@@ -188,15 +223,20 @@ class Ledger:
 
     :param max_pending_deletions: how many finished requests may wait for
         ``/delete_requests/`` before the oldest are dropped.
+    :param now: the wall clock of the records' times, in ``time.time()``
+        seconds (the worker passes its reactor's ``seconds``).
     :ivar version: bumped on every change (receive, finish, reject), so a
         reader can tell cheaply whether anything happened since it last looked.
     :ivar deletions_dropped: pending deletions dropped because the list was full.
     """
 
-    def __init__(self, max_pending_deletions: int = 100_000) -> None:
+    def __init__(
+        self, max_pending_deletions: int = 100_000, *, now: Callable[[], float] = time.time
+    ) -> None:
         if max_pending_deletions < 1:
             raise ValueError(f"max_pending_deletions must be >= 1, got {max_pending_deletions!r}")
         self._max_pending = max_pending_deletions
+        self._now = now
         self._keys = itertools.count(1)
         self._in_flight: dict[int, Ticket] = {}
         self._in_flight_workload = 0.0
@@ -206,8 +246,8 @@ class Ledger:
         # The current window: counts and workloads since the last commit.
         self._win_count = dict.fromkeys(self._count, 0)
         self._win_workload = dict.fromkeys(self._count, 0.0)
-        # key -> (request_idx, success), oldest first.
-        self._pending: OrderedDict[int, tuple[int, bool]] = OrderedDict()
+        # key -> how the request ended, oldest first.
+        self._pending: OrderedDict[int, DeletionRecord] = OrderedDict()
         self._dropping = False
         self.deletions_dropped = 0
         self.version = 0
@@ -224,11 +264,21 @@ class Ledger:
         :return: the ticket to finish it with.
         """
         workload = _check_workload(workload)
-        ticket = Ticket(next(self._keys), request_idx, reqnum, workload)
+        ticket = Ticket(next(self._keys), request_idx, reqnum, workload, self._now())
         self._in_flight[ticket._key] = ticket
         self._in_flight_workload += workload
         self._add("received", workload)
         return ticket
+
+    def started(self, ticket: Ticket) -> None:
+        """
+        The request's backend call starts now (its ``work_started_at``). Only
+        the first call counts; a ticket no longer in flight is left alone.
+
+        :param ticket: what :meth:`receive` returned for it.
+        """
+        if not ticket.work_started_at and ticket._key in self._in_flight:
+            ticket.work_started_at = self._now()
 
     def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         """
@@ -252,12 +302,25 @@ class Ledger:
             # Exactly zero when idle, whatever rounding the sums accumulated.
             self._in_flight_workload = 0.0
         self._add(outcome.value, ticket.workload)
-        self._queue_deletion(ticket._key, ticket.request_idx, _SUCCESS[outcome])
+        cancelled = outcome is Outcome.CANCELLED
+        self._queue_deletion(
+            ticket._key,
+            DeletionRecord(
+                request_idx=ticket.request_idx,
+                success=_SUCCESS[outcome],
+                status=_STATUS[outcome],
+                entered_queue_at=ticket.entered_queue_at,
+                work_started_at=ticket.work_started_at,
+                work_completed_at=0.0 if cancelled else self._now(),
+            ),
+        )
 
     def reject(self, request_idx: int, reqnum: int, workload: float) -> None:
         """
-        A request was refused before admission (401, 429, 503): it was never
-        in flight, and it is reported as a failed deletion.
+        A request whose signature verified was refused before admission (429,
+        503): it was never in flight, and it is reported as a failed deletion.
+        A request refused *before* its signature verified must never come
+        here: what it claims is not to be reported.
 
         :param request_idx: its ``request_idx`` (0 when unsecured).
         :param reqnum: its ``reqnum`` (0 when unsecured).
@@ -265,7 +328,8 @@ class Ledger:
         """
         workload = _check_workload(workload)
         self._add("rejected", workload)
-        self._queue_deletion(next(self._keys), request_idx, False)
+        record = DeletionRecord(request_idx, False, _STATUS[Outcome.REJECTED], self._now())
+        self._queue_deletion(next(self._keys), record)
 
     def _add(self, name: str, workload: float) -> None:
         self._count[name] += 1
@@ -359,8 +423,8 @@ class Ledger:
         """How many finished requests wait for ``/delete_requests/``."""
         return len(self._pending)
 
-    def _queue_deletion(self, key: int, request_idx: int, success: bool) -> None:
-        self._pending[key] = (request_idx, success)
+    def _queue_deletion(self, key: int, record: DeletionRecord) -> None:
+        self._pending[key] = record
         if len(self._pending) > self._max_pending:
             self._pending.popitem(last=False)
             self.deletions_dropped += 1
@@ -379,19 +443,8 @@ class Ledger:
 
         :param limit: take at most this many (the oldest), or all when None.
         """
-        succeeded: list[int] = []
-        failed: list[int] = []
-        succeeded_keys: list[int] = []
-        failed_keys: list[int] = []
-        entries = self._pending.items()
-        for key, (request_idx, success) in itertools.islice(entries, limit):
-            if success:
-                succeeded.append(request_idx)
-                succeeded_keys.append(key)
-            else:
-                failed.append(request_idx)
-                failed_keys.append(key)
-        return Deletions(tuple(succeeded), tuple(failed), tuple(succeeded_keys), tuple(failed_keys))
+        entries = list(itertools.islice(self._pending.items(), limit))
+        return Deletions(tuple(r for _, r in entries), tuple(k for k, _ in entries))
 
     def deletions_sent(self, batch: Deletions) -> None:
         """
@@ -400,7 +453,7 @@ class Ledger:
 
         :param batch: what :meth:`take_deletions` returned, or a part of it.
         """
-        for key in itertools.chain(batch._succeeded_keys, batch._failed_keys):
+        for key in batch._keys:
             self._pending.pop(key, None)
         if batch and self._dropping:
             self._dropping = False

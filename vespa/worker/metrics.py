@@ -14,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.web.resource import Resource
 
@@ -64,6 +70,14 @@ class WorkerMetrics:
             "vespa_backend_seconds",
             "Duration of backend exchanges, streaming included",
             buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        # Every refusal, by status: the only place a request refused before its
+        # signature verified is counted (it never reaches the reports).
+        self.refused = Counter(
+            "vespa_refused_requests",
+            "Requests refused by the worker, by HTTP status",
+            labelnames=["status"],
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(ledger, state, admission, health, reporter))

@@ -14,8 +14,16 @@ per-attempt timeout bounds how long that lasts). A cycle:
    the last *accepted* report, or ``heartbeat`` seconds passed since it, in
    every phase (loading and benchmarking heartbeats carry the disk growth,
    which the 2025 original never sent);
-2. sends the pending deletions (at most ``max_deletions_per_post`` per cycle),
-   successes and failures as two POSTs, each only if non-empty.
+2. sends the pending deletions (at most ``max_deletions_per_post`` per cycle):
+   in the ``records`` form (the default, as vastai 1.9.1), one POST of
+   per-request records with their status and times; in the ``legacy`` form
+   (for autoscalers of 2024-2025), successes and failures as two POSTs, each
+   only if non-empty.
+
+Every number is bounded by the builders of :mod:`vespa.protocol.reports`: a
+value that is not finite or out of bounds is dropped (0 in its place, or its
+record left out), logged once (until it is sound again), and the rest is sent,
+so one bad number never stops the reports or their heartbeat.
 
 Each POST goes to ``address.rstrip("/") + path`` for each address in order;
 the first 2xx wins. An attempt fails on any other status (redirects are not
@@ -26,8 +34,14 @@ nothing is reset: the ledger's window is only committed, and deletions only
 dropped, once accepted, so the next tick retries with everything accumulated
 (the original's retry sleeps are gone; the tick *is* the retry). Failures are
 logged once when an outage starts and once when it ends, with its length.
-An attempt that timed out may still have been processed by the autoscaler;
-its counts are then sent again (at least once, never lost).
+
+Delivery is at least once. An attempt that timed out may still have been
+processed by the autoscaler; its counts are then sent again. So the timeout is
+long (60 s by default, where the official worker gives up after 10 s and
+retries): an autoscaler that is merely slow answers within it, and nothing is
+counted twice. What remains at least once: an answer later than the timeout,
+or a connection lost after the body was sent. Deletions sent twice are
+harmless (forgetting a request twice is forgetting it once).
 
 Deletions are not sent to ``https://cloud.vast.ai/api/v0`` (the retired Redis
 API, which the original skips too). With no address at all (``REPORT_ADDR``
@@ -56,7 +70,7 @@ from twisted.web.iweb import IResponse
 from vespa.log import get_logger
 from vespa.protocol import reports
 from vespa.protocol.reports import WorkerIdentity
-from vespa.worker.ledger import Ledger
+from vespa.worker.ledger import Deletions, Ledger
 from vespa.worker.state import WorkerState
 
 log = get_logger(__name__)
@@ -70,6 +84,9 @@ _REDIS_API = "https://cloud.vast.ai/api/v0"
 
 _GB = float(2**30)
 
+#: The forms of ``/delete_requests/``: today's records, the 2024-2025 indexes.
+DELETE_FORMATS = ("records", "legacy")
+
 
 @dataclass(frozen=True)
 class ReportSettings:
@@ -81,19 +98,30 @@ class ReportSettings:
     :ivar interval: seconds between ticks.
     :ivar heartbeat: a status report is sent at least this often, even when
         nothing changed.
-    :ivar timeout: seconds per HTTP attempt, and for the final flush at stop.
+    :ivar timeout: seconds per HTTP attempt: long, so that a slow autoscaler
+        is waited for rather than sent the same counts twice.
+    :ivar stop_timeout: seconds for the final flush at stop.
     :ivar max_deletions_per_post: the most ``request_idx`` values one cycle
         sends, so the backlog after an outage goes out in bounded bodies.
+    :ivar delete_format: ``records`` (one POST of per-request records, as
+        vastai 1.9.1) or ``legacy`` (two POSTs of indexes, as 2024-2025).
     """
 
     addresses: tuple[str, ...]
     interval: float = 1.0
     heartbeat: float = 10.0
-    timeout: float = 10.0
+    timeout: float = 60.0
+    stop_timeout: float = 10.0
     max_deletions_per_post: int = 10_000
+    delete_format: str = "records"
 
     def __post_init__(self) -> None:
-        for name in ("interval", "heartbeat", "timeout"):
+        if self.delete_format not in DELETE_FORMATS:
+            raise ValueError(
+                f"delete_format must be one of {', '.join(DELETE_FORMATS)}, "
+                f"got {self.delete_format!r}"
+            )
+        for name in ("interval", "heartbeat", "timeout", "stop_timeout"):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -228,6 +256,8 @@ class Reporter(Service):
         self._disk_baseline: float | None = None
         self._disk_failing = False
         self._broken: set[str] = set()
+        # (path, field) of the values being dropped, each logged once.
+        self._dropping: set[tuple[str, str]] = set()
         self._status_outage = _Outage(STATUS_PATH)
         self._delete_outage = _Outage(DELETE_PATH)
         #: How many ticks found the previous cycle still in flight.
@@ -267,12 +297,12 @@ class Reporter(Service):
             self._loop.stop()
         self._loop = None
         final = Deferred.fromCoroutine(self._exclusive(force=True))
-        final.addTimeout(self._settings.timeout, self._clock)
+        final.addTimeout(self._settings.stop_timeout, self._clock)
 
         def gave_up(failure: Failure) -> None:
             log.warn(
                 "The final report did not complete within {timeout} s: {why}",
-                timeout=self._settings.timeout,
+                timeout=self._settings.stop_timeout,
                 why=failure.getErrorMessage() or repr(failure.value),
             )
             if self._tick_cycle is not None:
@@ -360,7 +390,8 @@ class Reporter(Service):
             growth = (disk_now - self._disk_baseline) / _GB
         else:
             growth = 0.0
-        body = reports.worker_status(
+        disk_used = disk_now if disk_now is not None else self._disk_baseline
+        built = reports.worker_status(
             self._identity,
             loadtime=state.loadtime,
             cur_load=ledger.in_flight_workload,
@@ -372,9 +403,11 @@ class Reporter(Service):
             num_requests_working=ledger.in_flight_count,
             num_requests_recieved=ledger.totals.received,
             additional_disk_usage=growth,
+            disk_usage=(disk_used or 0.0) / _GB,
             working_request_idxs=ledger.working_request_idxs(),
         )
-        if await self._post(STATUS_PATH, body, self._status_addresses, self._status_outage):
+        self._note_dropped(STATUS_PATH, built)
+        if await self._post(STATUS_PATH, built.body, self._status_addresses, self._status_outage):
             ledger.commit(window)
             self._last_state_version = state_version
             self._last_ledger_version = ledger_version
@@ -386,13 +419,41 @@ class Reporter(Service):
         batch = self._ledger.take_deletions(self._settings.max_deletions_per_post)
         if not batch:
             return
+        if self._settings.delete_format == "records":
+            await self._send_deletions(batch, reports.delete_records(self._identity, batch.records))
+            return
         for success in (True, False):
-            request_idxs = batch.request_idxs(success)
-            if not request_idxs:
-                continue
-            body = reports.delete_requests(self._identity, request_idxs, success)
-            if await self._post(DELETE_PATH, body, self._delete_addresses, self._delete_outage):
-                self._ledger.deletions_sent(batch.part(success))
+            part = batch.part(success)
+            if part:
+                built = reports.delete_requests(self._identity, part.request_idxs(success), success)
+                await self._send_deletions(part, built)
+
+    async def _send_deletions(self, batch: Deletions, built: reports.Built) -> None:
+        self._note_dropped(DELETE_PATH, built)
+        # A batch whose every record was dropped is acknowledged without a
+        # POST: sending it would send nothing, and keeping it would block the
+        # ones behind it for ever.
+        empty = not any(built.body.get(key) for key in ("requests", "request_idxs"))
+        if empty or await self._post(
+            DELETE_PATH, built.body, self._delete_addresses, self._delete_outage
+        ):
+            self._ledger.deletions_sent(batch)
+
+    def _note_dropped(self, what: str, built: reports.Built) -> None:
+        """
+        Log each field whose value was dropped once, when it starts being
+        dropped; again only after it was sound in between.
+        """
+        dropping = {(what, item.partition(":")[0]): item for item in built.dropped}
+        for key, item in dropping.items():
+            if key not in self._dropping:
+                log.warn(
+                    "{what}: a value cannot be reported and is left out ({item}); "
+                    "the rest of the report is sent",
+                    what=what,
+                    item=item,
+                )
+        self._dropping = {k for k in self._dropping if k[0] != what} | set(dropping)
 
     def _read_disk(self) -> float | None:
         try:

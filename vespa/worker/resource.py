@@ -16,8 +16,11 @@ For each proxied request, in order:
 5. a concurrency slot, waiting in line if needed;
 6. the relay, whose outcome closes the request in the ledger.
 
-Refusals from step 3 on are counted as rejected; everything admitted ends as
-served, errored (backend 5xx, relay failure, timeout) or cancelled (client gone).
+Refusals from step 4 on are counted as rejected and reported with the
+request's index and workload; a refusal before the signature verified (steps
+1 to 3) is only counted in the local metrics: nothing an unverified caller
+claims reaches the reports. Everything admitted ends as served, errored
+(backend 5xx, relay failure, timeout) or cancelled (client gone).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.metrics import WorkerMetrics
 from vespa.worker.state import Phase, WorkerState
+from vespa.worker.workload import Workload
 
 log = get_logger(__name__)
 
@@ -71,7 +75,8 @@ class WorkerResource(Resource):
     :param admission: the wait estimate and the concurrency slots.
     :param verifier: checks signatures; ``None`` in unsecured mode.
     :param blocklist: paths answered 403.
-    :param default_cost: workload of a request signed with a cost of 1 or less.
+    :param workload: computes each request's workload; by default the
+        autoscaler's cost.
     :param metrics: observes queue waits and backend times, when given.
     """
 
@@ -86,7 +91,7 @@ class WorkerResource(Resource):
         admission: Admission,
         verifier: SignatureVerifier | None,
         blocklist: PathBlocklist | None = None,
-        default_cost: float | None = None,
+        workload: Workload | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__()
@@ -96,7 +101,7 @@ class WorkerResource(Resource):
         self.admission = admission
         self.verifier = verifier
         self.blocklist = blocklist or PathBlocklist(())
-        self.default_cost = default_cost
+        self.workload = workload if workload is not None else Workload("cost", "")
         self.metrics = metrics
 
     def render(self, request: Request) -> bytes | int:
@@ -176,14 +181,16 @@ class WorkerResource(Resource):
 
     def _admit(self, request: Request, envelope: Envelope) -> bytes | int:
         auth = envelope.auth
-        workload = auth.workload if auth is not None else 1.0
-        if workload <= 1 and self.default_cost is not None:
-            workload = self.default_cost
         request_idx = auth.request_idx if auth is not None else 0
         reqnum = auth.reqnum if auth is not None else 0
         try:
             if self.verifier is not None and auth is not None:
                 self.verifier.verify(auth)
+        except VespaError as error:
+            # Unverified: its claimed request_idx and cost never reach the reports.
+            return self._refuse(request, error)
+        workload = self.workload.of(envelope.body, auth.workload if auth is not None else None)
+        try:
             # Unsecured (local development) relays in every phase but
             # draining; the startup chain still runs and shows its phase on /ready.
             if not self.state.accepting and (
@@ -195,7 +202,9 @@ class WorkerResource(Resource):
                     details={"phase": self.state.phase.value},
                 )
             if self.state.is_loaded:  # no capacity to estimate a wait from before
-                self.admission.check(self.ledger.in_flight_workload, self.state.max_perf)
+                self.admission.check(
+                    self.ledger.in_flight_workload, self.state.max_perf, self.ledger.in_flight_count
+                )
         except VespaError as error:
             self.ledger.reject(request_idx, reqnum, workload)
             return self._refuse(request, error)
@@ -212,6 +221,8 @@ class WorkerResource(Resource):
         return f"the worker is not ready yet ({phase.value})"
 
     def _refuse(self, request: Request, error: VespaError) -> bytes:
+        if self.metrics is not None:
+            self.metrics.refused.labels(str(error.status)).inc()
         request_id = request.responseHeaders.getRawHeaders(b"x-request-id") or [b"-"]
         log.debug(
             "refused {method} {uri}: {status} {error} [request {request_id}]",
@@ -260,6 +271,7 @@ class _Admitted:
 
     def _relay(self, slot: Slot) -> Deferred[None]:
         self._waiting = None
+        self._resource.ledger.started(self._ticket)
         metrics = self._resource.metrics
         if metrics is not None:
             metrics.queue_wait.observe(self._resource.relay.clock.seconds() - self._queued_at)

@@ -42,6 +42,7 @@ from vespa.worker.reporter import Reporter, ReportSettings
 from vespa.worker.resource import WorkerResource
 from vespa.worker.startup import BenchmarkCache, Startup, health_check
 from vespa.worker.state import WorkerState
+from vespa.worker.workload import Workload, WorkloadError
 
 log = get_logger(__name__)
 
@@ -95,7 +96,8 @@ class Options(usage.Options):
             # A benchmark that cannot load is a mistake to fix now, not a
             # failure to retry every 30 s.
             load_benchmark(config.benchmark)
-        except (ConfigError, BenchmarkError) as e:
+            Workload(config.workload, config.benchmark)
+        except (ConfigError, BenchmarkError, WorkloadError) as e:
             raise usage.UsageError(str(e)) from None
         if (
             config.log_format == "json"
@@ -196,7 +198,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         demo.setServiceParent(root)
 
     state = WorkerState(clock)
-    ledger = Ledger()
+    ledger = Ledger(now=clock.seconds)
     verifier = None
     if not config.unsecured:
         verifier = SignatureVerifier(
@@ -246,6 +248,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
             interval=config.report_interval,
             heartbeat=config.report_heartbeat,
             timeout=config.report_timeout,
+            delete_format=config.delete_requests_format,
         ),
         WorkerIdentity(
             worker_id=vast.container_id,
@@ -274,7 +277,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         metrics=metrics,
         verifier=verifier,
         blocklist=PathBlocklist(config.blocked_paths),
-        default_cost=config.default_cost,
+        workload=Workload(config.workload, config.benchmark, config.default_cost),
     )
     site = ProxySite(
         resource,
