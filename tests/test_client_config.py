@@ -63,6 +63,7 @@ class DefaultTests(ConfigTestCase):
             initial_backoff_ms="10",
             max_concurrent_requests="4",
             batch_size="16",
+            idempotent="yes",
         )
         self.assertEqual(
             config.defaults,
@@ -75,6 +76,7 @@ class DefaultTests(ConfigTestCase):
                 initial_backoff_ms=10.0,
                 max_concurrent_requests=4,
                 batch_size=16,
+                idempotent=True,
             ),
         )
 

@@ -33,6 +33,7 @@ from vespa.client.router import INSTANCES
 from vespa.config import (
     ConfigError,
     Setting,
+    parse_bool,
     parse_choice,
     parse_listen,
     parse_log_level,
@@ -277,6 +278,15 @@ CLIENT_SETTINGS: tuple[ClientSetting, ...] = (
         envs=_vespa("INITIAL_BACKOFF_MS"),
     ),
     S(
+        "idempotent",
+        "",
+        parse_bool,
+        False,
+        "Requests may reach a model server twice without harm: retry them also after "
+        "failures that may have delivered them (preference idempotent)",
+        envs=_vespa("IDEMPOTENT"),
+    ),
+    S(
         "hedge-delay",
         "",
         parse_seconds,
@@ -452,6 +462,7 @@ class ClientConfig:
             initial_backoff_ms=v["initial-backoff-ms"],
             max_concurrent_requests=v["max-concurrent-requests"],
             batch_size=v["batch-size"],
+            idempotent=v["idempotent"],
         )
         ca_file = v["ca-file"] or None
         if ca_file is not None and not os.path.isfile(ca_file):
