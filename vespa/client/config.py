@@ -22,6 +22,8 @@ endpoint key up in the console API when the client starts.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +54,25 @@ MISSING_KEY = "no API key"
 #: Where the daemon listens when nothing else is said.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8010
+#: The listen backlog: Twisted's default of 50 made a burst of 2,000 callers
+#: wait a second each for 37 connects (SYN retransmits); the kernel caps it
+#: at ``net.core.somaxconn`` anyway.
+LISTEN_BACKLOG = max(1024, socket.SOMAXCONN)
+#: The strports endpoint types that take a ``backlog``.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """
+    A strports ``description`` with ``backlog=`` added, unless it sets one
+    or its endpoint type takes none.
+    """
+    args = re.split(r"(?<!\\):", description)
+    if args[0].strip().lower() not in _BACKLOG_TYPES:
+        return description
+    if any(arg.strip().lower().startswith("backlog=") for arg in args[1:]):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 @dataclass(frozen=True)
