@@ -213,6 +213,29 @@ class HostileAnswerTests(RouterTestCase):
         self.assertIn(f"answered more than {ROUTE_ANSWER_LIMIT} bytes", error.message)
 
 
+    def test_an_echoed_key_is_masked(self) -> None:
+        """An autoscaler that echoes the key in its errors: the key is not passed on."""
+        for status in (401, 500):
+            error = self.route_with_answer(_Echo(status))
+            self.assertNotIn("demo-key", error.message)
+            self.assertIn("key *** is", error.message)
+
+
+class _Echo(Resource):
+    """An autoscaler that echoes the caller's bearer key in an error."""
+
+    isLeaf = True
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+
+    def render_POST(self, request: Request) -> bytes:
+        key = (request.getHeader(b"authorization") or b"").split()[-1].decode()
+        request.setResponseCode(self.status)
+        return json.dumps({"error": f"key {key} is no good"}).encode()
+
+
 class _Huge(Resource):
     """An autoscaler whose route answer is 2 MiB of JSON, with or without a length."""
 

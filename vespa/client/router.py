@@ -208,12 +208,19 @@ def _unusable(url: Any) -> str | None:
     return None
 
 
-def _excerpt(parsed: Any, raw: bytes) -> str:
+def _excerpt(parsed: Any, raw: bytes, secret: str | None) -> str:
+    """
+    What an answer says, for an error message: its error text, else the
+    start of its body; ``secret`` (the key it was asked with) masked, should
+    the answer echo it.
+    """
+    said = raw[:300].decode("utf-8", "replace").strip()
     if isinstance(parsed, dict):
         for key in ("error", "msg", "message", "detail"):
             if isinstance(parsed.get(key), str):
-                return str(parsed[key])[:300]
-    return raw[:300].decode("utf-8", "replace").strip()
+                said = str(parsed[key])[:300]
+                break
+    return said.replace(secret, "***") if secret else said
 
 
 class KeySource:
@@ -310,10 +317,11 @@ class KeySource:
             if code in (401, 403):
                 raise AutoscalerUnauthorized(
                     "the console API refused the account key "
-                    f"({code}: {_excerpt(parsed, raw)}); check --account-key"
+                    f"({code}: {_excerpt(parsed, raw, self._account_key)}); check --account-key"
                 )
             if code != 200 or not isinstance(parsed, dict):
-                last = AutoscalerError(f"the console API answered {code}: {_excerpt(parsed, raw)}")
+                said = _excerpt(parsed, raw, self._account_key)
+                last = AutoscalerError(f"the console API answered {code}: {said}")
                 if code < 500:
                     raise last
                 continue
@@ -448,7 +456,7 @@ class Router:
                 code, parsed, raw = 0, None, b""
                 problem = f"unreachable ({e.__class__.__name__}: {e})"
             else:
-                problem = f"answered {code}: {_excerpt(parsed, raw)}"
+                problem = f"answered {code}: {_excerpt(parsed, raw, key)}"
             if code == 200 and isinstance(parsed, dict):
                 url = parsed.get("url")
                 idx = parsed.get("request_idx")
@@ -485,7 +493,8 @@ class Router:
                         )
                     await deferLater(self.clock, delay, lambda: None)
                     continue
-            self._refuse(code, parsed, raw)
+            not_a_route = code == 200 and not isinstance(parsed, dict)
+            self._refuse(code, _excerpt(parsed, raw, key), not_a_route=not_a_route)
             failures += 1
             self.stats.errors += 1
             now = self.clock.seconds()
@@ -500,9 +509,13 @@ class Router:
                 delay = min(delay, max(0.0, end - now))
             await deferLater(self.clock, delay, lambda: None)
 
-    def _refuse(self, code: int, parsed: Any, raw: bytes) -> None:
-        """Raise for the answers that no retry can fix."""
-        said = _excerpt(parsed, raw)
+    def _refuse(self, code: int, said: str, *, not_a_route: bool) -> None:
+        """
+        Raise for the answers that no retry can fix.
+
+        :param said: what the answer says (:func:`_excerpt`).
+        :param not_a_route: a 200 that is not a JSON object.
+        """
         if code in (401, 403):
             self.stats.errors += 1
             raise AutoscalerUnauthorized(
@@ -514,7 +527,7 @@ class Router:
             raise EndpointNotFound(
                 f"the autoscaler does not know endpoint {self.endpoint!r} ({said})"
             )
-        if 400 <= code < 500 or (code == 200 and not isinstance(parsed, dict)):
+        if 400 <= code < 500 or not_a_route:
             self.stats.errors += 1
             raise AutoscalerError(f"the autoscaler answered {code}: {said}")
 
