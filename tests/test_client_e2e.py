@@ -7,13 +7,15 @@ and real workers on the other, every socket real, the client's timers on a
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.support import raw_connect, until
+from tests.support import listen, raw_connect, until
 from tests.test_client_support import advance_until, start_chain, vespa_headers
 from vespa.client.policy import MAX_BACKOFF, Preferences
 
@@ -476,6 +478,19 @@ class DeliveredOnceTests(E2ETestCase):
         self.assertEqual(self.delivered(), [1, 0])
         self.assertEqual(self.env.dispatcher.stats.retries, 0)
 
+    async def test_raw_worker_resets_after_reading_the_body(self) -> None:
+        """A worker that reads the whole POST, then resets: it got the POST once."""
+        self.env = await start_chain(self, workers=1)
+        resetting = _ResettingWorker()
+        port = listen(self, resetting)
+        self.env.autoscaler.remove_worker(self.env.a.url)
+        self.env.autoscaler.register_worker(f"http://127.0.0.1:{port}")
+        response, body = await self.post(b"/v1/chat/completions", CHAT)
+        self.assertEqual(response.code, 502, body)
+        self.assertIn("may have received the request", json.loads(body)["retry"])
+        self.assertEqual(resetting.deliveries, 1)
+        self.assertEqual(len(self.env.autoscaler.route_requests), 1)
+
     async def test_workers_own_502(self) -> None:
         """The worker's backend died with the request: the worker's 502 is the answer."""
         self.env = await start_chain(self)
@@ -530,3 +545,26 @@ class DeliveredOnceTests(E2ETestCase):
         response, body = await answered
         self.assertEqual(response.code, 200, body)
         self.assertEqual(self.delivered(), [1, 1])
+
+
+class _ResettingProtocol(Protocol):
+    """Reads one request to the end of its body, counts it, and resets the connection."""
+
+    def connectionMade(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        head, sep, body = self.data.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if length is not None and len(body) >= int(length.group(1)):
+            self.factory.deliveries += 1  # type: ignore[attr-defined]
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _ResettingWorker(Factory):
+    protocol = _ResettingProtocol
+    noisy = False
+    deliveries = 0
