@@ -16,7 +16,11 @@ and the signed routing fields. The autoscaler's other answers
 * 401/403: :class:`~vespa.client.errors.AutoscalerUnauthorized`, with a hint
   about endpoint keys and account keys; 404: the endpoint is unknown.
 * a 5xx, a connection failure or a timeout is tried again, up to
-  :data:`ROUTE_ATTEMPTS` times, then :class:`~vespa.client.errors.AutoscalerError`.
+  :data:`ROUTE_ATTEMPTS` times, then :class:`~vespa.client.errors.AutoscalerError`;
+  so is a worker url that must not be used
+  (:func:`~vespa.client.worker_url.check_worker_url`) and an answer over
+  :data:`ROUTE_ANSWER_LIMIT` bytes (not read past it). Errors quote the
+  autoscaler's text with the key masked.
 
 The endpoint key is given, or looked up with the account key
 (:class:`KeySource`) at ``https://console.vast.ai/api/v0/endptjobs/``, as the
@@ -214,13 +218,14 @@ def _excerpt(parsed: Any, raw: bytes, secret: str | None) -> str:
     start of its body; ``secret`` (the key it was asked with) masked, should
     the answer echo it.
     """
-    said = raw[:300].decode("utf-8", "replace").strip()
+    said = raw.decode("utf-8", "replace").strip()
     if isinstance(parsed, dict):
         for key in ("error", "msg", "message", "detail"):
             if isinstance(parsed.get(key), str):
-                said = str(parsed[key])[:300]
+                said = str(parsed[key])
                 break
-    return said.replace(secret, "***") if secret else said
+    # Masked before it is cut, so no part of the secret is left at the cut.
+    return (said.replace(secret, "***") if secret else said)[:300]
 
 
 class KeySource:
