@@ -4,9 +4,24 @@ The worker URL of a ``/route/`` answer: what is refused, and how it is shown.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import URI
+from twisted.web.http_headers import Headers
 
 from vespa.client.worker_url import UnusableURL, check_worker_url, shown_url
+from vespa.client.wrapping import Call, build_worker_request
+
+#: Text that looks like a worker url, with anything in its parts.
+_PART = st.text(max_size=12) | st.sampled_from(["", ":", "@", "/", "?", "#", "[::1]", "\r\n"])
+_URLS = st.builds(
+    lambda scheme, host, port, rest: f"{scheme}://{host}{port}{rest}",
+    st.sampled_from(["http", "https", "HTTP", "ftp", "", "h ttp"]),
+    _PART | st.sampled_from(["127.0.0.1", "worker.example", "a..b", "-x"]),
+    st.sampled_from(["", ":4000", ":0", ":65536", ":x"]) | _PART,
+    _PART,
+)
 
 #: Route urls that hung the client (issue 10 item 6) or must not be used
 #: (item 8), and a word of what the refusal says.
@@ -59,3 +74,24 @@ class ShownTests(SynchronousTestCase):
     def test_cut_short(self) -> None:
         shown = shown_url("http://" + "a" * 500, limit=20)
         self.assertEqual(shown, repr("http://" + "a" * 13 + "..."))
+
+
+class PropertyTests(SynchronousTestCase):
+    @settings(database=None, deadline=None, max_examples=400)
+    @given(st.one_of(_URLS, st.text(max_size=40)))
+    def test_a_url_is_refused_or_can_be_requested(self, url: str) -> None:
+        """
+        Whatever the autoscaler sends, the check refuses it (and only with
+        UnusableURL), or the request for it can be built and Agent parses it.
+        """
+        try:
+            checked = check_worker_url(url)
+        except UnusableURL as e:
+            self.assertNotIn("\n", str(e))
+            return
+        call = Call(b"POST", b"/v1/x?y=1", Headers(), {"p": 1}, None, 1)
+        request = build_worker_request(call, checked, {"url": checked}, 1)
+        uri = URI.fromBytes(request.url)
+        self.assertIn(uri.scheme, (b"http", b"https"))
+        self.assertTrue(uri.host)
+        self.assertTrue(request.url.isascii())
