@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from tests.support import listen
 from tests.test_client_support import advance_until, start_chain
+from vespa.client.core import Reply
 from vespa.client.router import ROUTE_ANSWER_LIMIT
 
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
@@ -41,6 +42,22 @@ def counting_listener(testcase: TestCase) -> tuple[Factory, int]:
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     testcase.addCleanup(port.stopListening)
     return factory, port.getHost().port
+
+
+class BugTests(TestCase):
+    timeout = 30
+
+    async def test_a_reply_that_breaks_the_proxy_still_answers(self) -> None:
+        """A bug while answering (a reply the proxy cannot write): 500 JSON, the place freed."""
+        env = await start_chain(self, workers=0, max_in_flight=1)
+        broken = Reply(200, b"OK", None, [], 0, 0.0, body=b"")  # type: ignore[arg-type]
+        env.client.parts.core.send = lambda *a: succeed(broken)
+        for _ in range(2):  # the second proves the one place was freed
+            response, body = await env.http.request(b"GET", b"/v1/models")
+            self.assertEqual(response.code, 500, body)
+            self.assertEqual(json.loads(body)["origin"], "vespa")
+        self.assertEqual(env.client.parts.core.limiter.in_flight, 0)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 2)
 
 
 class RouteURLTests(TestCase):

@@ -456,3 +456,14 @@ class DeliveredOnceTests(DispatcherTestCase):
         failed = self.failureResultOf(d, DispatchFailed).value
         self.assertEqual((failed.error.status, failed.error.origin), (502, "autoscaler"))
         self.assertEqual(self.dispatcher.stats.in_flight, 0)
+
+    def test_a_callback_that_raises_answers(self) -> None:
+        """A bug judging an answer fails the request (500), not a hang."""
+        d = self.dispatch()
+        self.router.answer(0, "http://w1")
+        self.sender.pending[0].callback(object())  # not an Answer: judging it raises
+        failed = self.failureResultOf(d, DispatchFailed).value
+        self.assertEqual(failed.error.status, 500)
+        self.assertIn("internal error", failed.error.message)
+        self.assertEqual(self.dispatcher.stats.in_flight, 0)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
