@@ -67,10 +67,14 @@ class RequestTests(APITestCase):
         self.assertEqual(self.env.autoscaler.route_requests[-1]["cost"], 250)
 
     async def test_retried_on_another_worker(self) -> None:
-        """The API retries like the daemon: a worker dying before its first byte."""
+        """
+        The API retries like the daemon: an idempotent request (its
+        ``preferences`` argument) whose worker dies before the first byte.
+        """
         client = await self.client()
         self.env.a.backend.mode = "hold"
-        answered = ensureDeferred(_call(client.post("/v1/chat/completions", json=CHAT)))
+        call = client.post("/v1/chat/completions", json=CHAT, preferences={"idempotent": True})
+        answered = ensureDeferred(_call(call))
         await self.env.a.backend.wait("request")
         self.env.a.switch.kill()
         dispatcher = client.parts.core.dispatcher
@@ -81,6 +85,7 @@ class RequestTests(APITestCase):
         self.assertEqual(response.worker, self.env.b.url)
         self.assertEqual(response.attempts, 2)
         await response.content()
+        self.assertEqual(len(self.env.b.backend.received), 1)
 
     async def test_failures_are_responses(self) -> None:
         """No worker ready: a 503 response from the autoscaler; raise_for_status raises."""

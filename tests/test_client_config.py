@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from vespa.client.config import MISSING_ENDPOINT, MISSING_KEY, ClientConfig
+from vespa.client.config import MISSING_ENDPOINT, MISSING_KEY, ClientConfig, with_backlog
 from vespa.client.policy import Preferences
 from vespa.config import ConfigError
 
@@ -63,6 +63,7 @@ class DefaultTests(ConfigTestCase):
             initial_backoff_ms="10",
             max_concurrent_requests="4",
             batch_size="16",
+            idempotent="yes",
         )
         self.assertEqual(
             config.defaults,
@@ -75,8 +76,23 @@ class DefaultTests(ConfigTestCase):
                 initial_backoff_ms=10.0,
                 max_concurrent_requests=4,
                 batch_size=16,
+                idempotent=True,
             ),
         )
+
+
+class BacklogTests(SynchronousTestCase):
+    def test_added_where_it_applies(self) -> None:
+        """tcp, tcp6, ssl and unix listeners get a backlog; a given one is kept."""
+        cases = {
+            "tcp:8010:interface=::1": "tcp:8010:interface=::1:backlog=99",
+            "unix:/run/v.sock": "unix:/run/v.sock:backlog=99",
+            "tcp:0:backlog=7": "tcp:0:backlog=7",
+            "systemd:domain=INET:index=0": "systemd:domain=INET:index=0",
+            r"ssl:443:privateKey=C\:key.pem": r"ssl:443:privateKey=C\:key.pem:backlog=99",
+        }
+        for given, expected in cases.items():
+            self.assertEqual(with_backlog(given, 99), expected)
 
 
 class SourceTests(ConfigTestCase):

@@ -7,15 +7,17 @@ and real workers on the other, every socket real, the client's timers on a
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from twisted.internet import threads
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.support import raw_connect, until
+from tests.support import listen, raw_connect, until
 from tests.test_client_support import advance_until, start_chain, vespa_headers
-from vespa.client.policy import MAX_BACKOFF
+from vespa.client.policy import MAX_BACKOFF, Preferences
 
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
 
@@ -104,14 +106,12 @@ class RoutingTests(E2ETestCase):
 class RetryTests(E2ETestCase):
     """Before the first byte a failed attempt goes to another worker; after it, never."""
 
-    async def test_worker_killed_before_first_byte_is_retried(self) -> None:
-        """A worker that dies before answering: the request succeeds on the other one."""
+    async def test_connection_refused_is_retried(self) -> None:
+        """A worker that refuses the connection never had the request: another one is tried."""
         self.env = await start_chain(self)
         a, b = self.env.a, self.env.b
-        a.backend.mode = "hold"
+        await a.switch.kill()
         answered = ensureDeferred(self.post(b"/v1/chat/completions", CHAT))
-        await a.backend.wait("request")
-        a.switch.kill()
         await until(lambda: self.env.dispatcher.stats.retries == 1)
         self.env.clock.advance(MAX_BACKOFF)
         response, body = await answered
@@ -119,50 +119,11 @@ class RetryTests(E2ETestCase):
         headers = vespa_headers(response)
         self.assertEqual(headers["x-vespa-worker"], b.url)
         self.assertEqual(headers["x-vespa-attempts"], "2")
+        self.assertEqual((len(a.backend.received), len(b.backend.received)), (0, 1))
         idxs = [r.get("request_idx") for r in self.env.autoscaler.route_requests]
         self.assertEqual(len(idxs), 2)
         self.assertIsNone(idxs[0])
         self.assertIsNotNone(idxs[1])
-
-    async def test_a_workers_own_5xx_is_retried(self) -> None:
-        """A worker whose model server died answers 502 itself: another worker is tried."""
-        self.env = await start_chain(self)
-        self.env.a.backend.mode = "die"
-        answered = ensureDeferred(self.post(b"/v1/chat/completions", CHAT))
-        await until(lambda: self.env.dispatcher.stats.retries == 1)
-        self.env.clock.advance(MAX_BACKOFF)
-        response, body = await answered
-        self.assertEqual(response.code, 200, body)
-        self.assertEqual(vespa_headers(response)["x-vespa-worker"], self.env.b.url)
-
-    async def test_first_byte_timeout_tries_another_worker(self) -> None:
-        """A worker silent past --first-byte-timeout is left for another one."""
-        self.env = await start_chain(self, first_byte_timeout=30.0)
-        a = self.env.a
-        a.backend.mode = "hold"
-        answered = ensureDeferred(self.post(b"/v1/chat/completions", CHAT))
-        await a.backend.wait("request")
-        self.env.clock.advance(30)
-        await a.backend.wait("disconnect")
-        await until(lambda: self.env.dispatcher.stats.retries == 1)
-        self.env.clock.advance(MAX_BACKOFF)
-        response, body = await answered
-        self.assertEqual(response.code, 200, body)
-        self.assertEqual(vespa_headers(response)["x-vespa-worker"], self.env.b.url)
-
-    async def test_first_byte_timeout_without_retries_is_504_from_the_worker(self) -> None:
-        """No retry allowed: the timeout is the answer, and says whose it is."""
-        self.env = await start_chain(self, first_byte_timeout=30.0)
-        self.env.a.backend.mode = "hold"
-        prefs = {b"X-Vespa-Request-Preferences": [b'{"max_retries": 0}']}
-        answered = ensureDeferred(self.post(b"/v1/chat/completions", CHAT, prefs))
-        await self.env.a.backend.wait("request")
-        self.env.clock.advance(30)
-        response, body = await answered
-        self.assertEqual(response.code, 504)
-        error = json.loads(body)
-        self.assertEqual(error["origin"], "worker")
-        self.assertIn("sent nothing within 30 s", error["error"])
 
     async def test_worker_killed_after_first_byte_is_not_retried(self) -> None:
         """Once a byte reached the caller, a dying worker ends the stream abnormally."""
@@ -206,11 +167,12 @@ class RetryTests(E2ETestCase):
     async def test_retry_budget_exhausted(self) -> None:
         """With the budget spent, a failed attempt is not retried: the worker's answer is given."""
         self.env = await start_chain(self, workers=1, retry_budget_min=1)
-        self.env.config  # noqa: B018
         a = self.env.a
         a.backend.mode = "status"
         a.backend.status = 503
-        prefs = {b"X-Vespa-Request-Preferences": [b'{"retry_budget_pct": 0}']}
+        prefs = {
+            b"X-Vespa-Request-Preferences": [b'{"retry_budget_pct": 0, "idempotent": true}']
+        }
         first = ensureDeferred(self.post(b"/v1/chat/completions", CHAT, prefs))
         await until(lambda: self.env.dispatcher.stats.retries == 1)
         self.env.clock.advance(MAX_BACKOFF)
@@ -478,3 +440,131 @@ class BatchTests(E2ETestCase):
         response, body = await self.post(b"/v1/embeddings", {"input": ["a", "b"]})
         self.assertEqual(response.code, 200, body)
         self.assertEqual(vespa_headers(response)["x-vespa-attempts"], "1")
+
+
+class DeliveredOnceTests(E2ETestCase):
+    """
+    The attacks of issue 10 item 5: each failure below happens after the
+    worker relayed the POST to its model server; the model server must see
+    it exactly once, and the caller get an answer naming the failure.
+    """
+
+    def delivered(self) -> list[int]:
+        """How many times each model server received a request."""
+        return [len(w.backend.received) for w in self.env.workers]
+
+    async def held(self, prefs: bytes = b"{}", **chain: Any) -> Deferred[Any]:
+        """
+        Start the chain with ``chain``'s settings and POST through it; returns
+        once worker a's model server holds the request, with the answer to come.
+        """
+        self.env = await start_chain(self, **chain)
+        self.env.a.backend.mode = "hold"
+        headers = {b"X-Vespa-Request-Preferences": [prefs]}
+        answered = ensureDeferred(self.post(b"/v1/chat/completions", CHAT, headers))
+        await self.env.a.backend.wait("request")
+        return answered
+
+    async def test_worker_reset_after_reading_the_body(self) -> None:
+        """The worker's connection is reset with the request relayed: 502, no retry."""
+        answered = await self.held()
+        self.env.a.switch.kill()
+        response, body = await answered
+        self.assertEqual(response.code, 502, body)
+        error = json.loads(body)
+        self.assertEqual(error["origin"], "worker")
+        self.assertIn("may have received the request", error["retry"])
+        self.assertEqual(vespa_headers(response)["x-vespa-attempts"], "1")
+        self.assertEqual(self.delivered(), [1, 0])
+        self.assertEqual(self.env.dispatcher.stats.retries, 0)
+
+    async def test_raw_worker_resets_after_reading_the_body(self) -> None:
+        """A worker that reads the whole POST, then resets: it got the POST once."""
+        self.env = await start_chain(self, workers=1)
+        resetting = _ResettingWorker()
+        port = listen(self, resetting)
+        self.env.autoscaler.remove_worker(self.env.a.url)
+        self.env.autoscaler.register_worker(f"http://127.0.0.1:{port}")
+        response, body = await self.post(b"/v1/chat/completions", CHAT)
+        self.assertEqual(response.code, 502, body)
+        self.assertIn("may have received the request", json.loads(body)["retry"])
+        self.assertEqual(resetting.deliveries, 1)
+        self.assertEqual(len(self.env.autoscaler.route_requests), 1)
+
+    async def test_workers_own_502(self) -> None:
+        """The worker's backend died with the request: the worker's 502 is the answer."""
+        self.env = await start_chain(self)
+        self.env.a.backend.mode = "die"
+        response, body = await self.post(b"/v1/chat/completions", CHAT)
+        self.assertEqual(response.code, 502, body)
+        self.assertEqual(json.loads(body)["origin"], "vespa")
+        self.assertEqual(vespa_headers(response)["x-vespa-worker"], self.env.a.url)
+        self.assertEqual(self.delivered(), [1, 0])
+
+    async def test_workers_own_504(self) -> None:
+        """The worker's backend was slower than the worker's timeout: its 504, no retry."""
+        timeouts = [{"first_byte_timeout": 5.0}] * 2
+        answered = await self.held(worker_overrides=timeouts)
+        self.env.worker_clock.advance(5)
+        response, body = await answered
+        self.assertEqual(response.code, 504, body)
+        self.assertEqual(json.loads(body)["origin"], "vespa")
+        self.assertEqual(self.delivered(), [1, 0])
+        self.assertEqual(self.env.dispatcher.stats.retries, 0)
+
+    async def test_client_first_byte_timeout(self) -> None:
+        """The backend is slower than the client's --first-byte-timeout: 504, no retry."""
+        answered = await self.held(first_byte_timeout=30.0)
+        self.env.clock.advance(30)
+        response, body = await answered
+        self.assertEqual(response.code, 504, body)
+        error = json.loads(body)
+        self.assertEqual(error["origin"], "worker")
+        self.assertIn("sent nothing within 30 s", error["error"])
+        await self.env.a.backend.wait("disconnect")
+        self.assertEqual(self.delivered(), [1, 0])
+
+    async def test_idempotent_requests_are_retried(self) -> None:
+        """Marked idempotent, the same failures go to another worker (delivered twice)."""
+        answered = await self.held(b'{"idempotent": true}', first_byte_timeout=30.0)
+        self.env.clock.advance(30)
+        await until(lambda: self.env.dispatcher.stats.retries == 1)
+        self.env.clock.advance(MAX_BACKOFF)
+        response, body = await answered
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(vespa_headers(response)["x-vespa-worker"], self.env.b.url)
+        self.assertEqual(self.delivered(), [1, 1])
+
+    async def test_idempotent_option(self) -> None:
+        """--idempotent makes it the default: a worker's own 502 is retried."""
+        self.env = await start_chain(self, prefs=Preferences(idempotent=True))
+        self.env.a.backend.mode = "die"
+        answered = ensureDeferred(self.post(b"/v1/chat/completions", CHAT))
+        await until(lambda: self.env.dispatcher.stats.retries == 1)
+        self.env.clock.advance(MAX_BACKOFF)
+        response, body = await answered
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(self.delivered(), [1, 1])
+
+
+class _ResettingProtocol(Protocol):
+    """Reads one request to the end of its body, counts it, and resets the connection."""
+
+    def connectionMade(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        head, sep, body = self.data.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if length is not None and len(body) >= int(length.group(1)):
+            self.factory.deliveries += 1  # type: ignore[attr-defined]
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _ResettingWorker(Factory):
+    protocol = _ResettingProtocol
+    noisy = False
+    deliveries = 0

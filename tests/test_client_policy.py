@@ -19,6 +19,7 @@ from vespa.client.errors import (
     DeadlineExceeded,
     NoWorkerReady,
     TooManyRequests,
+    WorkerTimeout,
     WorkerUnavailable,
 )
 from vespa.client.policy import (
@@ -29,9 +30,10 @@ from vespa.client.policy import (
     Limiter,
     Outcome,
     Preferences,
+    Retry,
     backoff,
+    judge,
     parse_preferences,
-    retryable,
 )
 from vespa.client.router import Route
 from vespa.errors import BadRequest
@@ -84,6 +86,17 @@ class PreferenceTests(SynchronousTestCase):
         )
         self.assertEqual(fields["x"], "unknown preference")
         self.assertEqual(caught.exception.status, 400)
+
+    def test_idempotent_is_a_boolean(self) -> None:
+        """``idempotent`` takes true or false, nothing else (1 is not true)."""
+        self.assertTrue(parse_preferences(b'{"idempotent": true}', Preferences()).idempotent)
+        self.assertFalse(
+            parse_preferences(b'{"idempotent": false}', Preferences(idempotent=True)).idempotent
+        )
+        with self.assertRaises(BadRequest) as caught:
+            parse_preferences(b'{"idempotent": 1}', Preferences())
+        fields = caught.exception.details["fields"]
+        self.assertEqual(fields, {"idempotent": "must be true or false"})
 
     def test_not_json_or_not_an_object(self) -> None:
         for raw in (b"{", b"[1]", b'"s"'):
@@ -161,23 +174,46 @@ class FakeAnswer:
         self.discarded = True
 
 
-class RetryableTests(SynchronousTestCase):
-    def test_classification(self) -> None:
+class JudgeTests(SynchronousTestCase):
+    def test_answers(self) -> None:
+        """Only a worker's own refusal is safe; its own 5xx may have reached the model."""
+        safe, maybe, never = Retry.SAFE, Retry.IF_IDEMPOTENT, Retry.NEVER
         cases = [
-            (FakeAnswer(429), True),
-            (FakeAnswer(503, b'{"error": "model"}'), True),
-            (FakeAnswer(500), True),  # the original PyWorker's crash: empty 500
-            (FakeAnswer(502, b'{"error": "x", "origin": "vespa"}'), True),
-            (FakeAnswer(500, b'{"error": "model crashed"}'), False),  # the model server's
-            (FakeAnswer(500, b"Internal Server Error"), False),
-            (FakeAnswer(500, b"x", x_vespa_origin="worker"), True),
-            (FakeAnswer(502, b"", x_vespa_origin="backend"), False),
-            (FakeAnswer(400), False),
-            (FakeAnswer(404, b'{"origin": "vespa"}'), False),
-            (FakeAnswer(200), False),
+            # The worker refused before relaying: nothing reached a model server.
+            (FakeAnswer(429, b'{"error": "busy", "origin": "vespa"}'), safe),
+            (FakeAnswer(503, b"{}", x_vespa_origin="vespa"), safe),
+            (FakeAnswer(429), safe),  # the original PyWorker's queue refusal: no body
+            # The model server's own 429/503: it had the request.
+            (FakeAnswer(503, b'{"error": "model"}'), maybe),
+            (FakeAnswer(503), maybe),
+            # The worker's own 5xx: its backend failed or timed out with the request.
+            (FakeAnswer(502, b'{"error": "x", "origin": "vespa"}'), maybe),
+            (FakeAnswer(504, b"{}", x_vespa_origin="vespa"), maybe),
+            (FakeAnswer(500), maybe),  # the original PyWorker's crash: empty 500
+            (FakeAnswer(500, b"x", x_vespa_origin="worker"), maybe),
+            # The model server's own answers are the caller's.
+            (FakeAnswer(500, b'{"error": "model crashed"}'), never),
+            (FakeAnswer(500, b"Internal Server Error"), never),
+            (FakeAnswer(502, b"", x_vespa_origin="backend"), never),
+            (FakeAnswer(400), never),
+            (FakeAnswer(404, b'{"origin": "vespa"}'), never),
+            (FakeAnswer(200), never),
         ]
         for answer, expected in cases:
-            self.assertEqual(retryable(answer), expected, (answer.code, answer.first))  # type: ignore[arg-type]
+            self.assertEqual(judge(answer), expected, (answer.code, answer.first))  # type: ignore[arg-type]
+
+    def test_errors(self) -> None:
+        """A connection failure is safe only when it says nothing was sent."""
+        self.assertEqual(judge(WorkerUnavailable("refused", maybe_delivered=False)), Retry.SAFE)
+        self.assertEqual(judge(WorkerTimeout("connect", maybe_delivered=False)), Retry.SAFE)
+        self.assertEqual(judge(WorkerUnavailable("reset")), Retry.IF_IDEMPOTENT)
+        self.assertEqual(judge(WorkerTimeout("first byte")), Retry.IF_IDEMPOTENT)
+        self.assertEqual(judge(DeadlineExceeded("late")), Retry.IF_IDEMPOTENT)
+
+
+def refused(message: str = "refused") -> WorkerUnavailable:
+    """An attempt that provably sent nothing (the connection was refused)."""
+    return WorkerUnavailable(message, maybe_delivered=False)
 
 
 class FakeRouter:
@@ -209,7 +245,9 @@ class FakeSender:
         return d
 
 
-class DispatcherTests(SynchronousTestCase):
+class DispatcherTestCase(SynchronousTestCase):
+    """A dispatcher with a fake router and sender, on a Clock."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.router = FakeRouter()
@@ -230,6 +268,8 @@ class DispatcherTests(SynchronousTestCase):
         deadline = prefs.pop("deadline", None)
         return self.dispatcher.dispatch(build, 10, Preferences(**prefs), deadline)
 
+
+class DispatcherTests(DispatcherTestCase):
     def test_first_answer_wins(self) -> None:
         d = self.dispatch()
         self.router.answer(0, "http://w1")
@@ -244,7 +284,7 @@ class DispatcherTests(SynchronousTestCase):
     def test_failure_retried_with_the_same_request_idx_after_backoff(self) -> None:
         d = self.dispatch(initial_backoff_ms=100)
         self.router.answer(0, "http://w1", idx=42)
-        self.sender.pending[0].errback(Failure(WorkerUnavailable("refused")))
+        self.sender.pending[0].errback(Failure(refused()))
         self.assertEqual(len(self.router.calls), 1)
         self.clock.advance(0.1)
         self.assertEqual(self.router.calls[1][1], 42)
@@ -257,11 +297,11 @@ class DispatcherTests(SynchronousTestCase):
     def test_retryable_answer_relayed_when_retries_run_out(self) -> None:
         d = self.dispatch(max_retries=1, initial_backoff_ms=0)
         self.router.answer(0, "http://w1")
-        first = FakeAnswer(429, b"{}")
+        first = FakeAnswer(429, b"{}", x_vespa_origin="vespa")
         self.sender.pending[0].callback(first)
         self.clock.advance(0)
         self.router.answer(1, "http://w1")
-        last = FakeAnswer(503, b"{}")
+        last = FakeAnswer(503, b"{}", x_vespa_origin="vespa")
         self.sender.pending[1].callback(last)
         outcome = self.successResultOf(d)
         self.assertIs(outcome.answer, last)
@@ -271,7 +311,7 @@ class DispatcherTests(SynchronousTestCase):
     def test_connection_errors_run_out(self) -> None:
         d = self.dispatch(max_retries=0)
         self.router.answer(0, "http://w1")
-        self.sender.pending[0].errback(Failure(WorkerUnavailable("reset")))
+        self.sender.pending[0].errback(Failure(refused("reset")))
         failed = self.failureResultOf(d, DispatchFailed).value
         self.assertEqual(failed.error.message, "reset")
         self.assertEqual((failed.attempts, failed.worker), (1, "http://w1"))
@@ -280,7 +320,7 @@ class DispatcherTests(SynchronousTestCase):
         self.dispatcher.retry_budget = Budget(self.clock, reserve=0)
         d = self.dispatch(retry_budget_pct=0)
         self.router.answer(0, "http://w1")
-        self.sender.pending[0].errback(Failure(WorkerUnavailable("reset")))
+        self.sender.pending[0].errback(Failure(refused()))
         failed = self.failureResultOf(d, DispatchFailed).value
         self.assertIn("budget", failed.error.details["retry"])
         self.assertEqual(self.dispatcher.stats.retries_refused_by_budget, 1)
@@ -355,3 +395,75 @@ class DispatcherTests(SynchronousTestCase):
         self.dispatch(hedge_delay=0.5)
         self.clock.advance(5)
         self.assertEqual(len(self.router.calls), 1)
+
+
+class DeliveredOnceTests(DispatcherTestCase):
+    """A request that may have reached a model server is not sent again, unless idempotent."""
+
+    def test_a_failure_after_sending_is_not_retried(self) -> None:
+        """The connection failed with the request written: 502 saying why, one attempt."""
+        d = self.dispatch()
+        self.router.answer(0, "http://w1")
+        self.sender.pending[0].errback(Failure(WorkerUnavailable("reset after the body")))
+        failed = self.failureResultOf(d, DispatchFailed).value
+        self.assertEqual(failed.error.status, 502)
+        self.assertIn("may have received", failed.error.details["retry"])
+        self.assertEqual((failed.attempts, len(self.router.calls)), (1, 1))
+        self.assertEqual(self.dispatcher.stats.retries, 0)
+
+    def test_a_workers_own_502_is_the_answer(self) -> None:
+        """The worker's 502 (its backend failed with the request) is relayed, not retried."""
+        d = self.dispatch()
+        self.router.answer(0, "http://w1")
+        answer = FakeAnswer(502, b'{"error": "backend died", "origin": "vespa"}')
+        self.sender.pending[0].callback(answer)
+        self.assertIs(self.successResultOf(d).answer, answer)
+        self.assertEqual(len(self.router.calls), 1)
+
+    def test_idempotent_requests_are_retried(self) -> None:
+        """Marked idempotent, the same failures are tried again on another worker."""
+        d = self.dispatch(idempotent=True, initial_backoff_ms=0)
+        self.router.answer(0, "http://w1")
+        self.sender.pending[0].errback(Failure(WorkerUnavailable("reset after the body")))
+        self.clock.advance(0)
+        self.router.answer(1, "http://w2")
+        self.sender.pending[1].callback(FakeAnswer(504, b"{}", x_vespa_origin="vespa"))
+        self.clock.advance(1)
+        self.router.answer(2, "http://w3")
+        self.sender.pending[2].callback(FakeAnswer(200, worker="http://w3"))
+        self.assertEqual(self.successResultOf(d).attempts, 3)
+
+    def test_a_racing_hedge_may_still_answer(self) -> None:
+        """With a hedge racing, an undeliverable failure waits for it, then gives up."""
+        d = self.dispatch(hedge_delay=0.5)
+        self.router.answer(0, "http://w1")
+        self.clock.advance(0.5)
+        self.router.answer(1, "http://w2")
+        self.sender.pending[0].errback(Failure(WorkerUnavailable("reset")))
+        self.assertNoResult(d)
+        self.sender.pending[1].errback(Failure(refused()))
+        self.failureResultOf(d, DispatchFailed)
+        self.assertEqual(len(self.router.calls), 2)
+
+    def test_a_build_that_raises_answers(self) -> None:
+        """A route the request cannot be built for fails the request: no hang."""
+
+        def build(worker: str, auth: Any, attempt: int) -> Any:
+            raise ValueError("no")
+
+        d = self.dispatcher.dispatch(build, 1, Preferences())
+        self.router.answer(0, "http://w1")
+        failed = self.failureResultOf(d, DispatchFailed).value
+        self.assertEqual((failed.error.status, failed.error.origin), (502, "autoscaler"))
+        self.assertEqual(self.dispatcher.stats.in_flight, 0)
+
+    def test_a_callback_that_raises_answers(self) -> None:
+        """A bug judging an answer fails the request (500), not a hang."""
+        d = self.dispatch()
+        self.router.answer(0, "http://w1")
+        self.sender.pending[0].callback(object())  # not an Answer: judging it raises
+        failed = self.failureResultOf(d, DispatchFailed).value
+        self.assertEqual(failed.error.status, 500)
+        self.assertIn("internal error", failed.error.message)
+        self.assertEqual(self.dispatcher.stats.in_flight, 0)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)

@@ -14,7 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from tests.support import shared_key
 from vespa.client.errors import (
@@ -23,7 +23,7 @@ from vespa.client.errors import (
     EndpointNotFound,
     NoWorkerReady,
 )
-from vespa.client.router import KeySource, Poller, Router
+from vespa.client.router import ROUTE_ANSWER_LIMIT, ROUTE_ATTEMPTS, KeySource, Poller, Router
 from vespa.testing.autoscaler import Autoscaler
 
 WORKER = "http://203.0.113.9:4000"
@@ -167,6 +167,92 @@ class RouteTests(RouterTestCase):
         self.stub.flush()
         self.assertEqual(len(self.autoscaler.route_requests), calls)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class HostileAnswerTests(RouterTestCase):
+    """Route answers that must not be used: each is a failed attempt, named, never a hang."""
+
+    def test_unusable_url_is_asked_again_then_refused(self) -> None:
+        self.autoscaler.register_worker("http://user:secret@203.0.113.9:4000")
+        d = self.router().route(1)
+        self.settle(d)
+        error = self.failureResultOf(d, AutoscalerError).value
+        self.assertEqual((error.status, error.origin), (502, "autoscaler"))
+        self.assertIn("unusable route", error.message)
+        self.assertIn("credentials", error.message)
+        self.assertNotIn("secret", error.message)
+        self.assertEqual(len(self.autoscaler.route_requests), ROUTE_ATTEMPTS)
+        idxs = {r.get("request_idx") for r in self.autoscaler.route_requests[1:]}
+        self.assertEqual(len(idxs), 1)  # asked again for the same request
+
+    def test_a_good_url_after_a_bad_one(self) -> None:
+        self.autoscaler.register_worker("http://203.0.113.9:4000\r\n")
+        router = self.router()
+        d = router.route(1)
+        self.stub.flush()
+        self.autoscaler.remove_worker("http://203.0.113.9:4000\r\n")
+        self.autoscaler.register_worker(WORKER)
+        self.settle(d)
+        self.assertEqual(self.successResultOf(d).url, WORKER)
+
+    def route_with_answer(self, resource: Resource) -> AutoscalerError:
+        """Route against ``resource`` as the autoscaler; the error it ends in."""
+        self.stub = StubTreq(resource)
+        d = self.router().route(1)
+        self.settle(d)
+        return self.failureResultOf(d, AutoscalerError).value
+
+    def test_an_answer_over_the_limit_is_not_read(self) -> None:
+        """A route answer with a Content-Length over the cap: refused before reading."""
+        error = self.route_with_answer(_Huge(chunked=False))
+        self.assertIn(f"answered more than {ROUTE_ANSWER_LIMIT} bytes", error.message)
+
+    def test_a_streamed_answer_is_cut_at_the_limit(self) -> None:
+        """A chunked route answer (no length): reading stops past the cap."""
+        error = self.route_with_answer(_Huge(chunked=True))
+        self.assertIn(f"answered more than {ROUTE_ANSWER_LIMIT} bytes", error.message)
+
+
+    def test_an_echoed_key_is_masked(self) -> None:
+        """An autoscaler that echoes the key in its errors: the key is not passed on."""
+        for status in (401, 500):
+            error = self.route_with_answer(_Echo(status))
+            self.assertNotIn("demo-key", error.message)
+            self.assertIn("key *** is", error.message)
+
+
+class _Echo(Resource):
+    """An autoscaler that echoes the caller's bearer key in an error."""
+
+    isLeaf = True
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+
+    def render_POST(self, request: Request) -> bytes:
+        key = (request.getHeader(b"authorization") or b"").split()[-1].decode()
+        request.setResponseCode(self.status)
+        return json.dumps({"error": f"key {key} is no good"}).encode()
+
+
+class _Huge(Resource):
+    """An autoscaler whose route answer is 2 MiB of JSON, with or without a length."""
+
+    isLeaf = True
+
+    def __init__(self, chunked: bool) -> None:
+        super().__init__()
+        self.chunked = chunked
+
+    def render_POST(self, request: Request) -> bytes | int:
+        body = json.dumps({"url": WORKER, "pad": "x" * (2 << 20)}).encode()
+        if not self.chunked:
+            return body
+        for i in range(0, len(body), 65536):
+            request.write(body[i : i + 65536])
+        request.finish()
+        return NOT_DONE_YET
 
 
 class PollerTests(SynchronousTestCase):

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 from twisted.application.service import IService
 from twisted.internet import reactor
+from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.server import Site
@@ -22,6 +26,7 @@ from tests.support import HTTPClient, listen, until
 from tests.test_client_router import Console
 from tests.test_client_support import start_chain
 from tests.test_worker_tap import free_port, http, wait_for_port
+from vespa.client.config import LISTEN_BACKLOG, ClientConfig
 from vespa.client.tap import Options, build_client, demo_client, makeService
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -70,6 +75,58 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options)
         self.assertTrue(IService.providedBy(service))
         self.assertFalse(service.running)
+
+
+class BacklogTests(TestCase):
+    """The listen backlog: a burst of callers connects at once (issue 10 item 7)."""
+
+    timeout = 30
+
+    def test_backlog_given_to_the_listener(self) -> None:
+        """The listening socket is asked for LISTEN_BACKLOG, not Twisted's 50."""
+        memory = MemoryReactor()
+        config = ClientConfig(endpoint="ep", api_key="k", listen="tcp:0:interface=127.0.0.1")
+        build_client(config, memory).service.startService()
+        [(port, _, backlog, interface)] = memory.tcpServers
+        self.assertEqual((port, backlog, interface), (0, LISTEN_BACKLOG, "127.0.0.1"))
+
+    async def test_a_burst_of_connects_is_accepted_at_once(self) -> None:
+        """
+        300 callers connect while the reactor is busy (it accepts nothing):
+        every handshake completes at once. With a backlog of 50 only 51 did;
+        the others waited for the SYN retransmit, a second or more.
+        """
+        env = await start_chain(self, workers=0)
+        burst = 300
+        callers = []
+        try:
+            for _ in range(burst):
+                caller = socket.socket()
+                callers.append(caller)
+                caller.setblocking(False)
+                caller.connect_ex(("127.0.0.1", env.port))
+            # Synchronous: the reactor is held, as a busy one would be.
+            self.assertEqual(_connected(callers, within=2.0), burst)
+        finally:
+            for caller in callers:
+                caller.close()
+
+
+def _connected(callers: list[socket.socket], within: float) -> int:
+    """How many of ``callers`` have connected, waiting at most ``within`` s for all."""
+    poll = select.poll()
+    waiting = {caller.fileno(): caller for caller in callers}
+    for fd in waiting:
+        poll.register(fd, select.POLLOUT)
+    connected = 0
+    deadline = time.monotonic() + within
+    while waiting and time.monotonic() < deadline:
+        for fd, _ in poll.poll(50):
+            poll.unregister(fd)
+            caller = waiting.pop(fd)
+            if caller.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                connected += 1
+    return connected
 
 
 class AccountKeyTests(TestCase):

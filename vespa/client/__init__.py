@@ -16,6 +16,7 @@ optional hedging and batching. The parts, in the order a request meets them:
 ``policy``     preferences, budgets, backoff, the in-flight limit, and the
                dispatcher: retries and hedges
 ``router``     ``/route/`` calls, waiting for a worker, keys, instances
+``worker_url`` checking a route answer's worker URL before it is used
 ``upstream``   one attempt at one worker, up to its first byte
 ``batch``      splitting list inputs and merging the parts
 ``tls``        trusting Vast's root CA for https workers

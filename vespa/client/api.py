@@ -295,7 +295,8 @@ class VespaClient:
     :param reactor: the reactor; the global one if ``None``.
     :param clock: for every timer; ``reactor`` if ``None``.
     :param preferences: defaults for every request (``timeout_s``,
-        ``max_retries``, ``hedge_delay``, ... as the header takes them).
+        ``max_retries``, ``hedge_delay``, ``idempotent``, ... as the header
+        takes them).
     :raise ValueError: (a :class:`~vespa.config.ConfigError`) a missing
         endpoint or key, or a bad setting.
     """

@@ -22,6 +22,8 @@ endpoint key up in the console API when the client starts.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ from vespa.client.router import INSTANCES
 from vespa.config import (
     ConfigError,
     Setting,
+    parse_bool,
     parse_choice,
     parse_listen,
     parse_log_level,
@@ -51,6 +54,25 @@ MISSING_KEY = "no API key"
 #: Where the daemon listens when nothing else is said.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8010
+#: The listen backlog: Twisted's default of 50 made a burst of 2,000 callers
+#: wait a second each for 37 connects (SYN retransmits); the kernel caps it
+#: at ``net.core.somaxconn`` anyway.
+LISTEN_BACKLOG = max(1024, socket.SOMAXCONN)
+#: The strports endpoint types that take a ``backlog``.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """
+    A strports ``description`` with ``backlog=`` added, unless it sets one
+    or its endpoint type takes none.
+    """
+    args = re.split(r"(?<!\\):", description)
+    if args[0].strip().lower() not in _BACKLOG_TYPES:
+        return description
+    if any(arg.strip().lower().startswith("backlog=") for arg in args[1:]):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 @dataclass(frozen=True)
@@ -277,6 +299,15 @@ CLIENT_SETTINGS: tuple[ClientSetting, ...] = (
         envs=_vespa("INITIAL_BACKOFF_MS"),
     ),
     S(
+        "idempotent",
+        "",
+        parse_bool,
+        False,
+        "Requests may reach a model server twice without harm: retry them also after "
+        "failures that may have delivered them (preference idempotent)",
+        envs=_vespa("IDEMPOTENT"),
+    ),
+    S(
         "hedge-delay",
         "",
         parse_seconds,
@@ -452,6 +483,7 @@ class ClientConfig:
             initial_backoff_ms=v["initial-backoff-ms"],
             max_concurrent_requests=v["max-concurrent-requests"],
             batch_size=v["batch-size"],
+            idempotent=v["idempotent"],
         )
         ca_file = v["ca-file"] or None
         if ca_file is not None and not os.path.isfile(ca_file):

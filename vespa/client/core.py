@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from treq.client import HTTPClient
@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 
 from vespa.client.batch import plan_batch, run_batch
 from vespa.client.config import ClientConfig
-from vespa.client.policy import Budget, Dispatcher, Limiter, Outcome, Preferences
+from vespa.client.policy import SAFE_METHODS, Budget, Dispatcher, Limiter, Outcome, Preferences
 from vespa.client.router import KeySource, Router
 from vespa.client.tls import worker_tls_policy
 from vespa.client.upstream import Answer, Sender, WorkerRequest
@@ -187,6 +187,8 @@ class ClientCore:
 
     def dispatch(self, call: Call, prefs: Preferences, deadline: float | None) -> Deferred[Outcome]:
         """One request through the dispatcher, no batching."""
+        if call.method in SAFE_METHODS and not prefs.idempotent:
+            prefs = replace(prefs, idempotent=True)
 
         def build(worker: str, auth: Mapping[str, Any], attempt: int) -> WorkerRequest:
             return build_worker_request(call, worker, auth, attempt)

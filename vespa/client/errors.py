@@ -59,10 +59,28 @@ class NoWorkerReady(AutoscalerError):
 
 
 class WorkerUnavailable(VespaError):
-    """The worker could not be reached, or failed before its first byte (502)."""
+    """
+    The worker could not be reached, or failed before its first byte (502).
+
+    :param maybe_delivered: whether the request may have reached the worker
+        (and so its model server): ``False`` only when nothing of it was
+        sent (the connection was refused, timed out or never made), which is
+        what makes a retry safe for a request that is not idempotent.
+    """
 
     status = 502
     origin = "worker"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        maybe_delivered: bool = True,
+        headers: dict[str, str] | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers, details=details)
+        self.maybe_delivered = maybe_delivered
 
 
 class WorkerTimeout(WorkerUnavailable):

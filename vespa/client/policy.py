@@ -2,22 +2,31 @@
 """
 How hard the client tries: preferences, retries, hedging, budgets, deadlines.
 
-The rule that makes retries safe (``reference/peers.md`` 5.4): **nothing is
-retried once a byte of the answer has reached the caller.** Before that, an
-attempt that fails is tried again on a freshly routed worker, with the same
-``request_idx`` (so the autoscaler counts one request), after a capped,
-jittered exponential backoff. What counts as failed:
+Two rules make retries safe. **Nothing is retried once a byte of the answer
+has reached the caller** (``reference/peers.md`` 5.4). And **a request is
+sent again only if it provably never reached a model server**, unless it is
+idempotent (the ``idempotent`` preference, or a safe method: ``GET``,
+``HEAD``, ``OPTIONS``). A retry goes to a freshly routed worker, with the
+same ``request_idx`` (so the autoscaler counts one request), after a capped,
+jittered exponential backoff. :func:`judge` sorts the failures:
 
-* the worker could not be reached, or closed the connection (or went
-  silent past ``--first-byte-timeout``) before its first body byte;
-* the worker answered 429 or 503 (full, loading, draining);
-* the worker answered a 5xx of its own (not its model server's): its JSON
-  error says ``"origin": "vespa"`` (a Vespa worker), it has an
-  ``X-Vespa-Origin`` header other than ``backend``, or it is an empty 500
-  (the original PyWorker's crash answer).
+* :attr:`Retry.SAFE`, retried for every request: the worker could not be
+  reached (connection refused, connect timeout, TLS handshake failed: see
+  :func:`vespa.client.upstream.never_sent`), or it refused the request
+  itself before relaying it: its own 429 or 503 (full, loading, draining),
+  marked as its own by ``X-Vespa-Origin: vespa`` or a JSON
+  ``"origin": "vespa"``, or the bodiless 429 of the original PyWorker.
+* :attr:`Retry.IF_IDEMPOTENT`, retried for idempotent requests only,
+  because the model server may have the request already: the connection
+  failed after the request was written to it, the worker went silent past
+  ``--first-byte-timeout``, the worker answered a 5xx of its own (its 502
+  or 504 says the backend failed or timed out *with* the request; the
+  original PyWorker's empty 500 too), or a model server's own 429/503.
+* :attr:`Retry.NEVER`: every other answer, the model server's 4xx and 5xx
+  above all: a request that fails there would fail again, and cost twice.
 
-A model server's own answers, 4xx and 5xx alike, are never retried: a
-request that fails there would fail again, and cost twice.
+A request that is not retried for want of idempotence gets the worker's
+answer, or a 502/504 JSON error saying the worker may have received it.
 
 Retries are bounded twice: ``max_retries`` per request, and a **retry
 budget** shared by all requests (:class:`Budget`): over the last
@@ -28,7 +37,8 @@ multiply the load on an endpoint that is already failing.
 **Hedging** (opt-in, ``hedge_delay``): when a worker has been sent the
 request and ``hedge_delay`` seconds pass with no first byte, a second worker
 is routed and raced; the first to produce a byte wins and the other is
-cancelled (its worker sees the connection close). Hedges spend their own
+cancelled (its worker sees the connection close). Hedging is at-least-once
+by design: both workers may have started the request. Hedges spend their own
 budget (``hedge_budget_pct``). Only the first attempt and the first retry hedge.
 
 The :class:`Dispatcher` does all this for one request and hands back an
@@ -39,6 +49,7 @@ went away) cancels routing, backoff and every attempt at once.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import random
@@ -91,6 +102,9 @@ class Preferences:
         :data:`MAX_BACKOFF`, with jitter.
     :ivar max_concurrent_requests: parts of one split batch in flight at once.
     :ivar batch_size: inputs per part when a batch is split.
+    :ivar idempotent: the request may reach a model server twice without
+        harm: retry it also after failures that may have delivered it (a
+        safe method, ``GET``, ``HEAD`` or ``OPTIONS``, always is).
     """
 
     timeout_s: float | None = None
@@ -101,6 +115,12 @@ class Preferences:
     initial_backoff_ms: float = 125.0
     max_concurrent_requests: int = 32
     batch_size: int = 128
+    idempotent: bool = False
+
+
+def _flag(value: Any) -> str | None:
+    """A checker for a JSON boolean."""
+    return None if isinstance(value, bool) else "must be true or false"
 
 
 def _number(low: float, high: float, *, nullable: bool = False, whole: bool = False) -> Any:
@@ -131,6 +151,7 @@ PREFERENCE_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "initial_backoff_ms": _number(0, 60000),
     "max_concurrent_requests": _number(1, 1024, whole=True),
     "batch_size": _number(1, 4096, whole=True),
+    "idempotent": _flag,
 }
 assert set(PREFERENCE_CHECKS) == {f.name for f in fields(Preferences)}
 
@@ -169,7 +190,9 @@ def parse_preferences(raw: bytes | None, defaults: Preferences) -> Preferences:
             details={"fields": problems},
         )
     values: dict[str, Any] = {
-        name: float(value) if isinstance(value, int) and name not in _WHOLE else value
+        name: float(value)
+        if isinstance(value, int) and not isinstance(value, bool) and name not in _WHOLE
+        else value
         for name, value in given.items()
     }
     return replace(defaults, **values)
@@ -379,16 +402,45 @@ class DispatchFailed(Exception):
 Builder = Callable[[str, Mapping[str, Any], int], WorkerRequest]
 
 
-def retryable(answer: Answer) -> bool:
+class Retry(enum.Enum):
+    """Whether a failed attempt may be sent again (see the module's docstring)."""
+
+    #: The request never reached a model server: retry it.
+    SAFE = "safe"
+    #: A model server may have the request: retry only an idempotent one.
+    IF_IDEMPOTENT = "if idempotent"
+    #: The answer is the caller's: never retry.
+    NEVER = "never"
+
+
+#: Methods that are safe (RFC 9110, 9.2.1): always idempotent.
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+def judge(failure: Answer | VespaError) -> Retry:
     """
-    Whether a worker's answer is a failure worth another worker (see the
-    module's docstring): 429, 503, or a 5xx the worker produced itself.
+    Whether an attempt that ended in ``failure`` (a worker's answer, or the
+    error of an attempt that got none) may be sent again.
     """
-    code = answer.code
+    if isinstance(failure, VespaError):
+        if isinstance(failure, WorkerUnavailable) and not failure.maybe_delivered:
+            return Retry.SAFE
+        return Retry.IF_IDEMPOTENT
+    code = failure.code
+    if code not in (429, 503) and code < 500:
+        return Retry.NEVER
+    own = _workers_own(failure)
     if code in (429, 503):
-        return True
-    if code < 500:
-        return False
+        return Retry.SAFE if own else Retry.IF_IDEMPOTENT
+    return Retry.IF_IDEMPOTENT if own else Retry.NEVER
+
+
+def _workers_own(answer: Answer) -> bool:
+    """
+    Whether an answer is the worker's own, not its model server's: a Vespa
+    worker says so (``X-Vespa-Origin``, or ``"origin"`` in its JSON error);
+    the original PyWorker's own answers have no body (429 queue full, 500).
+    """
     origin = answer.headers.getRawHeaders(b"x-vespa-origin")
     if origin:
         return origin[0].strip().lower() != b"backend"
@@ -396,7 +448,7 @@ def retryable(answer: Answer) -> bool:
         return False
     body = answer.first.strip()
     if not body:
-        return code == 500
+        return answer.code in (429, 500)
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -500,6 +552,9 @@ class _Dispatch:
         self._last_worker: str | None = None
         self._timers: dict[str, IDelayedCall] = {}
         self._over = False
+        # An attempt failed in a way that forbids another (the request may
+        # have reached a model server): racing hedges may still answer.
+        self._no_retry = False
 
     # -- lifecycle --
 
@@ -576,6 +631,7 @@ class _Dispatch:
         d.addCallbacks(
             self._routed, self._route_failed, callbackArgs=(chain,), errbackArgs=(chain,)
         )
+        d.addErrback(self._crashed)
 
     def _routed(self, route: Route, chain: _Chain) -> None:
         chain.pending = None
@@ -590,9 +646,9 @@ class _Dispatch:
         self._last_worker = route.url
         try:
             request = self._build(route.url, route.auth, self._attempts)
-        except (TypeError, ValueError, UnicodeError) as e:
-            # A route answer whose fields cannot be sent (a url that is not
-            # one, a cost that is not a number): the autoscaler's fault.
+        except Exception as e:
+            # A route answer whose fields cannot be sent (a cost that is not
+            # a number, a field JSON cannot hold): the autoscaler's fault.
             self._drop(chain)
             self._fail(AutoscalerError(f"the autoscaler's route answer is unusable: {e}"))
             return
@@ -601,6 +657,7 @@ class _Dispatch:
         d.addCallbacks(
             self._answered, self._send_failed, callbackArgs=(chain,), errbackArgs=(chain,)
         )
+        d.addErrback(self._crashed)
         if not chain.hedge:
             self._arm_hedge()
 
@@ -622,7 +679,8 @@ class _Dispatch:
             answer.discard()
             return
         self._drop(chain)
-        if retryable(answer):
+        verdict = judge(answer)
+        if verdict is not Retry.NEVER and (self._may_retry(verdict) or self._chains):
             log.debug(
                 "worker {worker} answered {code}; another worker may do",
                 worker=answer.worker,
@@ -645,11 +703,36 @@ class _Dispatch:
         self._drop(chain)
         error = _vespa_error(reason)
         log.debug("attempt at {worker} failed: {error}", worker=chain.worker, error=error.message)
+        if not self._may_retry(judge(error)):
+            error.details.setdefault(
+                "retry",
+                "not retried: the worker may have received the request; mark it idempotent "
+                "to allow retries",
+            )
         self._last_error = error
         if self._last_answer is not None:
             self._last_answer.discard()
             self._last_answer = None
         self._attempt_failed()
+
+    def _may_retry(self, verdict: Retry) -> bool:
+        """
+        Whether a failure judged ``verdict`` leaves the request free to be
+        sent again; if not, no attempt after the racing ones is made.
+        """
+        if verdict is Retry.SAFE or (verdict is Retry.IF_IDEMPOTENT and self._prefs.idempotent):
+            return True
+        self._no_retry = True
+        return False
+
+    def _crashed(self, reason: Failure) -> None:
+        """
+        A bug in one of the callbacks above: answer the caller anyway, so that
+        no request hangs and its place in flight is freed.
+        """
+        log.failure("dispatching failed unexpectedly", reason)
+        if not self._over:
+            self._fail(VespaError(f"internal error in vespa-client: {reason.getErrorMessage()}"))
 
     def _drop(self, chain: _Chain) -> None:
         chain.done = True
@@ -661,7 +744,7 @@ class _Dispatch:
             return  # a racing attempt may still answer
         self._cancel_timer("hedge")
         prefs = self._prefs
-        if self._retries >= prefs.max_retries:
+        if self._no_retry or self._retries >= prefs.max_retries:
             self._give_up()
             return
         delay = backoff(self._retries, prefs.initial_backoff_ms, self._d.rng)

@@ -137,7 +137,7 @@ class _Proxied:
     def start(self, waiting: Deferred[Slot]) -> None:
         self._request.notifyFinish().addErrback(self._caller_gone)
         self._pending = waiting
-        waiting.addCallbacks(self._admitted, self._failed)
+        waiting.addCallbacks(self._admitted, self._failed).addErrback(self._crashed)
 
     def _admitted(self, slot: Slot) -> None:
         self._pending = None
@@ -147,7 +147,7 @@ class _Proxied:
             return
         d = self._core.send(self._call, self._prefs, self._deadline)
         self._pending = d
-        d.addCallbacks(self._replied, self._failed)
+        d.addCallbacks(self._replied, self._failed).addErrback(self._crashed)
 
     def _caller_gone(self, reason: Failure) -> None:
         self._gone = True
@@ -171,6 +171,22 @@ class _Proxied:
         else:
             log.failure("proxying failed unexpectedly", reason)
             self._error(VespaError("internal error in vespa-client"), None, 0, 0.0)
+        self._end()
+
+    def _crashed(self, reason: Failure) -> None:
+        """
+        A bug in a callback above: the caller still gets an answer (or, once
+        the answer has begun, an abnormal end) and the place is freed.
+        """
+        log.failure("proxying failed unexpectedly", reason)
+        if self._reply is not None:
+            self._reply.discard()
+        request = self._request
+        if not self._gone and not request.finished:
+            if request.startedWriting:
+                request.loseConnection()
+            else:
+                self._error(VespaError("internal error in vespa-client"), None, 0, 0.0)
         self._end()
 
     def _error(self, error: VespaError, worker: str | None, attempts: int, route_ms: float) -> None:

@@ -16,7 +16,11 @@ and the signed routing fields. The autoscaler's other answers
 * 401/403: :class:`~vespa.client.errors.AutoscalerUnauthorized`, with a hint
   about endpoint keys and account keys; 404: the endpoint is unknown.
 * a 5xx, a connection failure or a timeout is tried again, up to
-  :data:`ROUTE_ATTEMPTS` times, then :class:`~vespa.client.errors.AutoscalerError`.
+  :data:`ROUTE_ATTEMPTS` times, then :class:`~vespa.client.errors.AutoscalerError`;
+  so is a worker url that must not be used
+  (:func:`~vespa.client.worker_url.check_worker_url`) and an answer over
+  :data:`ROUTE_ANSWER_LIMIT` bytes (not read past it). Errors quote the
+  autoscaler's text with the key masked.
 
 The endpoint key is given, or looked up with the account key
 (:class:`KeySource`) at ``https://console.vast.ai/api/v0/endptjobs/``, as the
@@ -30,8 +34,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import treq
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
@@ -41,6 +47,7 @@ from vespa.client.errors import (
     EndpointNotFound,
     NoWorkerReady,
 )
+from vespa.client.worker_url import UnusableURL, check_worker_url
 from vespa.errors import VespaError
 from vespa.log import get_logger
 from vespa.protocol.envelope import AUTH_FIELDS
@@ -61,6 +68,10 @@ INSTANCES: dict[str, tuple[str, str]] = {
 ROUTE_ATTEMPTS = 3
 #: Attempts of the console key look-up.
 KEY_ATTEMPTS = 4
+#: The largest ``/route/`` answer read (a real one is a few hundred bytes).
+ROUTE_ANSWER_LIMIT = 1 << 20
+#: The largest console answer read (it lists every endpoint of the account).
+CONSOLE_ANSWER_LIMIT = 16 << 20
 
 _KEY_HINT = (
     "use the endpoint's own API key (console.vast.ai, Serverless, the endpoint's key), "
@@ -119,18 +130,49 @@ class Poller:
         return float(base * (0.5 + self.rng.random() / 2))
 
 
+class AnswerTooLarge(Exception):
+    """An answer's body is over the limit; it was not read any further."""
+
+
 async def _json_answer(
-    http: Any, method: str, url: str, headers: dict[str, list[str]], body: Any
+    http: Any, method: str, url: str, headers: dict[str, list[str]], body: Any, *, limit: int
 ) -> tuple[int, Any, bytes]:
-    """One HTTP exchange: status, the parsed JSON (or ``None``), the raw body."""
+    """
+    One HTTP exchange: status, the parsed JSON (or ``None``), the raw body.
+
+    :param limit: the most bytes of body read; past it the connection is
+        closed and :class:`AnswerTooLarge` raised, so a huge answer costs no memory.
+    """
     data = None if body is None else json.dumps(body).encode("utf-8")
     response = await http.request(method, url, headers=headers, data=data, allow_redirects=False)
-    raw: bytes = await response.content()
+    too_large = AnswerTooLarge(f"answered more than {limit} bytes")
+    if isinstance(response.length, int) and response.length > limit:
+        response.original.deliverBody(_Refuse())
+        raise too_large
+    chunks: list[bytes] = []
+    held = 0
+
+    def keep(chunk: bytes) -> None:
+        nonlocal held
+        held += len(chunk)
+        if held > limit:
+            raise too_large
+        chunks.append(chunk)
+
+    await treq.collect(response, keep)
+    raw = b"".join(chunks)
     try:
         parsed = json.loads(raw)
     except ValueError:
         parsed = None
     return int(response.code), parsed, raw
+
+
+class _Refuse(Protocol):
+    """Closes the connection of a body nobody will read."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 def _timeout(d: Deferred[T], seconds: float, clock: IReactorTime) -> Deferred[T]:
@@ -168,12 +210,33 @@ def _cancelled(error: Exception) -> bool:
     return any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons)
 
 
-def _excerpt(parsed: Any, raw: bytes) -> str:
+def _unusable(url: Any) -> str | None:
+    """Why the ``url`` of a route answer cannot be used, or ``None`` (none, or a good one)."""
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        return "the worker url is not a string"
+    try:
+        check_worker_url(url)
+    except UnusableURL as e:
+        return str(e)
+    return None
+
+
+def _excerpt(parsed: Any, raw: bytes, secret: str | None) -> str:
+    """
+    What an answer says, for an error message: its error text, else the
+    start of its body; ``secret`` (the key it was asked with) masked, should
+    the answer echo it.
+    """
+    said = raw.decode("utf-8", "replace").strip()
     if isinstance(parsed, dict):
         for key in ("error", "msg", "message", "detail"):
             if isinstance(parsed.get(key), str):
-                return str(parsed[key])[:300]
-    return raw[:300].decode("utf-8", "replace").strip()
+                said = str(parsed[key])
+                break
+    # Masked before it is cut, so no part of the secret is left at the cut.
+    return (said.replace(secret, "***") if secret else said)[:300]
 
 
 class KeySource:
@@ -252,10 +315,15 @@ class KeySource:
             if attempt:
                 await deferLater(self._clock, 0.3 * attempt, lambda: None)
             try:
-                d = ensureDeferred(_json_answer(self._http, "GET", url, headers, None))
+                d = ensureDeferred(
+                    _json_answer(self._http, "GET", url, headers, None, limit=CONSOLE_ANSWER_LIMIT)
+                )
                 code, parsed, raw = await _timeout(d, self._timeout, self._clock)
             except TimeoutError:
                 last = AutoscalerError(f"the console API ({url}) did not answer in time")
+                continue
+            except AnswerTooLarge as e:
+                last = AutoscalerError(f"the console API ({url}) {e}")
                 continue
             except CancelledError:
                 raise
@@ -265,10 +333,11 @@ class KeySource:
             if code in (401, 403):
                 raise AutoscalerUnauthorized(
                     "the console API refused the account key "
-                    f"({code}: {_excerpt(parsed, raw)}); check --account-key"
+                    f"({code}: {_excerpt(parsed, raw, self._account_key)}); check --account-key"
                 )
             if code != 200 or not isinstance(parsed, dict):
-                last = AutoscalerError(f"the console API answered {code}: {_excerpt(parsed, raw)}")
+                said = _excerpt(parsed, raw, self._account_key)
+                last = AutoscalerError(f"the console API answered {code}: {said}")
                 if code < 500:
                     raise last
                 continue
@@ -385,11 +454,18 @@ class Router:
             remaining = None if end is None else end - self.clock.seconds()
             timeout = self.call_timeout if remaining is None else min(self.call_timeout, remaining)
             try:
-                call = ensureDeferred(_json_answer(self.http, "POST", self.url, headers, body))
+                call = ensureDeferred(
+                    _json_answer(
+                        self.http, "POST", self.url, headers, body, limit=ROUTE_ANSWER_LIMIT
+                    )
+                )
                 code, parsed, raw = await _timeout(call, max(timeout, 0.001), self.clock)
             except TimeoutError:
                 code, parsed, raw = 0, None, b""
                 problem = f"did not answer within {timeout:g} s"
+            except AnswerTooLarge as e:
+                code, parsed, raw = 0, None, b""
+                problem = str(e)
             except CancelledError:
                 raise
             except Exception as e:  # refused, reset, DNS: the autoscaler is unreachable
@@ -398,39 +474,45 @@ class Router:
                 code, parsed, raw = 0, None, b""
                 problem = f"unreachable ({e.__class__.__name__}: {e})"
             else:
-                problem = f"answered {code}: {_excerpt(parsed, raw)}"
+                problem = f"answered {code}: {_excerpt(parsed, raw, key)}"
             if code == 200 and isinstance(parsed, dict):
                 url = parsed.get("url")
                 idx = parsed.get("request_idx")
                 if isinstance(idx, int) and not isinstance(idx, bool):
                     request_idx = idx
-                if isinstance(url, str) and url:
+                unusable = _unusable(url)
+                if unusable is None and url:
                     self.stats.routed += 1
-                    return self._answer(parsed, url, cost, request_idx, start, polls)
-                # No worker ready: wait and ask again with the same request_idx.
-                polls += 1
-                self.stats.waiting_answers += 1
-                status = str(parsed.get("status") or "no worker is ready")
-                self.stats.last_status = status
-                if polls == 1:
-                    log.info(
-                        "no worker of {endpoint} is ready yet ({status}); waiting",
-                        endpoint=self.endpoint,
-                        status=status,
-                    )
-                delay = self.poller.delay(polls - 1)
-                if end is not None and self.clock.seconds() + delay >= end:
-                    self.stats.no_worker_ready += 1
-                    waited = self.clock.seconds() - start
-                    raise NoWorkerReady(
-                        f"no worker of endpoint {self.endpoint!r} became ready within "
-                        f"{waited:.1f} s ({status})",
-                        headers={"Retry-After": "5"},
-                        details={"status": status, "waited_s": round(waited, 3)},
-                    )
-                await deferLater(self.clock, delay, lambda: None)
-                continue
-            self._refuse(code, parsed, raw)
+                    return self._answer(parsed, str(url), cost, request_idx, start, polls)
+                if unusable is not None:
+                    # A failed attempt: asked again (same request_idx), up to ROUTE_ATTEMPTS.
+                    problem = f"answered an unusable route: {unusable}"
+                else:
+                    # No worker ready: wait and ask again with the same request_idx.
+                    polls += 1
+                    self.stats.waiting_answers += 1
+                    status = str(parsed.get("status") or "no worker is ready")
+                    self.stats.last_status = status
+                    if polls == 1:
+                        log.info(
+                            "no worker of {endpoint} is ready yet ({status}); waiting",
+                            endpoint=self.endpoint,
+                            status=status,
+                        )
+                    delay = self.poller.delay(polls - 1)
+                    if end is not None and self.clock.seconds() + delay >= end:
+                        self.stats.no_worker_ready += 1
+                        waited = self.clock.seconds() - start
+                        raise NoWorkerReady(
+                            f"no worker of endpoint {self.endpoint!r} became ready within "
+                            f"{waited:.1f} s ({status})",
+                            headers={"Retry-After": "5"},
+                            details={"status": status, "waited_s": round(waited, 3)},
+                        )
+                    await deferLater(self.clock, delay, lambda: None)
+                    continue
+            not_a_route = code == 200 and not isinstance(parsed, dict)
+            self._refuse(code, _excerpt(parsed, raw, key), not_a_route=not_a_route)
             failures += 1
             self.stats.errors += 1
             now = self.clock.seconds()
@@ -445,9 +527,13 @@ class Router:
                 delay = min(delay, max(0.0, end - now))
             await deferLater(self.clock, delay, lambda: None)
 
-    def _refuse(self, code: int, parsed: Any, raw: bytes) -> None:
-        """Raise for the answers that no retry can fix."""
-        said = _excerpt(parsed, raw)
+    def _refuse(self, code: int, said: str, *, not_a_route: bool) -> None:
+        """
+        Raise for the answers that no retry can fix.
+
+        :param said: what the answer says (:func:`_excerpt`).
+        :param not_a_route: a 200 that is not a JSON object.
+        """
         if code in (401, 403):
             self.stats.errors += 1
             raise AutoscalerUnauthorized(
@@ -459,7 +545,7 @@ class Router:
             raise EndpointNotFound(
                 f"the autoscaler does not know endpoint {self.endpoint!r} ({said})"
             )
-        if 400 <= code < 500 or (code == 200 and not isinstance(parsed, dict)):
+        if 400 <= code < 500 or not_a_route:
             self.stats.errors += 1
             raise AutoscalerError(f"the autoscaler answered {code}: {said}")
 

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 from twisted.python import usage
 
-from vespa.client.config import CLIENT_SETTINGS, ClientConfig
+from vespa.client.config import CLIENT_SETTINGS, ClientConfig, with_backlog
 from vespa.client.core import ClientParts, build_parts
 from vespa.client.resource import ClientResource
 from vespa.client.tls import load_ca_file
@@ -125,7 +125,7 @@ def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Clien
         access_log=config.access_log,
         reactor=clock,
     )
-    listener = strports.service(config.listen, site, reactor=reactor)
+    listener = strports.service(with_backlog(config.listen), site, reactor=reactor)
     listener.setServiceParent(root)
     log.info(
         "vespa-client on {listen} for endpoint {endpoint} via {autoscaler}",

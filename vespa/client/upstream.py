@@ -19,6 +19,14 @@ Requests go through one pooled, kept-alive :class:`Agent`; worker URLs change
 with every route, so endpoints are built per origin and cached (building one
 costs an IDNA encoding) and carry ``TCP_NODELAY``. ``https`` workers are
 verified with the given :class:`IPolicyForHTTPS` (see :mod:`vespa.client.tls`).
+
+A failed attempt says whether the request may have reached the worker
+(:attr:`~vespa.client.errors.WorkerUnavailable.maybe_delivered`), so that the
+dispatcher retries a request that is not idempotent only when it provably did
+not: the connection was refused, timed out or never made, the TLS handshake
+failed, or the pooled connection was unusable before a byte was written
+(:func:`never_sent`). Twisted's own automatic retry of pooled requests is
+off, so that this is the one place deciding.
 """
 
 from __future__ import annotations
@@ -26,15 +34,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
+from twisted.web._newclient import RequestNotSent
 from twisted.web.client import (
     Agent,
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
     ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -182,6 +196,9 @@ class Sender:
         self.first_byte_timeout = first_byte_timeout
         self.idle_timeout = idle_timeout
         self.pool = quiet_pool(reactor, keepalive=WORKER_KEEPALIVE, max_connections=max_connections)
+        # Twisted would resend a bodyless DELETE on a reused connection that
+        # failed; whether to send a request twice is the dispatcher's call.
+        self.pool.retryAutomatically = False
         self.agent = Agent.usingEndpointFactory(
             reactor, _WorkerEndpoints(reactor, tls, connect_timeout), pool=self.pool
         )
@@ -249,13 +266,22 @@ class _Attempt:
     def start(self) -> Deferred[Answer]:
         request = self._request
         producer = BytesBodyProducer(request.body) if request.body is not None else None
+        try:
+            pending = self._sender.agent.request(
+                request.method, request.url, request.headers, producer
+            )
+        except Exception as e:  # a request Agent cannot even start: nothing was sent
+            self._fail(
+                WorkerUnavailable(
+                    f"the request to the worker could not be sent: {e}", maybe_delivered=False
+                )
+            )
+            return self._done
         timeout = self._sender.first_byte_timeout
         if timeout is not None:
             self._timer = self._sender.clock.callLater(timeout, self._expire)
-        self._pending = self._sender.agent.request(
-            request.method, request.url, request.headers, producer
-        )
-        self._pending.addCallbacks(self._response, self._failed)
+        self._pending = pending
+        pending.addCallbacks(self._response, self._failed)
         return self._done
 
     def _cancel(self, _: Deferred[Answer]) -> None:
@@ -270,24 +296,40 @@ class _Attempt:
     def _expire(self) -> None:
         self._timer = None
         self._timed_out = True
-        timeout = self._sender.first_byte_timeout
-        # Failed first, so the cancellation's own failure finds the attempt over.
-        self._fail(WorkerTimeout(f"the worker at {self._worker} sent nothing within {timeout:g} s"))
         if self._pending is not None:
+            # Still connecting, or sent and waiting for the headers: the
+            # cancellation's failure (now, or once the connection is torn
+            # down) tells which, and _failed gives the timeout.
             pending, self._pending = self._pending, None
             pending.cancel()
-        elif self._body is not None:
+            return
+        # The headers are in: the worker has the request.
+        self._fail(self._timeout_error(maybe_delivered=True))
+        if self._body is not None:
             self._body.stop()
+
+    def _timeout_error(self, *, maybe_delivered: bool) -> WorkerTimeout:
+        timeout = self._sender.first_byte_timeout
+        return WorkerTimeout(
+            f"the worker at {self._worker} sent nothing within {timeout:g} s",
+            maybe_delivered=maybe_delivered,
+        )
 
     def _failed(self, reason: Failure) -> None:
         self._pending = None
-        if reason.check(CancelledError) or self._done.called:
+        if self._done.called:
             return
-        self._fail(
-            connection_error(
-                reason, "worker", self._worker, unavailable=WorkerUnavailable, timeout=WorkerTimeout
-            )
+        if self._timed_out:
+            self._fail(self._timeout_error(maybe_delivered=not never_sent(reason)))
+            return
+        if reason.check(CancelledError):
+            return
+        error = connection_error(
+            reason, "worker", self._worker, unavailable=WorkerUnavailable, timeout=WorkerTimeout
         )
+        if isinstance(error, WorkerUnavailable):
+            error.maybe_delivered = not never_sent(reason)
+        self._fail(error)
 
     def _response(self, response: IResponse) -> None:
         self._pending = None
@@ -314,7 +356,8 @@ class _Attempt:
             return
         self._fail(
             WorkerUnavailable(
-                f"the worker at {self._worker} closed the connection before its first byte"
+                f"the worker at {self._worker} closed the connection before its first byte",
+                maybe_delivered=True,
             )
         )
 
@@ -327,6 +370,31 @@ class _Attempt:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+def never_sent(reason: Failure) -> bool:
+    """
+    Whether an Agent request that failed with ``reason`` provably sent
+    nothing the worker could act on.
+
+    Agent fails with its wrapper errors (:class:`ResponseNeverReceived`,
+    :class:`RequestTransmissionFailed`, ...) once a connection was had and
+    the request written to it, and with the connection's own error before;
+    among the wrapped ones, only a failed TLS handshake proves that no
+    request byte was read (they are encrypted after it). Anything not known
+    counts as possibly delivered.
+    """
+    if reason.check(RequestNotSent):
+        return True
+    if reason.check(
+        ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed, RequestGenerationFailed
+    ):
+        reasons = getattr(reason.value, "reasons", None) or []
+        return any(isinstance(r, Failure) and r.check(SSL.Error) for r in reasons)
+    return (
+        reason.check(ierror.ConnectError, ierror.DNSLookupError, ierror.ConnectingCancelledError)
+        is not None
+    )
 
 
 class _Discard(TwistedProtocol):
