@@ -141,6 +141,15 @@ def parse_port(text: str) -> int:
     return port
 
 
+def parse_port_or_off(text: str) -> int:
+    """
+    Parse a TCP port number as :func:`parse_port`, or ``0``/``off`` for none (0).
+    """
+    if text.strip().lower() in ("0", "off", "none"):
+        return 0
+    return parse_port(text)
+
+
 def parse_seconds(text: str) -> float | None:
     """
     Parse a duration in seconds; ``0`` or ``off`` means no limit (``None``).
@@ -359,6 +368,14 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         "(e.g. tcp:3000:interface=127.0.0.1)",
     ),
     Setting(
+        "http-port",
+        "WORKER_HTTP_PORT",
+        parse_port_or_off,
+        None,
+        "Plain-HTTP port for local /session/end, on --listen's interface "
+        "(default: the worker port + 1; 0 or off for none)",
+    ),
+    Setting(
         "unsecured",
         "UNSECURED",
         parse_bool,
@@ -447,6 +464,13 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         flag=True,
     ),
     # Admission
+    Setting(
+        "max-sessions",
+        "MAX_SESSIONS",
+        parse_count_or_off,
+        10,
+        "Sessions open at once; /session/create beyond is refused (429) (0 or off: no limit)",
+    ),
     Setting(
         "max-wait-time",
         "MAX_WAIT_TIME",
@@ -703,6 +727,22 @@ def _listen(values: Mapping[str, Any], given: Mapping[str, Any]) -> str:
     return str(values["listen"])
 
 
+def _session_listen(values: Mapping[str, Any], listen: str) -> str | None:
+    """
+    Where the plain-HTTP ``/session/end`` listens: ``--http-port``, else the
+    worker's port + 1 (as the official worker's ``WORKER_HTTP_PORT``), on the
+    interface of ``listen``; ``None`` for off, or when no port can be derived.
+    """
+    port = values["http-port"]
+    if port is None:
+        main = listen_port(listen)
+        port = main + 1 if main and main < 65535 else 0
+    if not port:
+        return None
+    interface = re.search(r":interface=((?:\\.|[^:\\])+)", listen)
+    return f"tcp:{port}" + (f":interface={interface.group(1)}" if interface else "")
+
+
 def _listen_port(values: Mapping[str, Any]) -> int | None:
     return listen_port(values["listen"] or f"tcp:{values['port']}")
 
@@ -740,6 +780,8 @@ class WorkerConfig:
     :ivar signature_mode: ``full`` or ``url``: what the autoscaler signs.
     :ivar replay_window: reqnum window of the replay check, ``None`` for off.
     :ivar url_binding: refuse requests signed for another worker's url.
+    :ivar session_listen: where the plain-HTTP ``/session/end`` listens, or ``None``.
+    :ivar max_sessions: sessions open at once, ``None`` for no limit.
     :ivar vast: what the Vast platform told this instance.
     (The other fields are the startup, health-check, benchmark and report
     settings of the same names; see ``WORKER_SETTINGS``.)
@@ -784,6 +826,8 @@ class WorkerConfig:
     tls_key: str = "/etc/instance.key"
     drain_timeout: float = 30.0
     metrics_listen: str | None = "tcp:9464:interface=127.0.0.1"
+    session_listen: str | None = None
+    max_sessions: int | None = 10
     log_format: str = "text"
     vast: VastEnvironment = field(default_factory=lambda: VastEnvironment())
 
@@ -859,6 +903,8 @@ class WorkerConfig:
             tls_key=v["tls-key"],
             drain_timeout=v["drain-timeout"],
             metrics_listen=v["metrics-listen"],
+            session_listen=_session_listen(v, _listen(v, given)),
+            max_sessions=v["max-sessions"],
             log_format=v["log-format"],
             vast=VastEnvironment.from_environ(environ, _listen_port(v), https=v["use-ssl"]),
         )
