@@ -727,22 +727,6 @@ def _listen(values: Mapping[str, Any], given: Mapping[str, Any]) -> str:
     return str(values["listen"])
 
 
-def _session_listen(values: Mapping[str, Any], listen: str) -> str | None:
-    """
-    Where the plain-HTTP ``/session/end`` listens: ``--http-port``, else the
-    worker's port + 1 (as the official worker's ``WORKER_HTTP_PORT``), on the
-    interface of ``listen``; ``None`` for off, or when no port can be derived.
-    """
-    port = values["http-port"]
-    if port is None:
-        main = listen_port(listen)
-        port = main + 1 if main and main < 65535 else 0
-    if not port:
-        return None
-    interface = re.search(r":interface=((?:\\.|[^:\\])+)", listen)
-    return f"tcp:{port}" + (f":interface={interface.group(1)}" if interface else "")
-
-
 def _listen_port(values: Mapping[str, Any]) -> int | None:
     return listen_port(values["listen"] or f"tcp:{values['port']}")
 
@@ -780,7 +764,8 @@ class WorkerConfig:
     :ivar signature_mode: ``full`` or ``url``: what the autoscaler signs.
     :ivar replay_window: reqnum window of the replay check, ``None`` for off.
     :ivar url_binding: refuse requests signed for another worker's url.
-    :ivar session_listen: where the plain-HTTP ``/session/end`` listens, or ``None``.
+    :ivar http_port: the plain-HTTP ``/session/end`` port; ``None`` for the
+        worker's port + 1, ``0`` for none (see :meth:`session_listen`).
     :ivar max_sessions: sessions open at once, ``None`` for no limit.
     :ivar vast: what the Vast platform told this instance.
     (The other fields are the startup, health-check, benchmark and report
@@ -826,10 +811,26 @@ class WorkerConfig:
     tls_key: str = "/etc/instance.key"
     drain_timeout: float = 30.0
     metrics_listen: str | None = "tcp:9464:interface=127.0.0.1"
-    session_listen: str | None = None
+    http_port: int | None = None
     max_sessions: int | None = 10
     log_format: str = "text"
     vast: VastEnvironment = field(default_factory=lambda: VastEnvironment())
+
+    def session_listen(self) -> str | None:
+        """
+        Where the plain-HTTP ``/session/end`` listens: :attr:`http_port`, else
+        the worker's port + 1 (as the official worker's ``WORKER_HTTP_PORT``),
+        on the interface of :attr:`listen`; ``None`` when off, or when there is
+        no port to add 1 to (an ephemeral ``tcp:0``).
+        """
+        port = self.http_port
+        if port is None:
+            main = listen_port(self.listen)
+            port = main + 1 if main and main < 65535 else 0
+        if not port:
+            return None
+        interface = re.search(r":interface=((?:\\.|[^:\\])+)", self.listen)
+        return f"tcp:{port}" + (f":interface={interface.group(1)}" if interface else "")
 
     @classmethod
     def from_sources(cls, given: Mapping[str, Any], environ: Mapping[str, str]) -> WorkerConfig:
@@ -903,7 +904,7 @@ class WorkerConfig:
             tls_key=v["tls-key"],
             drain_timeout=v["drain-timeout"],
             metrics_listen=v["metrics-listen"],
-            session_listen=_session_listen(v, _listen(v, given)),
+            http_port=v["http-port"],
             max_sessions=v["max-sessions"],
             log_format=v["log-format"],
             vast=VastEnvironment.from_environ(environ, _listen_port(v), https=v["use-ssl"]),

@@ -300,11 +300,12 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     listener = strports.service(config.listen, factory, reactor=reactor)
     listener.setServiceParent(root)
     session_listener = None
-    if config.session_listen is not None:
+    session_listen = config.session_listen()
+    if session_listen is not None:
         # Plain HTTP even with --use-ssl: it is for processes on this machine.
         # Not through strports: a busy port is logged, never fatal.
         session_listener = StreamServerEndpointService(
-            serverFromString(reactor, config.session_listen),
+            serverFromString(reactor, session_listen),
             ProxySite(SessionEndResource(sessions), max_body_size=1 << 20, reactor=clock),
         )
         session_listener.setServiceParent(root)
