@@ -25,7 +25,9 @@ setup(
     ],
     extras_require={
         # openai: the client is tested with the real SDK as a caller.
-        "test": ["hypothesis", "supervisor", "openai"],
+        # vastai: the official Vast client (and worker), the reference the
+        # worker's protocol is tested against.
+        "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1"],
     },
     entry_points={
         "console_scripts": [
