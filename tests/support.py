@@ -207,7 +207,7 @@ async def start_secured_worker(
     on a ``Clock``. It advertises ``public_url`` (:data:`PUBLIC_URL`, as behind Vast's port
     mapping), so the stand-in signs for that url. Returns a namespace with
     ``worker`` (the built parts), ``port``, ``clock``, ``backend``,
-    ``autoscaler`` and ``client``; the worker is loaded when this returns.
+    ``autoscaler``, ``client`` and ``config``; the worker is loaded when this returns.
     """
     from types import SimpleNamespace
 
@@ -259,6 +259,7 @@ async def start_secured_worker(
         backend=backend,
         autoscaler=autoscaler,
         client=HTTPClient(testcase, port),
+        config=config,
     )
 
 

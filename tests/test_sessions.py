@@ -10,14 +10,15 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from treq.testing import StubTreq
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
-from treq.testing import StubTreq
 
 from vespa.errors import VespaError
 from vespa.protocol.envelope import AuthData, Envelope
@@ -26,7 +27,6 @@ from vespa.worker.sessions import (
     SessionAuthInvalid,
     SessionEndResource,
     SessionGone,
-    SessionNotFound,
     SessionRequestInvalid,
     Sessions,
     SessionsFull,
@@ -80,6 +80,23 @@ def _request(path: bytes = b"/session/create", body: bytes = b"") -> Any:
     request.content = __import__("io").BytesIO(body)
     request.transport = _Transport(request)
     return request
+
+
+def _warnings(testcase: SynchronousTestCase) -> list[str]:
+    """The text of every warning the sessions module logs during the test."""
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "vespa.worker.sessions" and event.get("log_level") in (
+            LogLevel.warn,
+            LogLevel.error,
+            LogLevel.critical,
+        ):
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return seen
 
 
 def _create_envelope(payload: object, auth: AuthData | None = AUTH) -> Envelope:
@@ -140,7 +157,12 @@ class SessionsTests(SynchronousTestCase):
         self.assertEqual(self.ledger.in_flight_workload, 100.0)
         self.assertEqual(self.ledger.working_request_idxs(), [42])
         self.assertEqual(self.sessions.held_workload, 100.0)
-        self.assertEqual(self.control(b"/session/end", {"session_id": answer["session_id"], "session_auth": SESSION_AUTH})[0], 200)
+        self.assertEqual(
+            self.control(
+                b"/session/end", {"session_id": answer["session_id"], "session_auth": SESSION_AUTH}
+            )[0],
+            200,
+        )
         self.assertEqual(self.ledger.in_flight_workload, 0.0)
         self.assertEqual(self.sessions.held_workload, 0.0)
 
@@ -268,7 +290,9 @@ class SessionsTests(SynchronousTestCase):
         self.assertEqual(self.ledger.take_deletions().request_idxs(True), [42])
 
     def test_get(self) -> None:
-        answer = self.create({"lifetime": 30, "on_close_route": "/closed", "on_close_payload": {"a": 1}})
+        answer = self.create(
+            {"lifetime": 30, "on_close_route": "/closed", "on_close_payload": {"a": 1}}
+        )
         status, body = self.control(
             b"/session/get", {"session_id": answer["session_id"], "session_auth": SESSION_AUTH}
         )
@@ -302,7 +326,10 @@ class SessionsTests(SynchronousTestCase):
                 self.control(path, {"session_id": session_id, "session_auth": "x"})[0], 401, path
             )
         unknown = {"session_id": "unknown", "session_auth": SESSION_AUTH}
-        self.assertEqual(self.control(b"/session/get", unknown), (400, {"error": "session does not exist", "origin": "vespa"}))
+        self.assertEqual(
+            self.control(b"/session/get", unknown),
+            (400, {"error": "session does not exist", "origin": "vespa"}),
+        )
         self.assertEqual(self.control(b"/session/health", unknown), (200, {"ok": False}))
         self.assertEqual(self.control(b"/session/end", unknown)[0], 400)
         mine = {"session_id": session_id, "session_auth": SESSION_AUTH}
@@ -352,11 +379,14 @@ class SessionsTests(SynchronousTestCase):
     def test_on_close_failure_is_logged_not_raised(self) -> None:
         """A backend that refuses the on_close POST: one warning, nothing else."""
         self.backend.code = 500
+        warnings = _warnings(self)
         self.create({"lifetime": 1, "on_close_route": "/closed"})
         self.clock.advance(1)
         self.http.flush()
         self.assertEqual(len(self.backend.posts), 1)
         self.assertEqual(len(self.sessions), 0)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("on_close_route /closed answered 500", warnings[0])
 
     def test_on_close_unreachable_is_logged_not_raised(self) -> None:
         """A backend that cannot be reached at all: the session still closes."""
@@ -369,10 +399,13 @@ class SessionsTests(SynchronousTestCase):
                 return fail(ConnectionRefusedError())
 
         self.sessions._http = _Down()
+        warnings = _warnings(self)
         self.create({"lifetime": 1, "on_close_route": "/closed"})
         self.clock.advance(1)
         self.assertEqual(len(self.sessions), 0)
         self.assertEqual(self.ledger.in_flight_count, 0)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("on_close_route /closed failed", warnings[0])
 
     def test_stop_closes_idle_sessions_and_busy_ones_when_done(self) -> None:
         """At shutdown an idle session closes at once; a busy one as its last
@@ -412,7 +445,8 @@ class SessionEndResourceTests(SynchronousTestCase):
         mine = {"session_id": self.session_id, "session_auth": SESSION_AUTH}
         self.assertEqual(self.render(b"POST", b"/session/get", mine)[0], 404)
         self.assertEqual(self.render(b"GET", b"/session/end", mine)[0], 405)
-        self.assertEqual(self.render(b"POST", b"/session/end", {"session_id": self.session_id})[0], 401)
+        no_auth = {"session_id": self.session_id}
+        self.assertEqual(self.render(b"POST", b"/session/end", no_auth)[0], 401)
         self.assertEqual(
             self.render(b"POST", b"/session/end", mine),
             (200, {"ended": True, "removed_session": self.session_id}),

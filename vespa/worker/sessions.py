@@ -339,8 +339,10 @@ class Sessions(Service):
 
     def _on_close(self, session: Session, route: str) -> None:
         payload = session.on_close_payload
-        body = dict(payload) if isinstance(payload, dict) else (
-            {} if payload is None else {"payload": payload}
+        body = (
+            dict(payload)
+            if isinstance(payload, dict)
+            else ({} if payload is None else {"payload": payload})
         )
         body.setdefault("session_id", session.session_id)
         try:
