@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
+from vespa.config import ConfigError, WorkerConfig
 from vespa.errors import VespaError
 from vespa.protocol.envelope import AuthData, Envelope
 from vespa.worker.ledger import Ledger, Outcome
@@ -453,3 +454,47 @@ class SessionEndResourceTests(SynchronousTestCase):
         )
         self.assertEqual(self.render(b"POST", b"/session/end", mine)[0], 400)
         self.assertEqual(self.ledger.in_flight_count, 0)
+
+
+class SessionSettingsTests(SynchronousTestCase):
+    """--max-sessions and --http-port, from the command line and the environment."""
+
+    BACKEND = {"backend-url": "http://127.0.0.1:8000"}
+
+    def config(self, environ: dict[str, str] | None = None, **given: Any) -> WorkerConfig:
+        return WorkerConfig.from_sources({**self.BACKEND, **given}, environ or {})
+
+    def test_defaults(self) -> None:
+        """Ten sessions, as the official worker; /session/end also on port + 1."""
+        config = self.config()
+        self.assertEqual(config.max_sessions, 10)
+        self.assertEqual(config.session_listen(), "tcp:3001")
+
+    def test_max_sessions(self) -> None:
+        self.assertEqual(self.config(**{"max-sessions": "3"}).max_sessions, 3)
+        self.assertEqual(self.config({"VESPA_MAX_SESSIONS": "off"}).max_sessions, None)
+        self.assertEqual(self.config({"PYWORKER_MAX_SESSIONS": "0"}).max_sessions, None)
+        with self.assertRaises(ConfigError):
+            self.config(**{"max-sessions": "-1"})
+
+    def test_http_port_follows_the_worker_port_and_interface(self) -> None:
+        self.assertEqual(self.config(port="8080").session_listen(), "tcp:8081")
+        listen = "tcp:3000:interface=127.0.0.1"
+        self.assertEqual(
+            self.config(listen=listen).session_listen(), "tcp:3001:interface=127.0.0.1"
+        )
+        ipv6 = r"tcp6:3000:interface=\:\:1"
+        self.assertEqual(self.config(listen=ipv6).session_listen(), r"tcp:3001:interface=\:\:1")
+
+    def test_http_port_given(self) -> None:
+        self.assertEqual(
+            self.config({"VESPA_WORKER_HTTP_PORT": "9001"}).session_listen(), "tcp:9001"
+        )
+        self.assertIsNone(self.config(**{"http-port": "off"}).session_listen())
+        with self.assertRaises(ConfigError):
+            self.config(**{"http-port": "70000"})
+
+    def test_no_port_to_add_one_to(self) -> None:
+        """An ephemeral worker port (tests) or 65535: no plain-HTTP listener."""
+        self.assertIsNone(self.config(listen="tcp:0").session_listen())
+        self.assertIsNone(self.config(port="65535").session_listen())

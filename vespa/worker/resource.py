@@ -120,7 +120,7 @@ class WorkerResource(Resource):
                     return local
             self._check(request, target)
             body = self._body(request)
-            if self.sessions is not None and request.method == b"POST":
+            if self.sessions is not None:
                 answer = self.sessions.control(request, request.path, body)
                 if answer is not None:
                     return answer

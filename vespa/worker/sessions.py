@@ -283,11 +283,17 @@ class Sessions(Service):
     def control(self, request: Request, path: bytes, body: bytes) -> bytes | None:
         """
         Answer ``/session/get``, ``/session/health`` or ``/session/end``, or
-        return ``None`` for any other path.
+        return ``None`` for any other path (and for a ``POST /session/create``,
+        which the caller verifies and hands to :meth:`create`).
 
-        :raise VespaError: for a refusal (422, 400, 401).
+        :raise VespaError: for a refusal (422, 400, 401; 405 for a session
+            route called with another method than ``POST``).
         """
-        if path not in CONTROL_PATHS:
+        if path != CREATE_PATH and path not in CONTROL_PATHS:
+            return None
+        if request.method != b"POST":
+            raise MethodNotAllowed(f"{path.decode('ascii')} takes POST", headers={"Allow": "POST"})
+        if path == CREATE_PATH:
             return None
         session_id, session_auth = _control_fields(body)
         session = self._open.get(session_id)
@@ -404,8 +410,6 @@ class SessionEndResource(Resource):
         try:
             if request.path != b"/session/end":
                 raise NotALocalRoute("this port only serves POST /session/end")
-            if request.method != b"POST":
-                raise MethodNotAllowed("/session/end takes POST", headers={"Allow": "POST"})
             if isinstance(request, ProxyRequest) and request.body_too_large:
                 raise BodyTooLarge("the request body is over the limit")
             body = request.content.read() if request.content is not None else b""

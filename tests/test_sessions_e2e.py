@@ -13,6 +13,7 @@ expiry happens exactly when the test says. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import ssl
@@ -25,7 +26,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.support import start_secured_worker, until
+from tests.support import PUBLIC_URL, HTTPClient, shared_key, start_secured_worker, until
+from vespa.testing.autoscaler import sign_auth
 
 #: Seconds any one official-client script may take.
 SCRIPT_TIMEOUT = 30.0
@@ -258,3 +260,121 @@ class OfficialClientSessionTests(TestCase):
         self.assertEqual(refused["response"]["origin"], "vespa")
         self.assertEqual(env.worker.ledger.totals.rejected, 1)
         self.assertEqual(len(env.worker.sessions), 0)
+
+
+def signed(request_idx: int = 5, reqnum: int = 1, cost: int = 100) -> dict[str, Any]:
+    """Routing data for the worker at :data:`PUBLIC_URL`, signed over the url as Vast does."""
+    auth: dict[str, Any] = {
+        "cost": cost,
+        "endpoint": "demo-endpoint",
+        "reqnum": reqnum,
+        "request_idx": request_idx,
+        "url": PUBLIC_URL,
+    }
+    auth["signature"] = sign_auth(shared_key(), auth, "url")
+    return auth
+
+
+class WorkerSessionTests(TestCase):
+    """The worker's session routes over HTTP, with hand-made signed requests."""
+
+    timeout = 30
+
+    async def start(self, **overrides: Any) -> Any:
+        self.env = await start_secured_worker(self, signing_mode="url", **overrides)
+        return self.env
+
+    async def post(self, path: bytes, body: object, port: int | None = None) -> tuple[int, Any]:
+        client = self.env.client if port is None else HTTPClient(self, port)
+        response, answer = await client.json(b"POST", path, body=json.dumps(body).encode())
+        return response.code, answer
+
+    async def create(self, auth: dict[str, Any], **settings: Any) -> str:
+        status, answer = await self.post(
+            b"/session/create", {"auth_data": auth, "payload": {"lifetime": 30, **settings}}
+        )
+        self.assertEqual(status, 201, answer)
+        session_id: str = answer["session_id"]
+        return session_id
+
+    async def test_create_is_verified(self) -> None:
+        """A /session/create whose signature does not verify: 401, no session,
+        and a rejected request reported."""
+        await self.start()
+        auth = {**signed(), "signature": signed(request_idx=1)["signature"][::-1]}
+        status, answer = await self.post(b"/session/create", {"auth_data": auth, "payload": {}})
+        self.assertEqual((status, answer["origin"]), (401, "vespa"))
+        self.assertEqual(len(self.env.worker.sessions), 0)
+        self.assertEqual(self.env.worker.ledger.totals.rejected, 1)
+
+    async def test_session_id_must_be_a_string(self) -> None:
+        await self.start()
+        status, answer = await self.post(
+            b"/echo", {"auth_data": signed(), "payload": {}, "session_id": 5}
+        )
+        self.assertEqual(status, 422)
+        self.assertEqual(answer["session_id"], "must be a string")
+
+    async def test_unknown_session(self) -> None:
+        """A request in a session that does not exist: 410, never relayed,
+        and not reported as a deletion (its request_idx is a session's)."""
+        await self.start()
+        status, answer = await self.post(
+            b"/echo/x", {"auth_data": signed(), "payload": {}, "session_id": "gone"}
+        )
+        self.assertEqual((status, answer["origin"]), (410, "vespa"))
+        self.assertNotIn((b"POST", b"/echo/x"), self.env.backend.received)
+        self.assertEqual(self.env.worker.ledger.pending_deletions, 0)
+
+    async def test_other_auth_data_in_a_session(self) -> None:
+        """Another caller's signed auth_data with a session's id: 401."""
+        await self.start()
+        session_id = await self.create(signed(request_idx=5))
+        status, _ = await self.post(
+            b"/echo/x",
+            {"auth_data": signed(request_idx=6), "payload": {}, "session_id": session_id},
+        )
+        self.assertEqual(status, 401)
+        self.assertNotIn((b"POST", b"/echo/x"), self.env.backend.received)
+
+    async def test_a_session_is_not_queued_work(self) -> None:
+        """A session's workload is held, not waiting: with a wait limit its
+        hold alone would pass (100 units at 100/s is 1 s > 0.5 s), requests
+        are still admitted, in the session and outside it."""
+        await self.start(max_wait_time=0.5)
+        auth = signed(cost=100)
+        session_id = await self.create(auth)
+        self.assertEqual(self.env.worker.ledger.in_flight_workload, 100.0)
+        in_session = {"auth_data": auth, "payload": {"n": 1}, "session_id": session_id}
+        self.assertEqual((await self.post(b"/echo/in", in_session))[0], 200)
+        outside = {"auth_data": signed(request_idx=9, cost=10), "payload": {}}
+        self.assertEqual((await self.post(b"/echo/out", outside))[0], 200)
+
+    async def test_session_routes_take_post(self) -> None:
+        await self.start()
+        for path in (b"/session/create", b"/session/get", b"/session/end"):
+            response, answer = await self.env.client.json(b"GET", path)
+            self.assertEqual((response.code, answer["origin"]), (405, "vespa"), path)
+            self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"POST"])
+        relayed = [uri for _, uri in self.env.backend.received if uri.startswith(b"/session")]
+        self.assertEqual(relayed, [])
+
+    async def test_local_end_on_the_plain_http_port(self) -> None:
+        """The plain-HTTP listener (WORKER_HTTP_PORT) ends a session with the
+        same body as /session/end, and serves nothing else."""
+        await self.start(http_port=unallocated_port())
+        port = await self.env.worker.session_port()
+        auth = signed()
+        session_id = await self.create(auth, on_close_route="/echo/closed")
+        mine = {"session_id": session_id, "session_auth": auth}
+        self.assertEqual((await self.post(b"/session/get", mine, port))[0], 404)
+        self.assertEqual(
+            (await self.post(b"/session/end", {"session_id": session_id}, port))[0], 401
+        )
+        self.assertEqual(
+            await self.post(b"/session/end", mine, port),
+            (200, {"ended": True, "removed_session": session_id}),
+        )
+        self.assertEqual(len(self.env.worker.sessions), 0)
+        await self.env.backend.wait_for_request(b"/echo/closed").addTimeout(10, reactor)
+        self.assertEqual((await self.post(b"/session/end", mine, port))[0], 400)
