@@ -28,6 +28,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import PUBLIC_URL, HTTPClient, shared_key, start_secured_worker, until
 from vespa.testing.autoscaler import sign_auth
+from vespa.worker.drain import Drain
 
 #: Seconds any one official-client script may take.
 SCRIPT_TIMEOUT = 30.0
@@ -378,3 +379,16 @@ class WorkerSessionTests(TestCase):
         self.assertEqual(len(self.env.worker.sessions), 0)
         await self.env.backend.wait_for_request(b"/echo/closed").addTimeout(10, reactor)
         self.assertEqual((await self.post(b"/session/end", mine, port))[0], 400)
+
+    async def test_shutdown_is_not_held_by_sessions(self) -> None:
+        """At shutdown an open session closes (its on_close_route is posted)
+        instead of holding the drain until its expiry."""
+        await self.start()
+        await self.create(signed(), on_close_route="/echo/shutdown")
+        self.assertEqual(self.env.worker.ledger.in_flight_count, 1)
+        await self.env.worker.service.stopService()
+        drains = [s for s in self.env.worker.service if isinstance(s, Drain)]
+        self.assertEqual([drain.drained for drain in drains], [True])
+        self.assertEqual(len(self.env.worker.sessions), 0)
+        self.assertEqual(self.env.worker.ledger.in_flight_count, 0)
+        await self.env.backend.wait_for_request(b"/echo/shutdown").addTimeout(10, reactor)

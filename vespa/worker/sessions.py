@@ -132,6 +132,7 @@ class Session:
     :ivar on_close_payload: the JSON body of that POST.
     :ivar ticket: the session's own entry in the ledger.
     :ivar requests: its requests in flight.
+    :ivar timer: the pending expiry, rescheduled by every use.
     """
 
     session_id: str
@@ -344,12 +345,16 @@ class Sessions(Service):
             self._on_close(session, session.on_close_route)
 
     def _on_close(self, session: Session, route: str) -> None:
+        # As the official worker: an object is sent as it is, anything else
+        # wrapped; either way with the session_id, to correlate the callback.
         payload = session.on_close_payload
-        body = (
-            dict(payload)
-            if isinstance(payload, dict)
-            else ({} if payload is None else {"payload": payload})
-        )
+        body: dict[str, Any]
+        if isinstance(payload, dict):
+            body = dict(payload)
+        elif payload is None:
+            body = {}
+        else:
+            body = {"payload": payload}
         body.setdefault("session_id", session.session_id)
         try:
             d: Deferred[Any] = self._http.post(
