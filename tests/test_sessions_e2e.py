@@ -116,15 +116,12 @@ class OfficialClientSessionTests(TestCase):
 
     async def reported_deleted(self, request_idx: int) -> None:
         """Run report ticks until the stand-in got a deletion of ``request_idx``."""
-        reported = self.env.autoscaler.wait_for_delete(
-            lambda report: request_idx in deleted_request_idxs([report])
+        await ticked_until(
+            self.env,
+            self.env.autoscaler.wait_for_delete(
+                lambda report: request_idx in deleted_request_idxs([report])
+            ),
         )
-        for _ in range(100):
-            if reported.called:
-                return
-            self.env.clock.advance(self.env.config.report_interval)
-            await deferLater(reactor, 0.01, lambda: None)
-        self.fail(f"request_idx {request_idx} was never reported deleted")
 
     async def test_create_request_health_end(self) -> None:
         """
@@ -263,6 +260,19 @@ class OfficialClientSessionTests(TestCase):
         self.assertEqual(len(env.worker.sessions), 0)
 
 
+async def ticked_until(env: Any, reported: Deferred[Any]) -> Any:
+    """
+    Advance the worker's clock one report interval at a time, letting the
+    reports reach the stand-in, until ``reported`` fires (at most 100 ticks).
+    """
+    for _ in range(100):
+        if reported.called:
+            return await reported
+        env.clock.advance(env.config.report_interval)
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the report never came")
+
+
 def signed(request_idx: int = 5, reqnum: int = 1, cost: int = 100) -> dict[str, Any]:
     """Routing data for the worker at :data:`PUBLIC_URL`, signed over the url as Vast does."""
     auth: dict[str, Any] = {
@@ -392,3 +402,20 @@ class WorkerSessionTests(TestCase):
         self.assertEqual(len(self.env.worker.sessions), 0)
         self.assertEqual(self.env.worker.ledger.in_flight_count, 0)
         await self.env.backend.wait_for_request(b"/echo/shutdown").addTimeout(10, reactor)
+
+    async def report_matching(self, predicate: Callable[[dict[str, Any]], bool]) -> Any:
+        """Run report ticks until a /worker_status/ report matches ``predicate``."""
+        return await ticked_until(self.env, self.env.autoscaler.wait_for_status(predicate))
+
+    async def test_session_load_in_reports(self) -> None:
+        """An open session's cost is in cur_load, and its request_idx is
+        working; once it expired, neither is in the next reports."""
+        await self.start()
+        await self.create(signed(request_idx=5, cost=100))
+        report = await self.report_matching(lambda r: r["cur_load"] == 100.0)
+        self.assertEqual(report["working_request_idxs"], [5])
+        self.env.clock.advance(30)
+        self.assertEqual(len(self.env.worker.sessions), 0)
+        report = await self.report_matching(lambda r: r["cur_load"] == 0.0)
+        self.assertEqual(report["working_request_idxs"], [])
+        self.assertEqual(report["num_requests_working"], 0)

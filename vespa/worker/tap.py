@@ -309,11 +309,12 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
             ProxySite(SessionEndResource(sessions), max_body_size=1 << 20, reactor=clock),
         )
         session_listener.setServiceParent(root)
-    # Added last, so it stops first: nothing else stops until the drain is over.
-    # It runs on the reactor's own time even in tests: shutting down is real.
+    # Added last but for the sessions, so it stops next to first: nothing else
+    # stops until the drain is over. It runs on the reactor's own time even in
+    # tests: shutting down is real.
     Drain(reactor, state, ledger, config.drain_timeout, reactor).setServiceParent(root)
-    # After the drain, so it stops before it: open sessions close (idle ones at
-    # once, busy ones with their last request) rather than hold the drain.
+    # Last, so it stops first: open sessions close (idle ones at once, busy
+    # ones with their last request) rather than hold the drain to their expiry.
     sessions.setServiceParent(root)
     log.info(
         "Vespa worker on {listen}{tls}, relaying to {backend} ({mode}){demo}",
