@@ -303,7 +303,7 @@ class Sessions(Service):
                 return _json(request, {"ok": False})
             if path == b"/session/get":
                 raise SessionNotFound("session does not exist")
-            raise SessionNotFound(f"session with id {session_id} not found")
+            raise SessionNotFound(f"session with id {session_id[:64]} not found")
         if session.auth is not None and not _same(session_auth, session.auth):
             raise SessionAuthInvalid("session_auth is not valid")
         if path == b"/session/health":

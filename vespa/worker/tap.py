@@ -297,18 +297,19 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     factory: Any = site
     if config.use_ssl:
         factory = TLSMemoryBIOFactory(server_options(config.tls_cert, config.tls_key), False, site)
-    listener = strports.service(config.listen, factory, reactor=reactor)
-    listener.setServiceParent(root)
     session_listener = None
     session_listen = config.session_listen()
     if session_listen is not None:
         # Plain HTTP even with --use-ssl: it is for processes on this machine.
-        # Not through strports: a busy port is logged, never fatal.
+        # Not through strports: a busy port is logged, never fatal. Before the
+        # main listener, so a worker that accepts requests has it too.
         session_listener = StreamServerEndpointService(
             serverFromString(reactor, session_listen),
             ProxySite(SessionEndResource(sessions), max_body_size=1 << 20, reactor=clock),
         )
         session_listener.setServiceParent(root)
+    listener = strports.service(config.listen, factory, reactor=reactor)
+    listener.setServiceParent(root)
     # Added last but for the sessions, so it stops next to first: nothing else
     # stops until the drain is over. It runs on the reactor's own time even in
     # tests: shutting down is real.
