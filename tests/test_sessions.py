@@ -114,7 +114,6 @@ class SessionsTests(SynchronousTestCase):
         self.sessions = Sessions(
             self.clock, self.ledger, self.http, "http://127.0.0.1:8000", max_sessions=2
         )
-        self.sessions.startService()
 
     def create(self, payload: object = None, workload: float = 100.0) -> dict[str, Any]:
         if payload is None:

@@ -163,8 +163,8 @@ class Sessions(Service):
     """
     The open sessions of one worker (see the module docstring).
 
-    A service: when it stops (after the drain, at shutdown) every session
-    closes, so none outlives the process without its ``on_close_route``.
+    A service: when it stops (first, at shutdown) every session closes, so
+    none holds the drain or outlives the process without its ``on_close_route``.
 
     :param clock: times expiries and stamps ``expiration``.
     :param ledger: where sessions and their requests are accounted.
@@ -189,6 +189,7 @@ class Sessions(Service):
         self._backend_url = backend_url
         self.max_sessions = max_sessions
         self._open: dict[str, Session] = {}
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._open)
@@ -271,7 +272,7 @@ class Sessions(Service):
         session.requests.discard(request)
         if self._open.get(session.session_id) is session:
             self._touch(session)
-            if not self.running and not session.requests:
+            if self._stopping and not session.requests:
                 self.close(session, "shutdown")
 
     def _touch(self, session: Session) -> None:
@@ -390,6 +391,7 @@ class Sessions(Service):
     def stopService(self) -> None:
         """Close every session with nothing in flight; the others as their last request ends."""
         super().stopService()
+        self._stopping = True
         for session in list(self._open.values()):
             if not session.requests:
                 self.close(session, "shutdown")
