@@ -6,12 +6,14 @@ that a closed session leaves nothing behind. Time is a ``Clock``.
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.error import ConnectionDone
+from twisted.internet.defer import fail
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -78,7 +80,7 @@ def _request(path: bytes = b"/session/create", body: bytes = b"") -> Any:
     request = DummyRequest(path.lstrip(b"/").split(b"/"))
     request.path = path
     request.method = b"POST"
-    request.content = __import__("io").BytesIO(body)
+    request.content = io.BytesIO(body)
     request.transport = _Transport(request)
     return request
 
@@ -256,8 +258,6 @@ class SessionsTests(SynchronousTestCase):
             self.sessions.join("nope", AUTH)
         self.assertEqual(gone.exception.status, 410)
         session_id = self.create()["session_id"]
-        from dataclasses import replace
-
         with self.assertRaises(SessionAuthInvalid) as bad:
             self.sessions.join(session_id, replace(AUTH, request_idx=43))
         self.assertEqual(bad.exception.status, 401)
@@ -393,9 +393,6 @@ class SessionsTests(SynchronousTestCase):
 
         class _Down:
             def post(self, *args: Any, **kwargs: Any) -> Any:
-                from twisted.internet.defer import fail
-                from twisted.internet.error import ConnectionRefusedError
-
                 return fail(ConnectionRefusedError())
 
         self.sessions._http = _Down()
