@@ -419,3 +419,14 @@ class WorkerSessionTests(TestCase):
         report = await self.report_matching(lambda r: r["cur_load"] == 0.0)
         self.assertEqual(report["working_request_idxs"], [])
         self.assertEqual(report["num_requests_working"], 0)
+
+    async def test_unsecured(self) -> None:
+        """With --unsecured a bare payload opens a session, and any
+        session_auth names it (there is nothing to match)."""
+        await self.start(unsecured=True)
+        status, answer = await self.post(b"/session/create", {"lifetime": 5})
+        self.assertEqual(status, 201, answer)
+        mine = {"session_id": answer["session_id"]}
+        self.assertEqual(await self.post(b"/session/health", mine), (200, {"ok": True}))
+        self.assertEqual((await self.post(b"/session/end", mine))[0], 200)
+        self.assertEqual(len(self.env.worker.sessions), 0)
