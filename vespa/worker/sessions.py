@@ -422,6 +422,13 @@ class SessionEndResource(Resource):
             body = request.content.read() if request.content is not None else b""
             answer = self._sessions.control(request, b"/session/end", body)
         except VespaError as error:
+            log.debug(
+                "refused {method} {path} on the plain-HTTP port: {status} {error}",
+                method=request.method.decode("ascii", "replace"),
+                path=request.path[:200].decode("ascii", "replace"),
+                status=error.status,
+                error=error.message,
+            )
             return write_error(request, error)
         assert answer is not None
         return answer
