@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         # openai: the client is tested with the real SDK as a caller.
-        # vastai: the official worker 1.9.1 is the oracle of the reports' form.
+        # vastai: the official Vast client (and worker), the reference the
+        # worker's protocol is tested against.
         "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1"],
     },
     entry_points={

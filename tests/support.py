@@ -198,15 +198,16 @@ async def start_secured_worker(
     unsecured: bool = False,
     wait_until_loaded: bool = True,
     before_start: Any = None,
+    public_url: str = PUBLIC_URL,
     **overrides: Any,
 ) -> Any:
     """
     The whole worker as ``twistd vespa`` builds it, secured, on loopback, with
     an echo backend and the autoscaler stand-in on real sockets and every timer
-    on a ``Clock``. It advertises :data:`PUBLIC_URL` (as behind Vast's port
+    on a ``Clock``. It advertises ``public_url`` (:data:`PUBLIC_URL`, as behind Vast's port
     mapping), so the stand-in signs for that url. Returns a namespace with
     ``worker`` (the built parts), ``port``, ``clock``, ``backend``,
-    ``autoscaler`` and ``client``; the worker is loaded when this returns.
+    ``autoscaler``, ``client`` and ``config``; the worker is loaded when this returns.
     """
     from types import SimpleNamespace
 
@@ -221,7 +222,7 @@ async def start_secured_worker(
     autoscaler = Autoscaler(clock, key=shared_key(), signing_mode=signing_mode)
     autoscaler_port = listen(testcase, autoscaler_site(autoscaler))
     testcase.addCleanup(autoscaler.close)
-    autoscaler.register_worker(PUBLIC_URL)
+    autoscaler.register_worker(public_url)
     FIXED_THROUGHPUT["value"] = throughput
     config = replace(
         WorkerConfig(
@@ -237,7 +238,7 @@ async def start_secured_worker(
                 report_addresses=(f"http://127.0.0.1:{autoscaler_port}",),
                 master_token="master-token",
                 container_id=7,
-                public_url=PUBLIC_URL,
+                public_url=public_url,
             ),
         ),
         **overrides,
@@ -258,6 +259,7 @@ async def start_secured_worker(
         backend=backend,
         autoscaler=autoscaler,
         client=HTTPClient(testcase, port),
+        config=config,
     )
 
 

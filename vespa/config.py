@@ -141,6 +141,15 @@ def parse_port(text: str) -> int:
     return port
 
 
+def parse_port_or_off(text: str) -> int:
+    """
+    Parse a TCP port number as :func:`parse_port`, or ``0``/``off`` for none (0).
+    """
+    if text.strip().lower() in ("0", "off", "none"):
+        return 0
+    return parse_port(text)
+
+
 def parse_seconds(text: str) -> float | None:
     """
     Parse a duration in seconds; ``0`` or ``off`` means no limit (``None``).
@@ -388,6 +397,14 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         "(e.g. tcp:3000:interface=127.0.0.1)",
     ),
     Setting(
+        "http-port",
+        "WORKER_HTTP_PORT",
+        parse_port_or_off,
+        None,
+        "Plain-HTTP port for local /session/end, on --listen's interface "
+        "(default: the worker port + 1; 0 or off for none)",
+    ),
+    Setting(
         "unsecured",
         "UNSECURED",
         parse_bool,
@@ -491,6 +508,13 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         flag=True,
     ),
     # Admission
+    Setting(
+        "max-sessions",
+        "MAX_SESSIONS",
+        parse_count_or_off,
+        10,
+        "Sessions open at once; /session/create beyond is refused (429) (0 or off: no limit)",
+    ),
     Setting(
         "max-wait-time",
         "MAX_WAIT_TIME",
@@ -806,6 +830,9 @@ class WorkerConfig:
     :ivar signature_mode: ``full`` or ``url``: what the autoscaler signs.
     :ivar replay_window: reqnum window of the replay check, ``None`` for off.
     :ivar url_binding: refuse requests signed for another worker's url.
+    :ivar http_port: the plain-HTTP ``/session/end`` port; ``None`` for the
+        worker's port + 1, ``0`` for none (see :meth:`session_listen`).
+    :ivar max_sessions: sessions open at once, ``None`` for no limit.
     :ivar vast: what the Vast platform told this instance.
     (The other fields are the startup, health-check, benchmark and report
     settings of the same names; see ``WORKER_SETTINGS``.)
@@ -854,8 +881,26 @@ class WorkerConfig:
     tls_key: str = "/etc/instance.key"
     drain_timeout: float = 30.0
     metrics_listen: str | None = "tcp:9464:interface=127.0.0.1"
+    http_port: int | None = None
+    max_sessions: int | None = 10
     log_format: str = "text"
     vast: VastEnvironment = field(default_factory=lambda: VastEnvironment())
+
+    def session_listen(self) -> str | None:
+        """
+        Where the plain-HTTP ``/session/end`` listens: :attr:`http_port`, else
+        the worker's port + 1 (as the official worker's ``WORKER_HTTP_PORT``),
+        on the interface of :attr:`listen`; ``None`` when off, or when there is
+        no port to add 1 to (an ephemeral ``tcp:0``).
+        """
+        port = self.http_port
+        if port is None:
+            main = listen_port(self.listen)
+            port = main + 1 if main and main < 65535 else 0
+        if not port:
+            return None
+        interface = re.search(r":interface=((?:\\.|[^:\\])+)", self.listen)
+        return f"tcp:{port}" + (f":interface={interface.group(1)}" if interface else "")
 
     @classmethod
     def from_sources(cls, given: Mapping[str, Any], environ: Mapping[str, str]) -> WorkerConfig:
@@ -933,6 +978,8 @@ class WorkerConfig:
             tls_key=v["tls-key"],
             drain_timeout=v["drain-timeout"],
             metrics_listen=v["metrics-listen"],
+            http_port=v["http-port"],
+            max_sessions=v["max-sessions"],
             log_format=v["log-format"],
             vast=VastEnvironment.from_environ(environ, _listen_port(v), https=v["use-ssl"]),
         )

@@ -98,11 +98,14 @@ class Envelope:
     :param target: the origin-form target to forward: the request's, with every
         ``serverless_*`` query parameter removed and all others kept byte for
         byte and in order.
+    :param session_id: the session the request runs in (the body's
+        ``session_id``, beside ``auth_data`` and ``payload``), or ``None``.
     """
 
     auth: AuthData | None
     body: bytes | None
     target: bytes
+    session_id: str | None = None
 
 
 def parse_envelope(method: bytes, target: bytes, body: bytes, *, unsecured: bool) -> Envelope:
@@ -221,7 +224,12 @@ def _parse_body(forward: bytes, body: bytes, *, unsecured: bool) -> Envelope:
         raise EnvelopeInvalid(f"the body has no {' or '.join(missing)}", details=missing)
     auth = _auth_from_json(document["auth_data"])
     payload = json.dumps(document["payload"], separators=(",", ":")).encode("ascii")
-    return Envelope(auth=auth, body=payload, target=forward)
+    session_id = document.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        raise EnvelopeInvalid(
+            "session_id must be a string or null", details={"session_id": "must be a string"}
+        )
+    return Envelope(auth=auth, body=payload, target=forward, session_id=session_id)
 
 
 def _auth_from_json(fields: object) -> AuthData:

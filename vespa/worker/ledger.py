@@ -315,6 +315,15 @@ class Ledger:
             ),
         )
 
+    def finish_in_session(self, ticket: Ticket, outcome: Outcome) -> None:
+        """
+        As :meth:`finish`, for a request that ran in a session: counted like any
+        other, but its end is no deletion of its own, because its
+        ``request_idx`` is the session's, which is deleted when the session ends.
+        """
+        self.finish(ticket, outcome)
+        self._pending.pop(ticket._key, None)
+
     def reject(self, request_idx: int, reqnum: int, workload: float) -> None:
         """
         A request whose signature verified was refused before admission (429,

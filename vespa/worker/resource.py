@@ -7,6 +7,8 @@ For each proxied request, in order:
 
 0. ``/ping``, ``/health`` (alive: the state as JSON) and ``/ready`` (200 only
    when loaded, healthy and not draining, else 503) are answered locally;
+   so are ``/session/get``, ``/session/health`` and ``/session/end``, and a
+   verified ``/session/create`` opens a session (:mod:`vespa.worker.sessions`);
 1. target, method, body size and blocked paths (400, 405, 413, 403);
 2. the envelope: routing data in the body or the query (400, 422), or, in
    unsecured mode, none at all;
@@ -52,6 +54,7 @@ from vespa.proxy.target import PathBlocklist, origin_form
 from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.metrics import WorkerMetrics
+from vespa.worker.sessions import CREATE_PATH, Sessions
 from vespa.worker.state import Phase, WorkerState
 from vespa.worker.workload import Workload
 
@@ -78,6 +81,8 @@ class WorkerResource(Resource):
     :param workload: computes each request's workload; by default the
         autoscaler's cost.
     :param metrics: observes queue waits and backend times, when given.
+    :param sessions: answers ``/session/*`` and holds the sessions; without
+        it, those paths are relayed like any other.
     """
 
     isLeaf = True
@@ -93,6 +98,7 @@ class WorkerResource(Resource):
         blocklist: PathBlocklist | None = None,
         workload: Workload | None = None,
         metrics: WorkerMetrics | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         super().__init__()
         self.relay = relay
@@ -103,6 +109,7 @@ class WorkerResource(Resource):
         self.blocklist = blocklist or PathBlocklist(())
         self.workload = workload if workload is not None else Workload("cost", "")
         self.metrics = metrics
+        self.sessions = sessions
 
     def render(self, request: Request) -> bytes | int:
         """
@@ -118,6 +125,10 @@ class WorkerResource(Resource):
                     return local
             self._check(request, target)
             body = self._body(request)
+            if self.sessions is not None:
+                answer = self.sessions.control(request, request.path, body)
+                if answer is not None:
+                    return answer
             envelope = parse_envelope(request.method, target, body, unsecured=self.verifier is None)
             if envelope.body is None and request.method in BODY_METHODS:
                 # A passthrough: the body is already in memory, so the relay
@@ -183,8 +194,12 @@ class WorkerResource(Resource):
         auth = envelope.auth
         request_idx = auth.request_idx if auth is not None else 0
         reqnum = auth.reqnum if auth is not None else 0
+        session = None
         try:
-            if self.verifier is not None and auth is not None:
+            if envelope.session_id is not None and self.sessions is not None:
+                # Verified when the session was created; it must be the same auth_data.
+                session = self.sessions.join(envelope.session_id, auth)
+            elif self.verifier is not None and auth is not None:
                 self.verifier.verify(auth)
         except VespaError as error:
             # Unverified: its claimed request_idx and cost never reach the reports.
@@ -201,16 +216,35 @@ class WorkerResource(Resource):
                     headers={"Retry-After": str(RETRY_AFTER.get(self.state.phase, 10))},
                     details={"phase": self.state.phase.value},
                 )
+            if self.sessions is not None and request.path == CREATE_PATH:
+                return self.sessions.create(request, envelope, workload)
             if self.state.is_loaded:  # no capacity to estimate a wait from before
                 self.admission.check(
-                    self.ledger.in_flight_workload, self.state.max_perf, self.ledger.in_flight_count
+                    self._queued_workload(), self.state.max_perf, self._queued_count()
                 )
         except VespaError as error:
-            self.ledger.reject(request_idx, reqnum, workload)
+            if envelope.session_id is None:
+                # A request in a session carries the session's request_idx:
+                # only the session's own end is reported for it.
+                self.ledger.reject(request_idx, reqnum, workload)
             return self._refuse(request, error)
         ticket = self.ledger.receive(request_idx, reqnum, workload)
-        _Admitted(self, request, envelope, ticket).start()
+        if session is not None and self.sessions is not None:
+            self.sessions.attach(session, request)
+        _Admitted(self, request, envelope, ticket, in_session=session is not None).start()
         return NOT_DONE_YET
+
+    def _queued_workload(self) -> float:
+        """The workload in flight, less what open sessions merely hold."""
+        if self.sessions is None:
+            return self.ledger.in_flight_workload
+        return max(self.ledger.in_flight_workload - self.sessions.held_workload, 0.0)
+
+    def _queued_count(self) -> int:
+        """The requests in flight, less the open sessions (each holds a ticket)."""
+        if self.sessions is None:
+            return self.ledger.in_flight_count
+        return max(self.ledger.in_flight_count - len(self.sessions), 0)
 
     def _unavailable_reason(self) -> str:
         phase = self.state.phase
@@ -239,8 +273,16 @@ class _Admitted:
     """One admitted request: waits for a slot, is relayed, and is closed in the ledger."""
 
     def __init__(
-        self, resource: WorkerResource, request: Request, envelope: Envelope, ticket: Ticket
+        self,
+        resource: WorkerResource,
+        request: Request,
+        envelope: Envelope,
+        ticket: Ticket,
+        *,
+        in_session: bool = False,
     ) -> None:
+        ledger = resource.ledger
+        self._finish = ledger.finish_in_session if in_session else ledger.finish
         self._resource = resource
         self._request = request
         self._envelope = envelope
@@ -264,10 +306,10 @@ class _Admitted:
     def _not_relayed(self, reason: Failure) -> None:
         self._waiting = None
         if reason.check(CancelledError):
-            self._resource.ledger.finish(self._ticket, Outcome.CANCELLED)
+            self._finish(self._ticket, Outcome.CANCELLED)
             return
         log.failure("waiting for a slot failed", reason)
-        self._resource.ledger.finish(self._ticket, Outcome.ERRORED)
+        self._finish(self._ticket, Outcome.ERRORED)
 
     def _relay(self, slot: Slot) -> Deferred[None]:
         self._waiting = None
@@ -284,9 +326,9 @@ class _Admitted:
         slot.release()
         if isinstance(result, Failure):
             log.failure("relaying failed unexpectedly", result)
-            self._resource.ledger.finish(self._ticket, Outcome.ERRORED)
+            self._finish(self._ticket, Outcome.ERRORED)
             return
-        self._resource.ledger.finish(self._ticket, _outcome(result))
+        self._finish(self._ticket, _outcome(result))
         metrics = self._resource.metrics
         if metrics is not None:
             metrics.backend_time.observe(result.duration)

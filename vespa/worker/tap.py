@@ -40,6 +40,7 @@ from vespa.worker.ledger import Ledger
 from vespa.worker.metrics import WorkerMetrics
 from vespa.worker.reporter import Reporter, ReportSettings
 from vespa.worker.resource import WorkerResource
+from vespa.worker.sessions import SessionEndResource, Sessions
 from vespa.worker.startup import BenchmarkCache, Startup, health_check
 from vespa.worker.state import WorkerState
 from vespa.worker.workload import Workload, WorkloadError
@@ -151,10 +152,17 @@ class Worker:
     health: HealthChecker
     reporter: Reporter
     autoscaler: Any = None
+    sessions: Sessions | None = None
+    session_listener: Any = None
 
     async def port(self) -> int:
         """The TCP port the worker listens on, once the service has started."""
         listening = await self.listener._waitingForPort
+        return int(listening.getHost().port)
+
+    async def session_port(self) -> int:
+        """The port of the plain-HTTP ``/session/end`` listener, once started."""
+        listening = await self.session_listener._waitingForPort
         return int(listening.getHost().port)
 
 
@@ -269,6 +277,9 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
             serverFromString(reactor, config.metrics_listen),
             _quiet_site(metrics.resource(), clock),
         ).setServiceParent(root)
+    sessions = Sessions(
+        clock, ledger, backend_http, config.backend.url, max_sessions=config.max_sessions
+    )
     resource = WorkerResource(
         relay,
         state=state,
@@ -278,6 +289,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         verifier=verifier,
         blocklist=PathBlocklist(config.blocked_paths),
         workload=Workload(config.workload, config.benchmark, config.default_cost),
+        sessions=sessions,
     )
     site = ProxySite(
         resource,
@@ -291,11 +303,26 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     factory: Any = site
     if config.use_ssl:
         factory = TLSMemoryBIOFactory(server_options(config.tls_cert, config.tls_key), False, site)
+    session_listener = None
+    session_listen = config.session_listen()
+    if session_listen is not None:
+        # Plain HTTP even with --use-ssl: it is for processes on this machine.
+        # Not through strports: a busy port is logged, never fatal. Before the
+        # main listener, so a worker that accepts requests has it too.
+        session_listener = StreamServerEndpointService(
+            serverFromString(reactor, session_listen),
+            ProxySite(SessionEndResource(sessions), max_body_size=1 << 20, reactor=clock),
+        )
+        session_listener.setServiceParent(root)
     listener = strports.service(config.listen, factory, reactor=reactor)
     listener.setServiceParent(root)
-    # Added last, so it stops first: nothing else stops until the drain is over.
-    # It runs on the reactor's own time even in tests: shutting down is real.
+    # Added last but for the sessions, so it stops next to first: nothing else
+    # stops until the drain is over. It runs on the reactor's own time even in
+    # tests: shutting down is real.
     Drain(reactor, state, ledger, config.drain_timeout, reactor).setServiceParent(root)
+    # Last, so it stops first: open sessions close (idle ones at once, busy
+    # ones with their last request) rather than hold the drain to their expiry.
+    sessions.setServiceParent(root)
     log.info(
         "Vespa worker on {listen}{tls}, relaying to {backend} ({mode}){demo}",
         listen=config.listen,
@@ -304,7 +331,19 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         mode="unsecured" if config.unsecured else f"signatures: {config.signature_mode}",
         demo=" with the demo model server and autoscaler stand-in" if config.demo else "",
     )
-    return Worker(root, listener, resource, state, ledger, startup, health, reporter, autoscaler)
+    return Worker(
+        root,
+        listener,
+        resource,
+        state,
+        ledger,
+        startup,
+        health,
+        reporter,
+        autoscaler,
+        sessions,
+        session_listener,
+    )
 
 
 def _quiet_site(resource: Any, clock: Any) -> Site:
