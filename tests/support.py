@@ -49,7 +49,10 @@ def start_worker(
     (``blocked_paths``, ``max_body_size``, timeouts...), its deadlines run by
     ``clock``; return it and its port.
     """
-    config = replace(WorkerConfig(backend=Origin("http", "127.0.0.1", backend_port)), **overrides)
+    config = replace(
+        WorkerConfig(backend=Origin("http", "127.0.0.1", backend_port), unsecured=True),
+        **overrides,
+    )
     relay = build_relay(config, reactor, clock)
     testcase.addCleanup(relay.close)
     state = WorkerState(reactor)

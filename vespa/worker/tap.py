@@ -171,6 +171,11 @@ def build_relay(config: WorkerConfig, reactor: Any, clock: Any = None) -> Backen
         keepalive=config.backend_keepalive,
         max_connections=config.max_backend_connections,
         clock=clock,
+        # The caller's key is the endpoint's, for the autoscaler: never the model server's.
+        drop_authorization=not config.unsecured,
+        authorization=(
+            None if config.backend_api_key is None else b"Bearer " + config.backend_api_key.encode()
+        ),
     )
 
 
