@@ -64,6 +64,7 @@ def start_worker(
         admission=Admission(max_wait_time=config.max_wait_time, slots=config.slots),
         verifier=None,
         blocklist=PathBlocklist(config.blocked_paths),
+        reactor=reactor,
     )
     site = ProxySite(
         resource, max_body_size=config.max_body_size, access_log=config.access_log, reactor=reactor

@@ -9,7 +9,9 @@ For each proxied request, in order:
    when loaded, healthy and not draining, else 503) are answered locally;
 1. target, method, body size and blocked paths (400, 405, 413, 403);
 2. the envelope: routing data in the body or the query (400, 422), or, in
-   unsecured mode, none at all;
+   unsecured mode, none at all. A body over
+   :data:`~vespa.protocol.envelope.LARGE_BODY` is read and parsed in the
+   reactor's thread pool, so other streams keep flowing meanwhile;
 3. the signature (401), unless unsecured;
 4. whether the worker serves now (503 with ``Retry-After`` while loading or
    errored) and the wait estimate (429);
@@ -22,11 +24,14 @@ served, errored (backend 5xx, relay failure, timeout) or cancelled (client gone)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import replace
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -41,7 +46,13 @@ from vespa.errors import (
     write_error,
 )
 from vespa.log import get_logger
-from vespa.protocol.envelope import BODY_METHODS, Envelope, parse_envelope
+from vespa.protocol.envelope import (
+    BODY_METHODS,
+    LARGE_BODY,
+    Envelope,
+    NestedTooDeep,
+    parse_envelope,
+)
 from vespa.protocol.signing import SignatureVerifier
 from vespa.proxy.relay import BackendRelay, RelayOutcome, RelayResult
 from vespa.proxy.site import ProxyRequest
@@ -56,6 +67,10 @@ log = get_logger(__name__)
 # A tunnel or a trace is not a model-server request; relaying either would
 # turn the worker into an open proxy or leak headers.
 _REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+
+# The endpoint key the official client sends in the query: for the
+# autoscaler, never for the model server.
+_CALLER_KEY_PARAMS = frozenset({"api_key"})
 
 #: Seconds a caller should wait before retrying, by phase.
 RETRY_AFTER = {Phase.LOADING: 10, Phase.BENCHMARKING: 10, Phase.ERRORED: 30, Phase.DRAINING: 30}
@@ -73,6 +88,8 @@ class WorkerResource(Resource):
     :param blocklist: paths answered 403.
     :param default_cost: workload of a request signed with a cost of 1 or less.
     :param metrics: observes queue waits and backend times, when given.
+    :param reactor: whose thread pool parses large bodies; ``None`` parses
+        every body on the calling thread.
     """
 
     isLeaf = True
@@ -88,8 +105,10 @@ class WorkerResource(Resource):
         blocklist: PathBlocklist | None = None,
         default_cost: float | None = None,
         metrics: WorkerMetrics | None = None,
+        reactor: Any = None,
     ) -> None:
         super().__init__()
+        self.reactor = reactor
         self.relay = relay
         self.state = state
         self.ledger = ledger
@@ -112,15 +131,66 @@ class WorkerResource(Resource):
                 if local is not None:
                     return local
             self._check(request, target)
-            body = self._body(request)
-            envelope = parse_envelope(request.method, target, body, unsecured=self.verifier is None)
-            if envelope.body is None and request.method in BODY_METHODS:
-                # A passthrough: the body is already in memory, so the relay
-                # sends these bytes rather than reading request.content again.
-                envelope = replace(envelope, body=body)
+            if self.reactor is not None and _body_size(request) > LARGE_BODY:
+                return self._parse_in_thread(request, target)
+            envelope = self._envelope(request, target)
+        except NestedTooDeep as error:
+            if self.reactor is None:
+                return self._refuse(request, error)
+            # The reactor's stack is deep already; a thread's is not.
+            return self._parse_in_thread(request, target)
         except VespaError as error:
             return self._refuse(request, error)
         return self._admit(request, envelope)
+
+    def _envelope(self, request: Request, target: bytes) -> Envelope:
+        """Read the body and parse the envelope; CPU work only, so it may run in a thread."""
+        body = self._body(request)
+        secured = self.verifier is not None
+        envelope = parse_envelope(
+            request.method,
+            target,
+            body,
+            unsecured=not secured,
+            drop_params=_CALLER_KEY_PARAMS if secured else frozenset(),
+        )
+        if envelope.body is None and request.method in BODY_METHODS:
+            # A passthrough: the body is already in memory, so the relay
+            # sends these bytes rather than reading request.content again.
+            envelope = replace(envelope, body=body)
+        return envelope
+
+    def _parse_in_thread(self, request: Request, target: bytes) -> int:
+        """
+        Parse a large body in the reactor's thread pool, then admit it here. A
+        caller that leaves meanwhile is never admitted, so never accounted.
+        """
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        pool = self.reactor.getThreadPool()
+        parsed: Deferred[Envelope] = deferToThreadPool(
+            self.reactor, pool, self._envelope, request, target
+        )
+
+        def admit(envelope: Envelope) -> bytes | int:
+            return NOT_DONE_YET if gone else self._admit(request, envelope)
+
+        def refuse(reason: Failure) -> bytes | int:
+            if gone:
+                return NOT_DONE_YET
+            if not reason.check(VespaError):
+                log.failure("parsing a request body failed", reason)
+                return self._refuse(request, VespaError("the request could not be read"))
+            return self._refuse(request, reason.value)
+
+        def answer(result: bytes | int) -> None:
+            if result is not NOT_DONE_YET and not gone:
+                assert isinstance(result, bytes)
+                request.write(result)
+                request.finish()
+
+        parsed.addCallbacks(admit, refuse).addCallback(answer)
+        return NOT_DONE_YET
 
     def _local_route(self, request: Request) -> bytes | None:
         """``/ping``, ``/health`` and ``/ready``: answered here, never forwarded."""
@@ -275,6 +345,16 @@ class _Admitted:
             metrics.backend_time.observe(result.duration)
             if result.first_byte is not None:
                 metrics.first_byte.observe(result.first_byte)
+
+
+def _body_size(request: Request) -> int:
+    """The size of a body method's request body, without reading it."""
+    content = request.content
+    if request.method not in BODY_METHODS or content is None:
+        return 0
+    size = content.seek(0, io.SEEK_END)
+    content.seek(0)
+    return size
 
 
 def _request_id(request: Request) -> bytes:

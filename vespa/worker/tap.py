@@ -280,6 +280,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         verifier=verifier,
         blocklist=PathBlocklist(config.blocked_paths),
         default_cost=config.default_cost,
+        reactor=reactor,
     )
     site = ProxySite(
         resource,
