@@ -730,6 +730,24 @@ class PayloadBytesTests(SynchronousTestCase):
         bom = post(b"\xef\xbb\xbf" + body)
         self.assertEqual(bom.body, payload)
 
+    def test_read_span(self) -> None:
+        """With ``read_span`` the payload's bytes are read, at the right offsets, not sliced."""
+        auth = with_auth(endpoint="caf\u00e9")
+        payload = '{"p": "\u4e2d"}'.encode()
+        body = b'{"auth_data": %s, "payload": %s}' % (
+            json.dumps(auth, ensure_ascii=False).encode(),
+            payload,
+        )
+        spans: list[tuple[int, int]] = []
+
+        def read(start: int, end: int) -> bytes:
+            spans.append((start, end))
+            return body[start:end]
+
+        envelope = parse_envelope(b"POST", b"/x", body, unsecured=False, read_span=read)
+        self.assertEqual(envelope.body, payload)
+        self.assertEqual(len(spans), 1)
+
     def test_utf16_body_gives_utf8_payload(self) -> None:
         """A UTF-16 body (JSON allows it) is relayed as the same JSON text in UTF-8."""
         text = '{"auth_data": %s, "payload": {"p": "\u00e9"}}' % json.dumps(AUTH)
@@ -764,6 +782,19 @@ class PayloadBytesTests(SynchronousTestCase):
         self.assertEqual(post(_wrapped(payload)).body, payload)
         error = self.assertRaises(NestedTooDeep, post, _wrapped(b"[" * 100000 + b"]" * 100000))
         self.assertEqual(error.status, 422)
+
+    def test_large_routing_data_refused(self) -> None:
+        """
+        An auth_data (or session_id) of megabytes is refused before it is built
+        into Python objects, which would take many times its size in memory.
+        """
+        huge = {**AUTH, "padding": list(range(100000))}
+        error = self.assertRaises(EnvelopeInvalid, post, {"auth_data": huge, "payload": 1})
+        self.assertEqual((error.status, error.message), (422, "auth_data is too large"))
+        error = self.assertRaises(
+            EnvelopeInvalid, post, {"auth_data": AUTH, "session_id": "s" * 70000, "payload": 1}
+        )
+        self.assertEqual(error.details, {"session_id": "too large"})
 
     def test_session_id(self) -> None:
         """A string ``session_id`` is kept; null or any other type is no session."""

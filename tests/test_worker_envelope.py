@@ -155,6 +155,26 @@ class LargeEnvelopeTests(TestCase):
         body = b'{"auth_data": %s, "payload": %s}' % (json.dumps(forged).encode(), payload)
         del payload
         self.assertGreater(len(body), 60 << 20)
+        # As twistd does after building the worker (makeService): what lives
+        # for the whole process is left out of the collector's full scans.
+        gc.freeze()
+        self.addCleanup(gc.unfreeze)
+        # Two cores shared with other work can deschedule any thread for a
+        # while: the best of five runs is what the worker itself costs. A
+        # parse on the reactor thread stalls every run by most of a second.
+        runs = []
+        for _ in range(5):
+            response, answer, elapsed, worst = await self.timed_post(env, body)
+            self.assertEqual(response.code, 401, answer[:200])
+            runs.append((worst, elapsed))
+            if worst < 0.050:
+                break
+        worst, elapsed = min(runs)
+        print(f"\n60 MB envelope: {elapsed:.2f} s, worst reactor gap {worst * 1000:.1f} ms")
+        self.assertLess(worst, 0.050)
+
+    async def timed_post(self, env: Any, body: bytes) -> tuple[Any, bytes, float, float]:
+        """POST ``body``; the response, the seconds it took, and the worst 5 ms timer delay."""
         gaps: list[float] = []
         last = [time.perf_counter()]
 
@@ -163,22 +183,16 @@ class LargeEnvelopeTests(TestCase):
             gaps.append(now - last[0])
             last[0] = now
 
-        # As twistd does after building the worker (makeService): what lives
-        # for the whole process is left out of the collector's full scans.
-        gc.freeze()
-        self.addCleanup(gc.unfreeze)
         ticker = LoopingCall(tick)
         ticker.clock = reactor
         ticker.start(0.005)
-        self.addCleanup(lambda: ticker.running and ticker.stop())
-        started = time.perf_counter()
-        response, answer = await env.client.request(b"POST", b"/echo", body=body)
-        elapsed = time.perf_counter() - started
-        ticker.stop()
-        self.assertEqual(response.code, 401, answer[:200])
-        worst = max(gaps)
-        print(f"\n60 MB envelope: {elapsed:.2f} s, worst reactor gap {worst * 1000:.1f} ms")
-        self.assertLess(worst, 0.050)
+        try:
+            started = time.perf_counter()
+            response, answer = await env.client.request(b"POST", b"/echo", body=body)
+            elapsed = time.perf_counter() - started
+        finally:
+            ticker.stop()
+        return response, answer, elapsed, max(gaps)
 
     async def test_small_bodies_stay_on_the_reactor_thread(self) -> None:
         """A body under the threshold is parsed at once: no thread pool is involved."""

@@ -32,9 +32,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from json.decoder import scanstring
 from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
@@ -54,6 +53,9 @@ _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 _STRING_FIELDS = ("endpoint", "signature", "url")
 _INT_FIELDS = ("reqnum", "request_idx")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+# The JSON module's own string scanner (C when available): (text, index after
+# the opening quote, strict) -> (the string, the index after its closing quote).
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 LARGE_BODY = 256 * 1024
 """
@@ -140,6 +142,7 @@ def parse_envelope(
     *,
     unsecured: bool,
     drop_params: frozenset[str] = frozenset(),
+    read_span: Callable[[int, int], bytes] | None = None,
 ) -> Envelope:
     """
     Read the routing data of a request.
@@ -157,6 +160,9 @@ def parse_envelope(
         whether any ``auth_data`` is good enough to unwrap a payload.
     :param drop_params: names of other query parameters to remove from the
         forwarded target (the caller's ``api_key``).
+    :param read_span: reads ``body[start:end]`` from where the body came from
+        (a file can do it without holding the interpreter lock); ``None``
+        slices ``body``.
     :return: the routing data and what to forward.
     :raise EnvelopeInvalid: for a body method whose envelope is malformed (422);
         :class:`NestedTooDeep` when it nests deeper than the stack allows here.
@@ -165,7 +171,7 @@ def parse_envelope(
     """
     forward, params = _split_query(target, drop_params)
     if method in BODY_METHODS:
-        return _parse_body(forward, body, unsecured=unsecured)
+        return _parse_body(forward, body, unsecured=unsecured, read_span=read_span)
     return _parse_query(method, target, forward, params, unsecured=unsecured)
 
 
@@ -249,10 +255,23 @@ def _form_decode(raw: bytes) -> bytes:
     return unquote_to_bytes(raw.replace(b"+", b" "))
 
 
-def _parse_body(forward: bytes, body: bytes, *, unsecured: bool) -> Envelope:
+def _parse_body(
+    forward: bytes,
+    body: bytes,
+    *,
+    unsecured: bool,
+    read_span: Callable[[int, int], bytes] | None = None,
+) -> Envelope:
     passthrough = Envelope(auth=None, body=None, target=forward)
     try:
-        members = _members(body)
+        try:
+            members = _members(body)
+        except _NotUTF8 as other:
+            # JSON allows UTF-16 and UTF-32: the same text, in UTF-8, is what
+            # the backend gets (and what the spans are counted in).
+            body = other.args[0].encode("utf-8", "surrogatepass")
+            read_span = None
+            members = _members(body)
     except _NotAnObject:
         if unsecured:
             return passthrough
@@ -282,9 +301,10 @@ def _parse_body(forward: bytes, body: bytes, *, unsecured: bool) -> Envelope:
     else:
         auth = _auth_from_json(auth_data)
     session_id = members["session_id"].value if "session_id" in members else None
+    start, end = members["payload"].span
     return Envelope(
         auth=auth,
-        body=members["payload"].raw,
+        body=read_span(start, end) if read_span is not None else body[start:end],
         target=forward,
         session_id=session_id if isinstance(session_id, str) else None,
     )
@@ -292,14 +312,21 @@ def _parse_body(forward: bytes, body: bytes, *, unsecured: bool) -> Envelope:
 
 @dataclass(frozen=True)
 class _Member:
-    """One member of the body's top-level object: its value (if built) and its bytes."""
+    """
+    One member of the body's top-level object: its value (if built), and where
+    its bytes start and end in the body.
+    """
 
     value: Any
-    raw: bytes
+    span: tuple[int, int]
 
 
 class _NotAnObject(Exception):
     """The body is valid JSON, but not an object."""
+
+
+class _NotUTF8(Exception):
+    """The body is UTF-16 or UTF-32; ``args[0]`` is its text."""
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -328,6 +355,13 @@ _CHECK = json.JSONDecoder(
 #: The members whose values are built; every other one is only validated.
 _BUILT = frozenset({"auth_data", "session_id"})
 
+MAX_BUILT_MEMBER = 64 * 1024
+"""The largest ``auth_data`` or ``session_id`` accepted, in characters of JSON text."""
+
+
+class _TooLarge(Exception):
+    """A member that is built into Python values is over :data:`MAX_BUILT_MEMBER`."""
+
 
 def _members(body: bytes) -> dict[str, _Member]:
     """
@@ -343,15 +377,21 @@ def _members(body: bytes) -> dict[str, _Member]:
         text = body.decode(encoding, "surrogatepass")
     except (UnicodeDecodeError, LookupError):
         raise EnvelopeInvalid("invalid JSON") from None
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise _NotUTF8(text)
     try:
         members, start_ends = _walk(text)
+    except _TooLarge as error:
+        raise EnvelopeInvalid(
+            f"{error.args[0]} is too large", details={error.args[0]: "too large"}
+        ) from None
     except RecursionError:
         raise NestedTooDeep("invalid JSON: nested too deeply") from None
     except ValueError:
         # ValueError covers JSONDecodeError, over-long integers and NaN.
         raise EnvelopeInvalid("invalid JSON") from None
     return {
-        key: _Member(value, _slice(body, text, encoding, *start_ends[key]))
+        key: _Member(value, _byte_span(body, text, encoding, *start_ends[key]))
         for key, value in members.items()
     }
 
@@ -377,13 +417,18 @@ def _walk(text: str) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
         while True:
             if text[i] != '"':
                 raise ValueError("expecting a property name")
-            key, i = scanstring(text, i + 1, True)
+            key, i = _scanstring(text, i + 1, True)
             i = _skip(text, i)
             if text[i] != ":":
                 raise ValueError("expecting ':'")
             i = _skip(text, i + 1)
-            decoder = _KEEP if key in _BUILT else _CHECK
-            value, value_end = decoder.raw_decode(text, i)
+            value, value_end = _CHECK.raw_decode(text, i)
+            if key in _BUILT:
+                if value_end - i > MAX_BUILT_MEMBER:
+                    # Built as Python objects, a large value would cost many
+                    # times its size in memory; routing data is never large.
+                    raise _TooLarge(key)
+                value = _KEEP.raw_decode(text, i)[0]
             values[key] = value
             spans[key] = (i, value_end)
             i = _skip(text, value_end)
@@ -413,22 +458,21 @@ def _skip(text: str, i: int) -> int:
     return i
 
 
-def _slice(body: bytes, text: str, encoding: str, start: int, end: int) -> bytes:
+def _byte_span(body: bytes, text: str, encoding: str, start: int, end: int) -> tuple[int, int]:
     """
-    The bytes of ``text[start:end]`` as the caller sent them in ``body``. A body
-    in UTF-16 or UTF-32 gives the same JSON text in UTF-8.
+    Where ``text[start:end]`` is in ``body``, as the caller sent it. A body in
+    UTF-16 or UTF-32 (JSON allows them) is re-encoded as UTF-8 by
+    :func:`_utf8_body` first, so this is never asked about one.
     """
     if len(text) == len(body):  # ASCII: characters are bytes
-        return body[start:end]
-    if encoding not in ("utf-8", "utf-8-sig"):
-        return text[start:end].encode("utf-8", "surrogatepass")
+        return start, end
     # Count the bytes before and after, not inside: a large payload is not
     # re-encoded, and the caller's bytes are kept whatever their spelling.
     before = len(text[:start].encode("utf-8", "surrogatepass"))
     if encoding == "utf-8-sig":
         before += 3
     after = len(text[end:].encode("utf-8", "surrogatepass"))
-    return body[before : len(body) - after]
+    return before, len(body) - after
 
 
 def _auth_from_json(fields: object) -> AuthData:

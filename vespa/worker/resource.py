@@ -143,9 +143,24 @@ class WorkerResource(Resource):
             return self._refuse(request, error)
         return self._admit(request, envelope)
 
-    def _envelope(self, request: Request, target: bytes) -> Envelope:
-        """Read the body and parse the envelope; CPU work only, so it may run in a thread."""
-        body = self._body(request)
+    def _envelope(self, request: Request, target: bytes, *, in_thread: bool = False) -> Envelope:
+        """
+        Read the body and parse the envelope: it touches nothing shared, so it
+        may run in a thread. There, a body in a file is read, and its payload
+        read again, with ``os.pread``: the copies and the page faults of tens
+        of megabytes then happen without the interpreter lock, which the
+        reactor thread needs.
+        """
+        fd = _file_descriptor(request.content) if in_thread else None
+        if fd is None:
+            body = self._body(request)
+            read_span = None
+        else:
+            body = _pread_all(fd)
+
+            def read_span(start: int, end: int) -> bytes:
+                return _pread_all(fd, start, end)
+
         secured = self.verifier is not None
         envelope = parse_envelope(
             request.method,
@@ -153,6 +168,7 @@ class WorkerResource(Resource):
             body,
             unsecured=not secured,
             drop_params=_CALLER_KEY_PARAMS if secured else frozenset(),
+            read_span=read_span,
         )
         if envelope.body is None and request.method in BODY_METHODS:
             # A passthrough: the body is already in memory, so the relay
@@ -169,27 +185,24 @@ class WorkerResource(Resource):
         request.notifyFinish().addErrback(gone.append)
         pool = self.reactor.getThreadPool()
         parsed: Deferred[Envelope] = deferToThreadPool(
-            self.reactor, pool, self._envelope, request, target
+            self.reactor, pool, self._envelope, request, target, in_thread=True
         )
 
-        def admit(envelope: Envelope) -> bytes | int:
-            return NOT_DONE_YET if gone else self._admit(request, envelope)
-
-        def refuse(reason: Failure) -> bytes | int:
+        def parsed_or_failed(result: Envelope | Failure) -> None:
             if gone:
-                return NOT_DONE_YET
-            if not reason.check(VespaError):
-                log.failure("parsing a request body failed", reason)
-                return self._refuse(request, VespaError("the request could not be read"))
-            return self._refuse(request, reason.value)
-
-        def answer(result: bytes | int) -> None:
-            if result is not NOT_DONE_YET and not gone:
-                assert isinstance(result, bytes)
-                request.write(result)
+                return
+            if not isinstance(result, Failure):
+                answer = self._admit(request, result)
+            elif isinstance(result.value, VespaError):
+                answer = self._refuse(request, result.value)
+            else:
+                log.failure("parsing a request body failed", result)
+                answer = self._refuse(request, VespaError("the request could not be read"))
+            if isinstance(answer, bytes):
+                request.write(answer)
                 request.finish()
 
-        parsed.addCallbacks(admit, refuse).addCallback(answer)
+        parsed.addBoth(parsed_or_failed)
         return NOT_DONE_YET
 
     def _local_route(self, request: Request) -> bytes | None:
@@ -347,12 +360,35 @@ class _Admitted:
                 metrics.first_byte.observe(result.first_byte)
 
 
+def _file_descriptor(content: Any) -> int | None:
+    """The descriptor of a body kept in a real file (twisted.web's temporary file), if so."""
+    try:
+        fd = content.fileno()
+    except (AttributeError, OSError, ValueError):  # BytesIO: io.UnsupportedOperation
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+def _pread_all(fd: int, start: int = 0, end: int | None = None) -> bytes:
+    """``[start:end]`` of the file ``fd`` (to its end when ``end`` is ``None``)."""
+    if end is None:
+        end = os.fstat(fd).st_size
+    pieces = []
+    while start < end:
+        piece = os.pread(fd, end - start, start)
+        if not piece:
+            break
+        pieces.append(piece)
+        start += len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 def _body_size(request: Request) -> int:
     """The size of a body method's request body, without reading it."""
     content = request.content
     if request.method not in BODY_METHODS or content is None:
         return 0
-    size = content.seek(0, io.SEEK_END)
+    size: int = content.seek(0, io.SEEK_END)
     content.seek(0)
     return size
 
