@@ -104,3 +104,30 @@ class OfficialClientTests(TestCase):
             self.assertNotIn(b"authorization", headers)
             flat = b" ".join(v for values in headers.values() for v in values)
             self.assertNotIn(API_KEY.encode(), flat)
+
+
+class DebugWorkerUrlTests(TestCase):
+    """The official client's ``VAST_DEBUG_WORKER_URL`` path against an unsecured worker."""
+
+    timeout = 60
+
+    async def test_partial_auth_data_is_unwrapped(self) -> None:
+        """
+        With ``VAST_DEBUG_WORKER_URL`` the client skips ``/route/`` and sends
+        ``auth_data`` holding only a url and an index: an unsecured worker
+        relays the payload.
+        """
+        import os
+
+        stack = await start_official_stack(self, unsecured=True)
+        self.patch(os, "environ", {**os.environ, "VAST_DEBUG_WORKER_URL": stack.worker_url})
+
+        async def work() -> dict[str, Any]:
+            async with official_client(stack.autoscaler_url) as client:
+                return await official_endpoint(client).request(CHAT, _chat("debug", max_tokens=2))
+
+        result = await run_official(work)
+        self.assertEqual(result["status"], 200, result)
+        self.assertEqual(result["auth_data"], {"request_idx": 1, "url": stack.worker_url})
+        self.assertEqual(stack.autoscaler.route_requests, [])
+        self.assertEqual(stack.model.bodies[-1], _chat("debug", max_tokens=2))
