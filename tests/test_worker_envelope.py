@@ -11,16 +11,18 @@ import time
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.support import (
     PUBLIC_URL,
     HTTPClient,
+    raw_connect,
     shared_key,
     start_echo_backend,
     start_secured_worker,
     start_worker,
+    until,
 )
 from vespa.protocol.envelope import wrap_body
 from vespa.testing.autoscaler import sign_auth
@@ -193,6 +195,37 @@ class LargeEnvelopeTests(TestCase):
         finally:
             ticker.stop()
         return response, answer, elapsed, max(gaps)
+
+    async def test_caller_gone_while_parsing_is_never_admitted(self) -> None:
+        """
+        A caller that sends a large signed envelope and hangs up while it is
+        parsed is never admitted: nothing accounted, nothing relayed.
+        """
+        env = await start_secured_worker(self, signing_mode="url", signature_mode="auto")
+        resource = env.worker.resource
+        parsed: list[object] = []
+        real = resource._envelope
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return real(*args, **kwargs)
+            finally:
+                parsed.append(True)
+
+        self.patch(resource, "_envelope", recording)
+        body = wrap_body(_auth(), {"prompt": "x" * (4 << 20)})
+        client = await raw_connect(env.port)
+        client.transport.write(
+            b"POST /echo HTTP/1.1\r\nHost: w\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        client.transport.loseConnection()
+        await client.closed
+        await until(lambda: bool(parsed))
+        await deferLater(reactor, 0.01, lambda: None)  # the parse's callback, on the reactor
+        totals = env.worker.ledger.totals
+        self.assertEqual((totals.received, totals.rejected), (0, 0))
+        self.assertEqual([r for r in env.backend.received if r[1] != b"/health"], [])
 
     async def test_small_bodies_stay_on_the_reactor_thread(self) -> None:
         """A body under the threshold is parsed at once: no thread pool is involved."""

@@ -13,9 +13,9 @@ parameter, and the :class:`AuthData` to verify and account.
 
 The whole body is validated as JSON (``NaN`` and ``Infinity`` are not JSON and
 are refused), but only ``auth_data`` and ``session_id`` are built into Python
-values: the payload is checked and then sliced out of the body, so ``1e400``,
-duplicate keys and deep nesting reach the backend as written, and a large
-payload costs no memory beyond its bytes. The parser calls back into Python
+values (and only when small): the payload is checked and then sliced out of
+the body, so ``1e400``, duplicate keys and deep nesting reach the backend as
+written, and a large payload costs no memory beyond its bytes. The parser calls back into Python
 for every object and number it meets, so when it runs in a thread (see
 :data:`LARGE_BODY`) the reactor thread gets the interpreter lock every few
 milliseconds even while a large body is parsed.
@@ -119,10 +119,11 @@ class Envelope:
     What a request carries, and what to forward of it.
 
     :param auth: the routing data, or ``None`` for an unsecured passthrough
-        (the request carried no routing data at all).
-    :param body: the body to forward: the re-encoded ``payload`` for a body
-        method with ``auth_data``; ``None`` to forward the request's own body
-        untouched.
+        (the request carried no routing data at all) or an unsecured envelope
+        whose ``auth_data`` is not valid routing data.
+    :param body: the body to forward: the ``payload``'s bytes as the caller
+        wrote them, for a body method with ``auth_data``; ``None`` to forward
+        the request's own body untouched.
     :param target: the origin-form target to forward: the request's, with every
         ``serverless_*`` query parameter (and any other asked for) removed and
         all others kept byte for byte and in order.

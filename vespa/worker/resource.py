@@ -364,6 +364,7 @@ def _file_descriptor(content: Any) -> int | None:
     """The descriptor of a body kept in a real file (twisted.web's temporary file), if so."""
     try:
         fd = content.fileno()
+        content.flush()  # what a buffered file still holds is not in the file yet
     except (AttributeError, OSError, ValueError):  # BytesIO: io.UnsupportedOperation
         return None
     return fd if isinstance(fd, int) else None
