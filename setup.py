@@ -27,8 +27,8 @@ setup(
     ],
     extras_require={
         # openai: the client is tested with the real SDK as a caller.
-        # vastai: the official Vast client (and worker), the reference the
-        # worker's protocol is tested against.
+        # vastai: the worker is tested with Vast's official client (1.9.1 is
+        # the protocol reference, see README "Compatibility").
         "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1"],
     },
     entry_points={

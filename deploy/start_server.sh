@@ -238,6 +238,14 @@ if [[ $VESPA_INSTALL != never && -z ${VESPA_PACKAGE:-} ]]; then
     fail "VESPA_PACKAGE is not set and $REPO_DIR is not a Vespa checkout: set it to a pip requirement (e.g. git+https://github.com/ORG/vespa@main) or a directory"
 fi
 [[ -n ${HF_TOKEN:-} ]] || log "note: HF_TOKEN is not set (the model server may need it)"
+# Vast's base images start the official worker themselves when SERVERLESS=true, unless
+# SUPERVISOR_SKIP_PYWORKER=true: then two workers would bind the same port. The image reads
+# it before this script runs, so the template must set it; exported here as well, for
+# anything started below that looks at it.
+if [[ ${SERVERLESS:-} == true && ${SUPERVISOR_SKIP_PYWORKER:-} != true ]]; then
+    log "warning: SERVERLESS=true without SUPERVISOR_SKIP_PYWORKER=true: a Vast base image also starts the official worker, on port $VESPA_WORKER_PORT too; set SUPERVISOR_SKIP_PYWORKER=true in the template's environment"
+fi
+export SUPERVISOR_SKIP_PYWORKER=true
 mkdir -p -- "$WORKSPACE_DIR" || fail "cannot create WORKSPACE_DIR $WORKSPACE_DIR"
 
 # What the worker reads: the same values, under its own names.

@@ -49,7 +49,10 @@ def start_worker(
     (``blocked_paths``, ``max_body_size``, timeouts...), its deadlines run by
     ``clock``; return it and its port.
     """
-    config = replace(WorkerConfig(backend=Origin("http", "127.0.0.1", backend_port)), **overrides)
+    config = replace(
+        WorkerConfig(backend=Origin("http", "127.0.0.1", backend_port), unsecured=True),
+        **overrides,
+    )
     relay = build_relay(config, reactor, clock)
     testcase.addCleanup(relay.close)
     state = WorkerState(reactor)
@@ -61,6 +64,7 @@ def start_worker(
         admission=Admission(max_wait_time=config.max_wait_time, slots=config.slots),
         verifier=None,
         blocklist=PathBlocklist(config.blocked_paths),
+        reactor=reactor,
     )
     site = ProxySite(
         resource, max_body_size=config.max_body_size, access_log=config.access_log, reactor=reactor

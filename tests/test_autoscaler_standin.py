@@ -367,6 +367,41 @@ class UrlModeTests(StandinTestCase):
             ValueError, verify, self.autoscaler.public_key_pem, full, answer["signature"]
         )
 
+    @inlineCallbacks
+    def test_one_signature_per_worker(self) -> Gen:
+        """Like Vast's autoscaler today, each worker's url is signed once and reused."""
+        self.autoscaler.register_worker(WORKER_A)
+        self.autoscaler.register_worker(WORKER_B)
+        signatures: dict[str, set[str]] = {}
+        for cost in (1, 2, 3, 4):
+            _, answer = yield self.route({"endpoint": "demo-endpoint", "cost": cost})
+            signatures.setdefault(answer["url"], set()).add(answer["signature"])
+        self.assertEqual(sorted(signatures), sorted([WORKER_A, WORKER_B]))
+        self.assertEqual([len(s) for s in signatures.values()], [1, 1])
+        self.assertNotEqual(signatures[WORKER_A], signatures[WORKER_B])
+
+    def test_url_signing_is_the_default(self) -> None:
+        """The stand-in signs today's way unless asked for the five-field form."""
+        self.assertEqual(Autoscaler(Clock(), key=KEY).signing_mode, "url")
+        self.assertEqual(StandinConfig().signing_mode, "url")
+
+    @inlineCallbacks
+    def test_request_idx_zero_is_a_new_request(self) -> Gen:
+        """The official client's first call sends ``request_idx: 0``: each gets a fresh index."""
+        self.autoscaler.register_worker(WORKER_A)
+        idxs = []
+        for _ in range(3):
+            _, answer = yield self.route(
+                {"endpoint": "demo-endpoint", "cost": 100, "request_idx": 0}
+            )
+            idxs.append(answer["request_idx"])
+        self.assertNotIn(0, idxs)
+        self.assertEqual(len(set(idxs)), 3)
+        _, again = yield self.route(
+            {"endpoint": "demo-endpoint", "cost": 100, "request_idx": idxs[0]}
+        )
+        self.assertEqual(again["request_idx"], idxs[0])
+
 
 class ReportTests(StandinTestCase):
     """``POST /worker_status/`` and ``POST /delete_requests/``."""
@@ -682,7 +717,7 @@ class CommandLineTests(SynchronousTestCase):
     """``python -m vespa.testing.autoscaler``."""
 
     def test_defaults(self) -> None:
-        """With no arguments: port 8080 on 127.0.0.1, full signing, the demo names."""
+        """With no arguments: port 8080 on 127.0.0.1, url signing, the demo names."""
         self.assertEqual(parse_args([]), StandinConfig())
         self.assertEqual(StandinConfig().port, 8080)
 

@@ -916,3 +916,35 @@ class WorkerConfigTests(SynchronousTestCase):
                 config_error({"demo": 1, "backend-url": url}),
                 "--demo needs an http://<ip>:<port> --backend-url to serve on",
             )
+
+
+class SecretAndSignatureSettingsTests(SynchronousTestCase):
+    """``--backend-api-key`` (as is or ``@file``) and ``--signature-mode``."""
+
+    def test_backend_api_key_given_or_from_a_file(self) -> None:
+        """A key on the command line, in the environment, or read from ``@path`` (trimmed)."""
+        from vespa.config import parse_secret
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("sk-from-file\n")
+        given = {"backend-url": BACKEND, "backend-api-key": "@" + path}
+        self.assertEqual(WorkerConfig.from_sources(given, {}).backend_api_key, "sk-from-file")
+        environ = {"VESPA_BACKEND_API_KEY": "sk-env"}
+        config = WorkerConfig.from_sources({"backend-url": BACKEND}, environ)
+        self.assertEqual(config.backend_api_key, "sk-env")
+        self.assertIsNone(WorkerConfig.from_sources({"backend-url": BACKEND}, {}).backend_api_key)
+        self.assertIn("cannot read the key file", value_error(parse_secret, "@/nonexistent/k"))
+        self.assertIn("printable", value_error(parse_secret, "a b"))
+        message = config_error({"backend-url": BACKEND, "backend-api-key": "@/nonexistent/k"})
+        self.assertIn("--backend-api-key", message)
+
+    def test_signature_mode_defaults_to_auto(self) -> None:
+        """``auto`` by default; ``url`` and ``full`` force one form; anything else is refused."""
+        default = WorkerConfig.from_sources({"backend-url": BACKEND}, {})
+        self.assertEqual(default.signature_mode, "auto")
+        for mode in ("url", "full", "auto"):
+            given = {"backend-url": BACKEND, "signature-mode": mode}
+            self.assertEqual(WorkerConfig.from_sources(given, {}).signature_mode, mode)
+        message = config_error({"backend-url": BACKEND, "signature-mode": "none"})
+        self.assertIn("--signature-mode", message)

@@ -202,7 +202,8 @@ STUB = """#!/bin/sh
   printf 'argv:'; for a in "$@"; do printf ' [%s]' "$a"; done; echo
   echo "cwd: $(pwd)"
   for v in VESPA_USE_SSL VESPA_TLS_CERT VESPA_TLS_KEY VESPA_WORKER_PORT REPORT_ADDR \\
-           WORKSPACE_DIR VESPA_VENV VESPA_SUPERVISOR_DIR VESPA_LOG_FILE VESPA_LOG_MAXBYTES; do
+           WORKSPACE_DIR VESPA_VENV VESPA_SUPERVISOR_DIR VESPA_LOG_FILE VESPA_LOG_MAXBYTES \\
+           SUPERVISOR_SKIP_PYWORKER; do
     eval "echo \\"$v=\\${{$v-<unset>}}\\""
   done
 }} > {record}
@@ -323,7 +324,7 @@ class StartScriptTests(TestCase):
         reports = (autoscaler or self.autoscaler).status_reports
         self.assertEqual(len(reports), 1, process.text)
         report = reports[0]
-        self.assertEqual(set(report), STATUS_FIELDS)
+        self.assertEqual(set(report), STATUS_FIELDS | {"disk_usage"})
         self.assertTrue(
             report["error_msg"].startswith(f"Vespa start failed: {step}: "), report["error_msg"]
         )
@@ -332,7 +333,8 @@ class StartScriptTests(TestCase):
         self.assertEqual(report["id"], worker_id)
         self.assertEqual(report["mtoken"], MASTER_TOKEN)
         self.assertEqual(report["working_request_idxs"], [])
-        for field in STATUS_FIELDS - {"id", "mtoken", "version", "error_msg", "url"}:
+        numbers = (STATUS_FIELDS | {"disk_usage"}) - {"id", "mtoken", "version", "error_msg", "url"}
+        for field in numbers:
             if field != "working_request_idxs":
                 self.assertEqual(report[field], 0, field)
         self.assertNotIn("starting the worker:", process.text)
@@ -500,6 +502,27 @@ class StartScriptTests(TestCase):
         self.assertIn("VESPA_USE_SSL=false\n", recorded)
         self.assertEqual(self.signer.requests, [])
 
+    async def test_supervisor_skip_pyworker(self) -> None:
+        """
+        On a Vast base image with SERVERLESS=true, the official worker starts too
+        unless SUPERVISOR_SKIP_PYWORKER=true: the script warns when it is missing
+        and exports it to the worker either way.
+        """
+        twistd, record = self.stub("twistd")
+        for skip, warned in ((None, True), ("true", False)):
+            env = self.env(
+                VESPA_TWISTD=twistd,
+                VESPA_USE_SSL="false",
+                SERVERLESS="true",
+                SUPERVISOR_SKIP_PYWORKER=skip,
+            )
+            process = await self.run_script(env)
+            self.assertEqual(process.status, 0, process.text)
+            warning = "SUPERVISOR_SKIP_PYWORKER=true in the template" in process.text
+            self.assertEqual(warning, warned)
+            with open(record) as f:
+                self.assertIn("SUPERVISOR_SKIP_PYWORKER=true\n", f.read())
+
     async def test_settings_errors(self) -> None:
         """
         SSL on without CONTAINER_ID, a USE_SSL that is neither true nor false:
@@ -548,7 +571,7 @@ class StartScriptTests(TestCase):
             self.assertEqual(report["mtoken"], token, python)
             self.assertEqual(report["version"], "v\t1", python)
             self.assertEqual(report["id"], CONTAINER_ID, python)
-            self.assertEqual(set(report), STATUS_FIELDS, python)
+            self.assertEqual(set(report), STATUS_FIELDS | {"disk_usage"}, python)
             self.assertIn("VESPA_BACKEND_URL", report["error_msg"])
             self.assertNotIn(token, process.text, "MASTER_TOKEN was logged")
 

@@ -10,7 +10,7 @@ import math
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes, urlencode
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,6 +20,7 @@ from vespa.protocol.envelope import (
     AuthData,
     Envelope,
     EnvelopeInvalid,
+    NestedTooDeep,
     auth_query,
     parse_envelope,
     wrap_body,
@@ -39,6 +40,10 @@ FULL_QUERY = (
     b"&serverless_request_idx=9&serverless_signature=c2lnbmF0dXJl%2B%2F%3D%3D"
     b"&serverless_url=https%3A%2F%2F1.2.3.4%3A5"
 )
+
+
+#: Property tests: bounded to keep the suite fast, no example database in the checkout.
+PROPERTY = settings(max_examples=300, deadline=None, database=None)
 
 
 def post(body: Any, target: bytes = b"/v1/x", *, unsecured: bool = False) -> Envelope:
@@ -77,7 +82,7 @@ class BodyEnvelopeTests(SynchronousTestCase):
         for method in (b"PUT", b"PATCH"):
             envelope = parse_envelope(method, b"/x", body, unsecured=False)
             self.assertEqual(envelope.auth, AuthData(**AUTH))
-            self.assertEqual(envelope.body, b"[1,2]")
+            self.assertEqual(envelope.body, b"[1, 2]")
 
     def test_methods_are_case_sensitive(self) -> None:
         """A lowercase ``post`` is not POST (methods are case-sensitive): it needs query auth."""
@@ -86,13 +91,13 @@ class BodyEnvelopeTests(SynchronousTestCase):
         )
 
     def test_payload_of_any_json_type(self) -> None:
-        """Any JSON value is a payload, null included, and is re-encoded compactly."""
+        """Any JSON value is a payload, null included, forwarded as it was written."""
         cases: list[tuple[Any, bytes]] = [
             (None, b"null"),
             ("text", b'"text"'),
             (3.5, b"3.5"),
             ([], b"[]"),
-            ({"a": {"b": [1, True]}}, b'{"a":{"b":[1,true]}}'),
+            ({"a": {"b": [1, True]}}, b'{"a": {"b": [1, true]}}'),
             ("caf\u00e9 \U0001f600", b'"caf\\u00e9 \\ud83d\\ude00"'),
         ]
         for payload, encoded in cases:
@@ -139,14 +144,16 @@ class BodyEnvelopeTests(SynchronousTestCase):
     def test_extra_wrapper_keys_are_ignored(self) -> None:
         """Keys beside auth_data and payload (the SDK's ``session_id``) are not forwarded."""
         envelope = post({"auth_data": AUTH, "payload": {"p": 1}, "session_id": "s"})
-        self.assertEqual(envelope.body, b'{"p":1}')
+        self.assertEqual(envelope.body, b'{"p": 1}')
+        self.assertEqual(envelope.session_id, "s")
 
     def test_invalid_json(self) -> None:
         """A body that is not JSON is a 422 ``invalid JSON``."""
         for body in [b"", b"{", b"not json", b"\xff\xfe{", b"[" * 100000, b'{"a": 1}}']:
             error = self.assertRaises(EnvelopeInvalid, post, body)
             self.assertEqual(error.status, 422)
-            self.assertEqual(error.body(), {"error": "invalid JSON", "origin": "vespa"})
+            self.assertEqual(error.body()["origin"], "vespa")
+            self.assertTrue(error.message.startswith("invalid JSON"), error.message)
 
     def test_body_not_an_object(self) -> None:
         """A JSON body that is not an object misses both wrapper fields (422)."""
@@ -259,15 +266,20 @@ class BodyEnvelopeTests(SynchronousTestCase):
             self.assertEqual(error.details, {"auth_data": {"cost": reason}}, cost)
 
     def test_non_finite_json_cost(self) -> None:
-        """``NaN`` and ``Infinity`` (which Python's JSON parser accepts) are refused as costs."""
+        """
+        ``NaN`` and ``Infinity`` (which Python's JSON parser accepts) are not
+        JSON: 422. ``1e400`` is JSON, but no finite cost.
+        """
         template = (
             b'{"auth_data": {"cost": %s, "endpoint": "e", "reqnum": 1, "request_idx": 2,'
             b' "signature": "", "url": "u"}, "payload": 0}'
         )
-        for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
+        for literal in (b"NaN", b"Infinity", b"-Infinity"):
             error = self.assertRaises(EnvelopeInvalid, post, template % literal)
             self.assertEqual(error.status, 422)
-            self.assertIn("cost", error.details["auth_data"])
+            self.assertEqual(error.message, "invalid JSON")
+        error = self.assertRaises(EnvelopeInvalid, post, template % b"1e400")
+        self.assertEqual(error.details, {"auth_data": {"cost": "must be a finite number"}})
 
     def test_all_field_problems_reported_at_once(self) -> None:
         """Missing and mistyped fields are named together."""
@@ -315,17 +327,32 @@ class UnsecuredBodyTests(SynchronousTestCase):
         """A body with auth_data is read as an envelope in unsecured mode too."""
         envelope = post({"auth_data": AUTH, "payload": {"a": 1}}, unsecured=True)
         self.assertEqual(envelope.auth, AuthData(**AUTH))
-        self.assertEqual(envelope.body, b'{"a":1}')
+        self.assertEqual(envelope.body, b'{"a": 1}')
 
-    def test_bad_envelope_still_refused(self) -> None:
-        """A body that has auth_data but is otherwise malformed is a 422 in unsecured mode too."""
-        for body in [
-            {"auth_data": AUTH},
-            {"auth_data": 5, "payload": 1},
-            {"auth_data": {}, "payload": 1},
+    def test_any_auth_data_unwraps(self) -> None:
+        """
+        Unsecured, whatever auth_data holds, its payload is relayed: the
+        official client's ``VAST_DEBUG_WORKER_URL`` sends only a url and an index.
+        """
+        for auth_data in [
+            {"request_idx": 1, "url": "http://127.0.0.1:3000"},
+            {},
+            5,
+            None,
+            "x",
         ]:
-            error = self.assertRaises(EnvelopeInvalid, post, body, unsecured=True)
-            self.assertEqual(error.status, 422)
+            body = {"auth_data": auth_data, "session_id": None, "payload": {"prompt": "hi"}}
+            envelope = post(body, unsecured=True)
+            self.assertEqual(envelope.body, b'{"prompt": "hi"}')
+            self.assertIsNone(envelope.auth)
+        # Secured, the same bodies are refused.
+        error = self.assertRaises(EnvelopeInvalid, post, {"auth_data": {"url": "u"}, "payload": 1})
+        self.assertEqual(error.status, 422)
+
+    def test_missing_payload_still_refused(self) -> None:
+        """A body with auth_data but no payload is a 422 in unsecured mode too."""
+        error = self.assertRaises(EnvelopeInvalid, post, {"auth_data": AUTH}, unsecured=True)
+        self.assertEqual(error.status, 422)
 
 
 class QueryEnvelopeTests(SynchronousTestCase):
@@ -663,3 +690,223 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIs(type(envelope.auth.cost), type(auth["cost"]))
         self.assertEqual(json.loads(envelope.body), payload)
         self.assertFalse(math.isnan(envelope.auth.workload))
+
+
+def _wrapped(payload: bytes, auth: dict[str, Any] = AUTH, *, before: bytes = b"") -> bytes:
+    """An envelope whose payload is the raw JSON text ``payload``."""
+    return b'{"auth_data": %s, %s"payload": %s}' % (json.dumps(auth).encode(), before, payload)
+
+
+class PayloadBytesTests(SynchronousTestCase):
+    """The payload reaches the backend byte for byte as the caller wrote it."""
+
+    def test_spelling_kept(self) -> None:
+        """Whitespace, number spellings, escapes and key order are not touched."""
+        for payload in [
+            b'{ "b" :1,\n\t"a": [1.0, 1E2, -0, 2e-3 ] }',
+            b'"\\u00e9\\/\\n"',
+            b"12345678901234567890123456789",
+            b"1e400",
+            b'{"x": 1e400, "y": -1e400}',
+        ]:
+            self.assertEqual(post(_wrapped(payload)).body, payload)
+
+    def test_duplicate_keys_not_collapsed(self) -> None:
+        """A payload with a repeated key reaches the backend with both."""
+        payload = b'{"a": 1, "a": 2}'
+        self.assertEqual(post(_wrapped(payload)).body, payload)
+
+    def test_non_ascii_utf8_kept(self) -> None:
+        """Raw UTF-8 text, before and inside the payload, is sliced at the right bytes."""
+        auth = with_auth(endpoint="caf\u00e9 \U0001f600")
+        payload = '{"p": "\u00e9\u4e2d\U0001f600"}'.encode()
+        body = b'{"auth_data": %s, "payload": %s}' % (
+            json.dumps(auth, ensure_ascii=False).encode(),
+            payload,
+        )
+        envelope = post(body)
+        self.assertEqual(envelope.body, payload)
+        self.assertEqual(envelope.auth, AuthData(**auth))
+        bom = post(b"\xef\xbb\xbf" + body)
+        self.assertEqual(bom.body, payload)
+
+    def test_read_span(self) -> None:
+        """With ``read_span`` the payload's bytes are read, at the right offsets, not sliced."""
+        auth = with_auth(endpoint="caf\u00e9")
+        payload = '{"p": "\u4e2d"}'.encode()
+        body = b'{"auth_data": %s, "payload": %s}' % (
+            json.dumps(auth, ensure_ascii=False).encode(),
+            payload,
+        )
+        spans: list[tuple[int, int]] = []
+
+        def read(start: int, end: int) -> bytes:
+            spans.append((start, end))
+            return body[start:end]
+
+        envelope = parse_envelope(b"POST", b"/x", body, unsecured=False, read_span=read)
+        self.assertEqual(envelope.body, payload)
+        self.assertEqual(len(spans), 1)
+
+    def test_utf16_body_gives_utf8_payload(self) -> None:
+        """A UTF-16 body (JSON allows it) is relayed as the same JSON text in UTF-8."""
+        text = '{"auth_data": %s, "payload": {"p": "\u00e9"}}' % json.dumps(AUTH)
+        envelope = post(text.encode("utf-16"))
+        self.assertEqual(envelope.body, '{"p": "\u00e9"}'.encode())
+
+    def test_nan_and_infinity_refused(self) -> None:
+        """``NaN`` and ``Infinity`` in a payload are not JSON: 422, never relayed or invented."""
+        for literal in (b"NaN", b"Infinity", b"-Infinity", b'{"t": [NaN]}'):
+            error = self.assertRaises(EnvelopeInvalid, post, _wrapped(literal))
+            self.assertEqual(error.message, "invalid JSON")
+
+    def test_invalid_payload_refused(self) -> None:
+        """A payload that is not JSON makes the body invalid JSON."""
+        for payload in (b"{", b"[1,]", b"01", b'"\x01"', b"tru", b"{'a': 1}"):
+            error = self.assertRaises(EnvelopeInvalid, post, _wrapped(payload))
+            self.assertTrue(error.message.startswith("invalid JSON"), payload)
+
+    def test_last_duplicate_member_wins(self) -> None:
+        """Two top-level payloads: the last one, as json.loads would say."""
+        body = b'{"payload": 1, "auth_data": %s, "payload": [2]}' % json.dumps(AUTH).encode()
+        self.assertEqual(post(body).body, b"[2]")
+
+    def test_other_members_validated_not_forwarded(self) -> None:
+        """A member beside the three is checked as JSON, never forwarded."""
+        self.assertEqual(post(_wrapped(b"1", before=b'"x": [1, {"y": 2}], ')).body, b"1")
+        self.assertRaises(EnvelopeInvalid, post, _wrapped(b"1", before=b'"x": NaN, '))
+
+    def test_deep_nesting_that_json_accepts(self) -> None:
+        """A payload nested hundreds deep is relayed as written; a hopeless one is refused."""
+        payload = b"[" * 400 + b"1" + b"]" * 400
+        self.assertEqual(post(_wrapped(payload)).body, payload)
+        error = self.assertRaises(NestedTooDeep, post, _wrapped(b"[" * 100000 + b"]" * 100000))
+        self.assertEqual(error.status, 422)
+
+    def test_large_routing_data_refused(self) -> None:
+        """
+        An auth_data (or session_id) of megabytes is refused before it is built
+        into Python objects, which would take many times its size in memory.
+        """
+        huge = {**AUTH, "padding": list(range(100000))}
+        error = self.assertRaises(EnvelopeInvalid, post, {"auth_data": huge, "payload": 1})
+        self.assertEqual((error.status, error.message), (422, "auth_data is too large"))
+        error = self.assertRaises(
+            EnvelopeInvalid, post, {"auth_data": AUTH, "session_id": "s" * 70000, "payload": 1}
+        )
+        self.assertEqual(error.details, {"session_id": "too large"})
+
+    def test_session_id(self) -> None:
+        """A string ``session_id`` is kept, null is no session; any other type is a 422."""
+        for sent, kept in (("abc", "abc"), (None, None)):
+            body = {"auth_data": AUTH, "session_id": sent, "payload": 1}
+            self.assertEqual(post(body).session_id, kept)
+        for sent in (5, {"a": 1}, ["abc"]):
+            body = {"auth_data": AUTH, "session_id": sent, "payload": 1}
+            with self.assertRaises(EnvelopeInvalid) as caught:
+                post(body)
+            self.assertEqual(caught.exception.status, 422)
+
+
+class DroppedParamsTests(SynchronousTestCase):
+    """Query parameters asked for (the endpoint's ``api_key``) never reach the backend."""
+
+    def test_api_key_dropped(self) -> None:
+        """Every ``api_key`` goes, other parameters stay byte for byte, in order."""
+        envelope = parse_envelope(
+            b"POST",
+            b"/v1/x?a=1&api_key=secret&b=%20&api%5Fkey=x&api_key",
+            wrap_body(AUTH, 1),
+            unsecured=False,
+            drop_params=frozenset({"api_key"}),
+        )
+        self.assertEqual(envelope.target, b"/v1/x?a=1&b=%20")
+        only = parse_envelope(
+            b"GET",
+            b"/m?api_key=s&" + FULL_QUERY,
+            b"",
+            unsecured=False,
+            drop_params=frozenset({"api_key"}),
+        )
+        self.assertEqual(only.target, b"/m")
+        self.assertEqual(only.auth, AuthData(**AUTH))
+
+    def test_kept_unless_asked(self) -> None:
+        """Without ``drop_params`` an ``api_key`` is the caller's business."""
+        envelope = post(wrap_body(AUTH, 1), b"/x?api_key=k")
+        self.assertEqual(envelope.target, b"/x?api_key=k")
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
+
+
+def _mutations(data: bytes, cuts: list[tuple[int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for position, insert in cuts:
+        at = position % (len(out) + 1)
+        out[at:at] = insert
+    return bytes(out)
+
+
+class ParserPropertyTests(SynchronousTestCase):
+    """Whatever arrives, the parser answers an Envelope or a 4xx VespaError, nothing else."""
+
+    @PROPERTY
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.builds(
+                _mutations,
+                st.builds(
+                    lambda auth, payload: wrap_body(auth, payload),
+                    st.one_of(st.just(AUTH), st.dictionaries(st.text(max_size=5), _json_values)),
+                    _json_values,
+                ),
+                st.lists(
+                    st.tuples(
+                        st.integers(min_value=0),
+                        st.sampled_from(
+                            [
+                                b"{",
+                                b"}",
+                                b"[",
+                                b"]",
+                                b",",
+                                b":",
+                                b'"',
+                                b"\\",
+                                b"NaN",
+                                b"\xff",
+                                b"1e400",
+                                b"\x00",
+                                b" ",
+                                b'"payload": 1,',
+                                b'"auth_data": {},',
+                            ]
+                        ),
+                    ),
+                    max_size=3,
+                ),
+            ),
+        ),
+        st.booleans(),
+        st.sampled_from([b"POST", b"GET", b"PUT"]),
+    )
+    def test_envelope_or_4xx(self, body: bytes, unsecured: bool, method: bytes) -> None:
+        """No body yields a 5xx or any other exception; a forwarded payload is valid JSON."""
+        try:
+            envelope = parse_envelope(method, b"/x?serverless_cost=1", body, unsecured=unsecured)
+        except VespaError as error:
+            self.assertTrue(400 <= error.status < 500, error)
+            return
+        self.assertIsInstance(envelope, Envelope)
+        if envelope.body is not None:
+            json.loads(envelope.body, parse_constant=_not_json)
+
+
+def _not_json(name: str) -> None:
+    raise AssertionError(f"{name} was forwarded")

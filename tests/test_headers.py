@@ -412,3 +412,37 @@ class CopyResponseHeadersTests(SynchronousTestCase):
                 self.assertEqual(downstream.getRawHeaders(name), values, name)
         if not upstream.hasHeader(b"server") or b"server" in tokens:
             self.assertFalse(downstream.hasHeader(b"server"))
+
+
+class AuthorizationTests(SynchronousTestCase):
+    """The caller's key is not the backend's: it can be removed, and the backend's own set."""
+
+    def test_kept_by_default(self) -> None:
+        """A transparent proxy passes the caller's Authorization."""
+        out = forward((b"Authorization", b"Bearer caller"))
+        self.assertEqual(out.getRawHeaders(b"authorization"), [b"Bearer caller"])
+
+    def test_dropped(self) -> None:
+        """``drop_authorization`` removes every Authorization header, whatever its case."""
+        out = request_headers(
+            make_headers((b"authorization", b"Bearer a"), (b"AUTHORIZATION", b"Bearer b")),
+            host=b"h",
+            client_ip=None,
+            proto=b"http",
+            drop_authorization=True,
+        )
+        self.assertFalse(out.hasHeader(b"authorization"))
+
+    def test_backend_key_replaces_the_callers(self) -> None:
+        """``authorization`` is the backend's one Authorization, with or without a caller's."""
+        for pairs in ([(b"Authorization", b"Bearer caller")], []):
+            for drop in (True, False):
+                out = request_headers(
+                    make_headers(*pairs),
+                    host=b"h",
+                    client_ip=None,
+                    proto=b"http",
+                    drop_authorization=drop,
+                    authorization=b"Bearer backend",
+                )
+                self.assertEqual(out.getRawHeaders(b"authorization"), [b"Bearer backend"])

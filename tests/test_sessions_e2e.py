@@ -164,7 +164,7 @@ class OfficialClientSessionTests(TestCase):
         # query parameter is issue 9 item 7, tested on its own.
         self.assertEqual(
             [(a["response"]["uri"].split("?")[0], a["response"]["body"]) for a in answers],
-            [("/echo/one", '{"n":1}'), ("/echo/two", '{"n":2}')],
+            [("/echo/one", '{"n": 1}'), ("/echo/two", '{"n": 2}')],
         )
         self.assertTrue(open_before)
         self.assertEqual((health["status"], health["json"]), (200, {"ok": True}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from dataclasses import asdict, replace
 from functools import cache
 from typing import Any
@@ -97,7 +98,7 @@ class SignedMessageTests(SynchronousTestCase):
     def test_unknown_mode(self) -> None:
         """An unknown mode is a ValueError everywhere."""
         auth = AuthData(signature="", **FIELDS)
-        self.assertEqual(MODES, ("full", "url"))
+        self.assertEqual(MODES, ("auto", "url", "full"))
         self.assertRaises(ValueError, signed_message, auth, "off")
         self.assertRaises(ValueError, sign, PRIVATE, FIELDS, "url_only")
         self.assertRaises(ValueError, SignatureVerifier, PUBLIC, mode="full5")
@@ -226,7 +227,7 @@ class VerifyTests(SynchronousTestCase):
         check.verify(replace(auth, cost=5.0, reqnum=1, request_idx=2, endpoint="other"))
         self.assertRaises(SignatureRejected, check.verify, replace(auth, url=URL + "/x"))
         self.assertRaises(SignatureRejected, check.verify, signed("full"))
-        self.assertRaises(SignatureRejected, verifier().verify, auth)
+        self.assertRaises(SignatureRejected, verifier(mode="full").verify, auth)
 
     def test_no_key(self) -> None:
         """Without a public key every request is refused; setting one lets them in."""
@@ -382,23 +383,58 @@ class ReplayTests(SynchronousTestCase):
         check.verify(signed(reqnum=6))
 
     def test_memory_is_bounded(self) -> None:
-        """Only the last ``remembered_signatures`` are remembered; older ones are forgotten."""
+        """
+        At most ``remembered_signatures`` are remembered; a forgotten one is
+        still refused, because the window's floor rises past it.
+        """
         check = verifier(remembered_signatures=2)
         first, second, third = (signed(reqnum=n) for n in (1, 2, 3))
         for auth in (first, second, third):
             check.verify(auth)
+        self.assertEqual(len(check._seen), 2)
         self.assertRaises(SignatureRejected, check.verify, second)
         self.assertRaises(SignatureRejected, check.verify, third)
-        check.verify(first)  # forgotten: the reqnum window is what still guards it
+        error = self.assertRaises(SignatureRejected, check.verify, first)
+        self.assertEqual(error.message, "reqnum 1 is too far behind the oldest remembered")
+        check.verify(signed(reqnum=4))
 
-    def test_no_memory(self) -> None:
-        """``remembered_signatures=0`` keeps only the reqnum window."""
-        check = verifier(remembered_signatures=0, replay_window=1)
-        auth = signed(reqnum=5)
-        check.verify(auth)
-        check.verify(auth)
-        check.verify(signed(reqnum=10))
-        self.assertRaises(SignatureRejected, check.verify, auth)
+    def test_memory_follows_the_window(self) -> None:
+        """Signatures whose reqnum left the window are forgotten: memory is the window."""
+        check = verifier(replay_window=3)
+        for reqnum in range(1, 21):
+            check.verify(signed(reqnum=reqnum))
+        self.assertEqual(len(check._seen), 4)
+        self.assertEqual(len(check._heap), 4)
+
+    def test_window_and_memory_agree(self) -> None:
+        """
+        For every window, no accepted signature is ever admitted again: after
+        ``window + 1`` consecutive reqnums (the edge that let one replay
+        through at 10,001) and after any arrival order.
+        """
+        rng = random.Random(7)
+        for window in (0, 1, 2, 5):
+            check = verifier(replay_window=window)
+            accepted: list[AuthData] = []
+            reqnums = list(range(1, window + 3))
+            for reqnum in reqnums:
+                auth = signed(reqnum=reqnum)
+                check.verify(auth)
+                accepted.append(auth)
+            for auth in accepted:
+                self.assertRaises(SignatureRejected, check.verify, auth)
+            # Out of order, with gaps, inside and across the window.
+            check = verifier(replay_window=window)
+            accepted = []
+            for reqnum in rng.sample(range(100, 100 + 4 * (window + 1)), 3 * (window + 1)):
+                auth = signed(reqnum=reqnum)
+                try:
+                    check.verify(auth)
+                except SignatureRejected:
+                    continue
+                accepted.append(auth)
+                for old in accepted:
+                    self.assertRaises(SignatureRejected, check.verify, old)
 
 
 class UrlBindingTests(SynchronousTestCase):
@@ -431,3 +467,106 @@ class UrlBindingTests(SynchronousTestCase):
             signed("url"),
         )
         verifier(mode="url", own_url=URL).verify(signed("url"))
+
+
+class AutoModeTests(SynchronousTestCase):
+    """The default mode admits either form, verifies a cached url signature once, and says which."""
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def form_logs(self) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [
+            formatEvent(e)
+            for e in self.events
+            if e.get("log_namespace") == "vespa.protocol.signing"
+        ]
+
+    def test_auto_is_the_default(self) -> None:
+        """A verifier built without a mode accepts both forms."""
+        self.assertEqual(SignatureVerifier().mode, "auto")
+        check = verifier()
+        self.assertEqual(check.verify(signed("url")), "url")
+        self.assertEqual(check.verify(signed("full", reqnum=8)), "full")
+
+    def test_cached_url_signature_admitted_every_time(self) -> None:
+        """The same url signature on many requests: all admitted, whatever their unsigned fields."""
+        check = verifier(own_url=URL)
+        auth = signed("url")
+        for reqnum in (5, 5, 1, 10**6, 5):
+            self.assertEqual(check.verify(replace(auth, reqnum=reqnum, cost=reqnum)), "url")
+        self.assertIsNone(check.newest_reqnum)
+
+    def test_url_binding_still_enforced(self) -> None:
+        """A url signature for another worker is refused, in auto mode too."""
+        check = verifier(own_url="https://9.9.9.9:1")
+        error = self.assertRaises(SignatureRejected, check.verify, signed("url"))
+        self.assertIn("another worker", error.message)
+
+    def test_full_form_keeps_its_replay_window(self) -> None:
+        """A five-field signature is still refused the second time in auto mode."""
+        check = verifier()
+        auth = signed("full", reqnum=3)
+        check.verify(auth)
+        error = self.assertRaises(SignatureRejected, check.verify, auth)
+        self.assertEqual(error.message, "replayed signature")
+
+    def test_forced_forms(self) -> None:
+        """``url`` and ``full`` admit their own form only."""
+        self.assertRaises(SignatureRejected, verifier(mode="url").verify, signed("full"))
+        self.assertRaises(SignatureRejected, verifier(mode="full").verify, signed("url"))
+        self.assertEqual(verifier(mode="url").verify(signed("url")), "url")
+        self.assertEqual(verifier(mode="full").verify(signed("full")), "full")
+
+    def test_one_rsa_verification_for_a_cached_signature(self) -> None:
+        """A url signature seen before costs no RSA work: the result is cached."""
+        check = verifier()
+        calls = []
+        real = check._verifier.verify
+
+        def counting(*args: Any) -> Any:
+            calls.append(1)
+            return real(*args)
+
+        check._verifier.verify = counting
+        auth = signed("url")
+        for reqnum in range(50):
+            check.verify(replace(auth, reqnum=reqnum))
+        self.assertEqual(len(calls), 1)
+        # A forged signature repeated is also decided once.
+        forged = replace(auth, signature=signed("url", url=URL + "/other").signature)
+        for _ in range(5):
+            self.assertRaises(SignatureRejected, check.verify, forged)
+        self.assertEqual(len(calls), 1 + 2)  # both forms tried once
+
+    def test_cache_is_bounded(self) -> None:
+        """Many distinct forged signatures never grow the cache past its size."""
+        from vespa.protocol import signing
+
+        self.patch(signing, "VERIFIED_CACHE_SIZE", 4)
+        check = verifier()
+        for n in range(10):
+            bogus = base64.b64encode(n.to_bytes(256, "big")).decode()
+            self.assertRaises(SignatureRejected, check.verify, replace(signed(), signature=bogus))
+        self.assertLessEqual(len(check._verified), 4)
+        check.verify(signed("url"))
+
+    def test_form_logged_once_and_on_change(self) -> None:
+        """The form is logged when first seen, not per request, and again when it changes."""
+        check = verifier()
+        auth = signed("url")
+        for _ in range(3):
+            check.verify(auth)
+        self.assertEqual(len(self.form_logs()), 1)
+        self.assertIn("url alone", self.form_logs()[0])
+        check.verify(signed("full", reqnum=1))
+        check.verify(signed("full", reqnum=2))
+        self.assertEqual(len(self.form_logs()), 2)
+        self.assertIn("five fields", self.form_logs()[1])
+        self.assertEqual(check.form_seen, "full")

@@ -35,7 +35,6 @@ MAX_GAP = 0.05
 #: at 60 MB): the resource reads the whole body (30 ms) and json-decodes it (30 ms)
 #: on the reactor thread, and relays a passthrough body in one write (30 ms).
 #: Moving that off the reactor thread is issue 10 item 2's JSON part.
-PIPELINE_TODO = "the request pipeline still reads and decodes a 60 MB body on the reactor thread"
 #: Longer than any pause of a working reactor; parsing a 60 MB form took 9 to 25 s.
 NOT_FROZEN = 1.0
 
@@ -175,7 +174,6 @@ class FormBodyTests(TestCase):
         gap = await self.unsecured_upload(URLENCODED, urlencoded_form(FORM_SIZE))
         self.assertLess(gap, MAX_GAP)
 
-    test_a_form_body_delays_a_stream_less_than_50_ms.todo = PIPELINE_TODO  # type: ignore[attr-defined]
 
     async def test_secured_worker_refuses_form_bodies_with_json(self) -> None:
         """

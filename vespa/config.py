@@ -248,6 +248,26 @@ def parse_count_or_off(text: str) -> int | None:
     return parse_positive_int(text)
 
 
+def parse_secret(text: str) -> str:
+    """
+    Parse a secret given as is, or as ``@/path/to/file`` to read it from a file
+    (one line; surrounding whitespace is dropped).
+    """
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the key file {path!r}: {e}") from None
+    secret = text.strip()
+    if not secret:
+        raise ValueError("the key is empty")
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in secret):
+        raise ValueError("the key must be printable ASCII without spaces")
+    return secret
+
+
 def parse_choice(*choices: str) -> Callable[[str], str]:
     """
     A parser accepting one of ``choices`` (case-insensitive).
@@ -556,16 +576,17 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
     Setting(
         "signature-mode",
         "SIGNATURE_MODE",
-        parse_choice("full", "url"),
-        "full",
-        "What the autoscaler signs: full (cost, endpoint, reqnum, request_idx, url) or url",
+        parse_choice("auto", "url", "full"),
+        "auto",
+        "What the autoscaler signs: url (today's cached signature), full (cost, endpoint, "
+        "reqnum, request_idx, url), or auto for either",
     ),
     Setting(
         "replay-window",
         "REPLAY_WINDOW",
         parse_count_or_off,
         10000,
-        "Refuse a reused signature or a reqnum this far behind the newest (0 = off)",
+        "Refuse a reused five-field signature or a reqnum this far behind the newest (0 = off)",
     ),
     Setting(
         "url-binding",
@@ -573,6 +594,14 @@ WORKER_SETTINGS: tuple[Setting[Any], ...] = (
         parse_bool,
         True,
         "Refuse requests signed for another worker's url (when the public url is known)",
+    ),
+    Setting(
+        "backend-api-key",
+        "BACKEND_API_KEY",
+        parse_secret,
+        None,
+        "Send Authorization: Bearer KEY to the model server (@/path/to/file reads the key "
+        "from a file, keeping it out of the process list)",
     ),
     Setting(
         "pubkey-timeout",
@@ -827,9 +856,10 @@ class WorkerConfig:
     :ivar default_cost: workload for a signed cost of 1 or less, or ``None``.
     :ivar workload: ``auto``, ``cost`` or a ``module:function`` calculator.
     :ivar delete_requests_format: ``records`` or ``legacy``.
-    :ivar signature_mode: ``full`` or ``url``: what the autoscaler signs.
+    :ivar signature_mode: ``auto``, ``url`` or ``full``: what the autoscaler signs.
     :ivar replay_window: reqnum window of the replay check, ``None`` for off.
     :ivar url_binding: refuse requests signed for another worker's url.
+    :ivar backend_api_key: the model server's own bearer key, or ``None``.
     :ivar http_port: the plain-HTTP ``/session/end`` port; ``None`` for the
         worker's port + 1, ``0`` for none (see :meth:`session_listen`).
     :ivar max_sessions: sessions open at once, ``None`` for no limit.
@@ -858,9 +888,10 @@ class WorkerConfig:
     slots: int | None = None
     default_cost: float | None = None
     workload: str = "auto"
-    signature_mode: str = "full"
+    signature_mode: str = "auto"
     replay_window: int | None = 10000
     url_binding: bool = True
+    backend_api_key: str | None = None
     pubkey_timeout: float | None = 10.0
     healthcheck_endpoint: str = "auto"
     healthcheck_interval: float = 10.0
@@ -958,6 +989,7 @@ class WorkerConfig:
             signature_mode=v["signature-mode"],
             replay_window=v["replay-window"],
             url_binding=v["url-binding"],
+            backend_api_key=v["backend-api-key"],
             pubkey_timeout=v["pubkey-timeout"],
             healthcheck_endpoint=v["healthcheck-endpoint"],
             healthcheck_interval=v["healthcheck-interval"],

@@ -7,9 +7,18 @@ A request routed by the Vast autoscaler carries six routing fields
 (:data:`AUTH_FIELDS`). Body methods (``POST``, ``PUT``, ``PATCH``) wrap the real
 body as ``{"auth_data": {...}, "payload": <any JSON>}``; every other method
 carries the fields as ``serverless_*`` query parameters. :func:`parse_envelope`
-reads either form and says what to forward: the payload re-encoded (body
-methods), the query without any ``serverless_*`` parameter, and the
-:class:`AuthData` to verify and account.
+reads either form and says what to forward: the payload's bytes exactly as the
+caller wrote them (body methods), the query without any ``serverless_*``
+parameter, and the :class:`AuthData` to verify and account.
+
+The whole body is validated as JSON (``NaN`` and ``Infinity`` are not JSON and
+are refused), but only ``auth_data`` and ``session_id`` are built into Python
+values (and only when small): the payload is checked and then sliced out of
+the body, so ``1e400``, duplicate keys and deep nesting reach the backend as
+written, and a large payload costs no memory beyond its bytes. The parser calls back into Python
+for every object and number it meets, so when it runs in a thread (see
+:data:`LARGE_BODY`) the reactor thread gets the interpreter lock every few
+milliseconds even while a large body is parsed.
 
 The values are kept with the JSON type they arrived with (``100`` stays an
 ``int``, ``100.0`` a ``float``), because the signature covers their JSON text.
@@ -23,9 +32,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
 from vespa.errors import BadRequest, VespaError
@@ -43,6 +52,17 @@ _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 _STRING_FIELDS = ("endpoint", "signature", "url")
 _INT_FIELDS = ("reqnum", "request_idx")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# The JSON module's own string scanner (C when available): (text, index after
+# the opening quote, strict) -> (the string, the index after its closing quote).
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+LARGE_BODY = 256 * 1024
+"""
+Bodies larger than this (bytes) are worth parsing off the reactor thread: a
+JSON body of this size parses in a few milliseconds, a larger one may take
+long enough to delay other streams.
+"""
 
 
 class EnvelopeInvalid(VespaError):
@@ -53,6 +73,14 @@ class EnvelopeInvalid(VespaError):
     """
 
     status = 422
+
+
+class NestedTooDeep(EnvelopeInvalid):
+    """
+    The body nests deeper than the parser could follow from where it was
+    called. A thread's stack is shallower than the reactor's: parsing there
+    again may succeed.
+    """
 
 
 @dataclass(frozen=True)
@@ -91,15 +119,15 @@ class Envelope:
     What a request carries, and what to forward of it.
 
     :param auth: the routing data, or ``None`` for an unsecured passthrough
-        (the request carried no routing data at all).
-    :param body: the body to forward: the re-encoded ``payload`` for a body
-        method with ``auth_data``; ``None`` to forward the request's own body
-        untouched.
+        (the request carried no routing data at all) or an unsecured envelope
+        whose ``auth_data`` is not valid routing data.
+    :param body: the body to forward: the ``payload``'s bytes as the caller
+        wrote them, for a body method with ``auth_data``; ``None`` to forward
+        the request's own body untouched.
     :param target: the origin-form target to forward: the request's, with every
-        ``serverless_*`` query parameter removed and all others kept byte for
-        byte and in order.
-    :param session_id: the session the request runs in (the body's
-        ``session_id``, beside ``auth_data`` and ``payload``), or ``None``.
+        ``serverless_*`` query parameter (and any other asked for) removed and
+        all others kept byte for byte and in order.
+    :param session_id: the envelope's ``session_id``, when it is a string.
     """
 
     auth: AuthData | None
@@ -108,26 +136,43 @@ class Envelope:
     session_id: str | None = None
 
 
-def parse_envelope(method: bytes, target: bytes, body: bytes, *, unsecured: bool) -> Envelope:
+def parse_envelope(
+    method: bytes,
+    target: bytes,
+    body: bytes,
+    *,
+    unsecured: bool,
+    drop_params: frozenset[str] = frozenset(),
+    read_span: Callable[[int, int], bytes] | None = None,
+) -> Envelope:
     """
     Read the routing data of a request.
 
     Whatever the method, ``serverless_*`` query parameters are removed from the
     forwarded target, so the backend never sees routing data.
 
+    This is pure CPU work and touches nothing shared: it may run in a thread.
+
     :param method: the request method, as received (methods are case-sensitive).
     :param target: the origin-form target (``/path?query``), fragment removed.
     :param body: the request body (``b""`` if none).
     :param unsecured: whether a request without routing data is allowed through
-        (as a passthrough: ``auth=None``, everything forwarded as received).
+        (as a passthrough: ``auth=None``, everything forwarded as received), and
+        whether any ``auth_data`` is good enough to unwrap a payload.
+    :param drop_params: names of other query parameters to remove from the
+        forwarded target (the caller's ``api_key``).
+    :param read_span: reads ``body[start:end]`` from where the body came from
+        (a file can do it without holding the interpreter lock); ``None``
+        slices ``body``.
     :return: the routing data and what to forward.
-    :raise EnvelopeInvalid: for a body method whose envelope is malformed (422).
+    :raise EnvelopeInvalid: for a body method whose envelope is malformed (422);
+        :class:`NestedTooDeep` when it nests deeper than the stack allows here.
     :raise BadRequest: for another method whose query routing data is missing or
         malformed (400).
     """
-    forward, params = _split_query(target)
+    forward, params = _split_query(target, drop_params)
     if method in BODY_METHODS:
-        return _parse_body(forward, body, unsecured=unsecured)
+        return _parse_body(forward, body, unsecured=unsecured, read_span=read_span)
     return _parse_query(method, target, forward, params, unsecured=unsecured)
 
 
@@ -169,28 +214,38 @@ def auth_query(auth: Mapping[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _split_query(target: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+def _split_query(
+    target: bytes, drop: frozenset[str] = frozenset()
+) -> tuple[bytes, list[tuple[str, bytes]]]:
     """
     Split ``target`` into the target to forward and its ``serverless_*`` parameters.
 
-    :return: the target without ``serverless_*`` parameters (``target`` itself,
-        unchanged, when it had none), and those parameters as (decoded name,
-        raw value) pairs in order.
+    :param drop: names of other parameters to leave out of the forwarded target.
+    :return: the target without ``serverless_*`` parameters or those in
+        ``drop`` (``target`` itself, unchanged, when it had none), and the
+        ``serverless_*`` parameters as (decoded name, raw value) pairs in order.
     """
     path, mark, query = target.partition(b"?")
-    # The common case, no routing parameter at all, costs two scans.
-    if not mark or (b"serverless" not in query and b"%" not in query):
+    # The common case, no routing parameter at all, costs a few scans.
+    if not mark or (
+        b"serverless" not in query
+        and b"%" not in query
+        and not any(name.encode() in query for name in drop)
+    ):
         return target, []
     kept: list[bytes] = []
     params: list[tuple[str, bytes]] = []
+    dropped = False
     for piece in query.split(b"&"):
         raw_name, _, raw_value = piece.partition(b"=")
         name = _form_decode(raw_name).decode("utf-8", "replace")
         if name.startswith(QUERY_PREFIX):
             params.append((name, raw_value))
+        elif name in drop:
+            dropped = True
         elif piece:
             kept.append(piece)
-    if not params:
+    if not params and not dropped:
         return target, []
     rest = b"&".join(kept)
     return (path + b"?" + rest if rest else path), params
@@ -201,35 +256,228 @@ def _form_decode(raw: bytes) -> bytes:
     return unquote_to_bytes(raw.replace(b"+", b" "))
 
 
-def _parse_body(forward: bytes, body: bytes, *, unsecured: bool) -> Envelope:
+def _parse_body(
+    forward: bytes,
+    body: bytes,
+    *,
+    unsecured: bool,
+    read_span: Callable[[int, int], bytes] | None = None,
+) -> Envelope:
     passthrough = Envelope(auth=None, body=None, target=forward)
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers bad UTF-8 and over-long integers too.
-        if unsecured:
-            return passthrough
-        raise EnvelopeInvalid("invalid JSON") from None
-    if not isinstance(document, dict):
+        try:
+            members = _members(body)
+        except _NotUTF8 as other:
+            # JSON allows UTF-16 and UTF-32: the same text, in UTF-8, is what
+            # the backend gets (and what the spans are counted in).
+            body = other.args[0].encode("utf-8", "surrogatepass")
+            read_span = None
+            members = _members(body)
+    except _NotAnObject:
         if unsecured:
             return passthrough
         raise EnvelopeInvalid(
             "the body must be a JSON object with auth_data and payload",
             details={"auth_data": "field missing", "payload": "field missing"},
-        )
-    if unsecured and "auth_data" not in document:
+        ) from None
+    except NestedTooDeep:
+        raise
+    except EnvelopeInvalid:
+        if unsecured:
+            return passthrough
+        raise
+    if unsecured and "auth_data" not in members:
         return passthrough
-    missing = {key: "field missing" for key in ("auth_data", "payload") if key not in document}
+    missing = {key: "field missing" for key in ("auth_data", "payload") if key not in members}
     if missing:
         raise EnvelopeInvalid(f"the body has no {' or '.join(missing)}", details=missing)
-    auth = _auth_from_json(document["auth_data"])
-    payload = json.dumps(document["payload"], separators=(",", ":")).encode("ascii")
-    session_id = document.get("session_id")
+    auth_data = members["auth_data"].value
+    if unsecured:
+        # Unsecured, nothing is verified: any auth_data unwraps its payload,
+        # such as the partial one the official client sends a debug worker.
+        try:
+            auth: AuthData | None = _auth_from_json(auth_data)
+        except EnvelopeInvalid:
+            auth = None
+    else:
+        auth = _auth_from_json(auth_data)
+    session_id = members["session_id"].value if "session_id" in members else None
     if session_id is not None and not isinstance(session_id, str):
         raise EnvelopeInvalid(
             "session_id must be a string or null", details={"session_id": "must be a string"}
         )
-    return Envelope(auth=auth, body=payload, target=forward, session_id=session_id)
+    start, end = members["payload"].span
+    return Envelope(
+        auth=auth,
+        body=read_span(start, end) if read_span is not None else body[start:end],
+        target=forward,
+        session_id=session_id,
+    )
+
+
+@dataclass(frozen=True)
+class _Member:
+    """
+    One member of the body's top-level object: its value (if built), and where
+    its bytes start and end in the body.
+    """
+
+    value: Any
+    span: tuple[int, int]
+
+
+class _NotAnObject(Exception):
+    """The body is valid JSON, but not an object."""
+
+
+class _NotUTF8(Exception):
+    """The body is UTF-16 or UTF-32; ``args[0]`` is its text."""
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _discard(_: object) -> None:
+    return None
+
+
+# Both decoders hand every object and number to a Python function: besides
+# keeping or discarding the value, that lets a parse running in a thread give
+# the interpreter lock back to the reactor thread every few milliseconds.
+_KEEP = json.JSONDecoder(
+    object_pairs_hook=lambda pairs: dict(pairs),
+    parse_int=lambda text: int(text),
+    parse_float=lambda text: float(text),
+    parse_constant=_refuse_constant,
+)
+_CHECK = json.JSONDecoder(
+    object_pairs_hook=_discard,
+    parse_int=_discard,
+    parse_float=_discard,
+    parse_constant=_refuse_constant,
+)
+#: The members whose values are built; every other one is only validated.
+_BUILT = frozenset({"auth_data", "session_id"})
+
+MAX_BUILT_MEMBER = 64 * 1024
+"""The largest ``auth_data`` or ``session_id`` accepted, in characters of JSON text."""
+
+
+class _TooLarge(Exception):
+    """A member that is built into Python values is over :data:`MAX_BUILT_MEMBER`."""
+
+
+def _members(body: bytes) -> dict[str, _Member]:
+    """
+    Validate ``body`` as a JSON text and return its top-level object's members.
+
+    Duplicate keys: the last one wins, as in :func:`json.loads`.
+
+    :raise _NotAnObject: valid JSON, but not an object.
+    :raise EnvelopeInvalid: not valid JSON (:class:`NestedTooDeep` if too deep).
+    """
+    try:
+        encoding = json.detect_encoding(body)
+        text = body.decode(encoding, "surrogatepass")
+    except (UnicodeDecodeError, LookupError):
+        raise EnvelopeInvalid("invalid JSON") from None
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise _NotUTF8(text)
+    try:
+        members, start_ends = _walk(text)
+    except _TooLarge as error:
+        raise EnvelopeInvalid(
+            f"{error.args[0]} is too large", details={error.args[0]: "too large"}
+        ) from None
+    except RecursionError:
+        raise NestedTooDeep("invalid JSON: nested too deeply") from None
+    except ValueError:
+        # ValueError covers JSONDecodeError, over-long integers and NaN.
+        raise EnvelopeInvalid("invalid JSON") from None
+    return {
+        key: _Member(value, _byte_span(body, text, encoding, *start_ends[key]))
+        for key, value in members.items()
+    }
+
+
+def _walk(text: str) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+    """
+    Parse the JSON ``text``: the values of :data:`_BUILT` members, and where
+    each top-level member's value starts and ends in ``text``.
+    """
+    end = len(text)
+    i = _after_whitespace(text, 0)
+    if i == end or text[i] != "{":
+        _, value_end = _CHECK.raw_decode(text, i)
+        if _after_whitespace(text, value_end) != end:
+            raise ValueError("extra data")
+        raise _NotAnObject()
+    values: dict[str, Any] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    i = _skip(text, i + 1)
+    if text[i] == "}":
+        i += 1
+    else:
+        while True:
+            if text[i] != '"':
+                raise ValueError("expecting a property name")
+            key, i = _scanstring(text, i + 1, True)
+            i = _skip(text, i)
+            if text[i] != ":":
+                raise ValueError("expecting ':'")
+            i = _skip(text, i + 1)
+            value, value_end = _CHECK.raw_decode(text, i)
+            if key in _BUILT:
+                if value_end - i > MAX_BUILT_MEMBER:
+                    # Built as Python objects, a large value would cost many
+                    # times its size in memory; routing data is never large.
+                    raise _TooLarge(key)
+                value = _KEEP.raw_decode(text, i)[0]
+            values[key] = value
+            spans[key] = (i, value_end)
+            i = _skip(text, value_end)
+            if text[i] == "}":
+                i += 1
+                break
+            if text[i] != ",":
+                raise ValueError("expecting ',' or '}'")
+            i = _skip(text, i + 1)
+    if _after_whitespace(text, i) != end:
+        raise ValueError("extra data")
+    return values, spans
+
+
+def _after_whitespace(text: str, i: int) -> int:
+    """The index after the JSON whitespace at ``i``."""
+    match = _WHITESPACE.match(text, i)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _skip(text: str, i: int) -> int:
+    """The index after the whitespace at ``i``, which must not be the end of ``text``."""
+    i = _after_whitespace(text, i)
+    if i == len(text):
+        raise ValueError("the JSON text ends too early")
+    return i
+
+
+def _byte_span(body: bytes, text: str, encoding: str, start: int, end: int) -> tuple[int, int]:
+    """
+    Where ``text[start:end]`` is in ``body``, as the caller sent it. A body in
+    UTF-16 or UTF-32 (JSON allows them) is re-encoded as UTF-8 by
+    :func:`_utf8_body` first, so this is never asked about one.
+    """
+    if len(text) == len(body):  # ASCII: characters are bytes
+        return start, end
+    # Count the bytes before and after, not inside: a large payload is not
+    # re-encoded, and the caller's bytes are kept whatever their spelling.
+    before = len(text[:start].encode("utf-8", "surrogatepass"))
+    if encoding == "utf-8-sig":
+        before += 3
+    after = len(text[end:].encode("utf-8", "surrogatepass"))
+    return before, len(body) - after
 
 
 def _auth_from_json(fields: object) -> AuthData:

@@ -48,6 +48,8 @@ def request_headers(
     host: bytes,
     client_ip: bytes | None,
     proto: bytes,
+    drop_authorization: bool = False,
+    authorization: bytes | None = None,
 ) -> Headers:
     """
     The headers to send to the backend for a client's request.
@@ -61,8 +63,14 @@ def request_headers(
     :param host: the backend's ``Host`` value.
     :param client_ip: the client's address, or ``None`` when not known.
     :param proto: ``http`` or ``https``, as the client connected.
+    :param drop_authorization: remove the caller's ``Authorization``: its key
+        is for the proxy (the endpoint key), not for the backend.
+    :param authorization: the ``Authorization`` value the backend gets
+        instead of the caller's, e.g. ``b"Bearer KEY"``.
     """
     drop = HOP_BY_HOP | _REQUEST_ONLY | _connection_tokens(incoming)
+    if drop_authorization or authorization is not None:
+        drop = drop | {b"authorization"}
     out = Headers()
     forwarded_for: list[bytes] = []
     for name, values in incoming.getAllRawHeaders():
@@ -82,6 +90,8 @@ def request_headers(
         out.setRawHeaders(b"X-Forwarded-Host", original_host[:1])
     out.setRawHeaders(b"X-Forwarded-Proto", [proto])
     out.setRawHeaders(b"Host", [host])
+    if authorization is not None:
+        out.setRawHeaders(b"Authorization", [authorization])
     return out
 
 

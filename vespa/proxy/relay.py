@@ -240,6 +240,9 @@ class BackendRelay:
     :param cooperator: schedules large request bodies; the global one if ``None``.
     :param endpoint: the backend endpoint; built from ``origin`` if ``None``.
     :param clock: runs the exchange deadlines; ``reactor`` if ``None``.
+    :param drop_authorization: remove the caller's ``Authorization`` header.
+    :param authorization: the ``Authorization`` header the backend gets
+        instead of the caller's, e.g. ``b"Bearer KEY"``.
     """
 
     def __init__(
@@ -253,8 +256,12 @@ class BackendRelay:
         cooperator: Cooperator | None = None,
         endpoint: IStreamClientEndpoint | None = None,
         clock: IReactorTime | None = None,
+        drop_authorization: bool = False,
+        authorization: bytes | None = None,
     ) -> None:
         self.clock: IReactorTime = clock or reactor
+        self.drop_authorization = drop_authorization
+        self.authorization = authorization
         self.origin = origin
         self.timeouts = timeouts
         self._cooperator = cooperator
@@ -289,6 +296,8 @@ class BackendRelay:
             host=self._host,
             client_ip=host.encode("ascii") if isinstance(host, str) else None,
             proto=b"https" if request.isSecure() else b"http",
+            drop_authorization=self.drop_authorization,
+            authorization=self.authorization,
         )
         method = request.method
         producer = self._producer(method, body, request.content)

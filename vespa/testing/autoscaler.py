@@ -13,7 +13,9 @@ It signs with pycryptodome directly, exactly as the real autoscaler does
 ``POST /route/``            ``Authorization: Bearer <api key>`` and JSON
                             ``{"endpoint", "cost", "request_idx"?}``: a
                             signed worker assignment, or the "no worker
-                            ready" answer (no ``url``, a ``status`` text)
+                            ready" answer (no ``url``, a ``status`` text);
+                            a missing or ``0`` ``request_idx`` is a new
+                            request and gets a fresh index
 ``POST /worker_status/``    a worker's status report: checked, recorded,
                             ``{"ok": true}``
 ``POST /delete_requests/``  finished requests: checked, recorded,
@@ -99,9 +101,10 @@ __all__ = [
 
 log = get_logger(__name__)  # filtered by --log-level like the rest of Vespa
 
-#: The signed-message modes: ``full`` signs cost, endpoint, reqnum,
-#: request_idx and url; ``url`` signs the url only.
-SIGNING_MODES = ("full", "url")
+#: The signed-message modes: ``url`` signs the url only, once per worker, as
+#: Vast's autoscaler does today; ``full`` signs cost, endpoint, reqnum,
+#: request_idx and url for every request (the 2024-2025 form).
+SIGNING_MODES = ("url", "full")
 
 #: What :meth:`Autoscaler.fail` can do to a request.
 FAILURE_MODES = ("500", "hang", "refuse")
@@ -262,7 +265,9 @@ class Autoscaler:
         :attr:`delete_times`); the global reactor if ``None``.
     :param key: the RSA private key to sign with; a fresh 2048-bit one if
         ``None`` (slow-ish: tests should make one and share it).
-    :param signing_mode: ``"full"`` or ``"url"``, see :func:`sign_auth`.
+    :param signing_mode: ``"url"`` (the default: each worker's url signed once
+        and the signature reused, as Vast does today) or ``"full"``, see
+        :func:`sign_auth`.
     :param endpoint: the one endpoint name ``/route/`` knows.
     :param api_key: the key ``/route/`` requires as ``Authorization: Bearer``.
     :param report_format: ``"records"`` (today's reports) or ``"legacy"``
@@ -284,7 +289,7 @@ class Autoscaler:
         clock: IReactorTime | None = None,
         *,
         key: RSA.RsaKey | None = None,
-        signing_mode: str = "full",
+        signing_mode: str = "url",
         endpoint: str = "demo-endpoint",
         api_key: str = "demo-key",
         report_format: str = "records",
@@ -316,6 +321,7 @@ class Autoscaler:
         self.route_requests: list[dict[str, Any]] = []
         self.injected_failures: list[InjectedFailure] = []
         self._workers: dict[str, _Worker] = {}
+        self._url_signatures: dict[str, str] = {}
         self._last_routed: str | None = None
         self._reqnum = 0
         self._request_idx = 0
@@ -568,7 +574,8 @@ class Autoscaler:
         if not _is_number(cost):
             return 400, {"error": "cost must be a number"}
         request_idx = body.get("request_idx")
-        if request_idx is None:
+        # The official client asks with request_idx 0 for a new request.
+        if request_idx is None or (request_idx == 0 and not isinstance(request_idx, bool)):
             self._request_idx += 1
             request_idx = self._request_idx
         elif not isinstance(request_idx, int) or isinstance(request_idx, bool):
@@ -589,9 +596,18 @@ class Autoscaler:
             "cost": cost,
             "request_idx": request_idx,
         }
-        answer["signature"] = sign_auth(self.key, answer, self.signing_mode)
+        answer["signature"] = self._signature(answer)
         answer["__request_id"] = str(uuid.uuid4())
         return 200, answer
+
+    def _signature(self, answer: Mapping[str, Any]) -> str:
+        """The five fields signed per request, or the worker's url signed once and reused."""
+        if self.signing_mode == "full":
+            return sign_auth(self.key, answer, "full")
+        url = answer["url"]
+        if url not in self._url_signatures:
+            self._url_signatures[url] = sign_auth(self.key, answer, "url")
+        return self._url_signatures[url]
 
     def _authorized(self, request: Request) -> bool:
         headers = request.requestHeaders.getRawHeaders(b"authorization") or [b""]
@@ -788,7 +804,7 @@ class StandinConfig:
     :ivar workers: worker urls registered as ready at start.
     :ivar key_file: a PEM private key to sign with, created if missing;
         ``None``: a fresh key for this run only.
-    :ivar signing_mode: ``"full"`` or ``"url"``.
+    :ivar signing_mode: ``"url"`` or ``"full"``.
     :ivar endpoint: the endpoint name ``/route/`` accepts.
     :ivar api_key: the key ``/route/`` requires.
     :ivar report_format: ``"records"`` or ``"legacy"``: the reports expected.
@@ -799,7 +815,7 @@ class StandinConfig:
     interface: str = "127.0.0.1"
     workers: tuple[str, ...] = ()
     key_file: str | None = None
-    signing_mode: str = "full"
+    signing_mode: str = "url"
     endpoint: str = "demo-endpoint"
     api_key: str = "demo-key"
     report_format: str = "records"

@@ -11,7 +11,9 @@ For each proxied request, in order:
    verified ``/session/create`` opens a session (:mod:`vespa.worker.sessions`);
 1. target, method, body size and blocked paths (400, 405, 413, 403);
 2. the envelope: routing data in the body or the query (400, 422), or, in
-   unsecured mode, none at all;
+   unsecured mode, none at all. A body over
+   :data:`~vespa.protocol.envelope.LARGE_BODY` is read and parsed in the
+   reactor's thread pool, so other streams keep flowing meanwhile;
 3. the signature (401), unless unsecured;
 4. whether the worker serves now (503 with ``Retry-After`` while loading or
    errored) and the wait estimate (429);
@@ -27,11 +29,15 @@ claims reaches the reports. Everything admitted ends as served, errored
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import uuid
 from dataclasses import replace
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -46,7 +52,13 @@ from vespa.errors import (
     write_error,
 )
 from vespa.log import get_logger
-from vespa.protocol.envelope import BODY_METHODS, Envelope, parse_envelope
+from vespa.protocol.envelope import (
+    BODY_METHODS,
+    LARGE_BODY,
+    Envelope,
+    NestedTooDeep,
+    parse_envelope,
+)
 from vespa.protocol.signing import SignatureVerifier
 from vespa.proxy.relay import BackendRelay, RelayOutcome, RelayResult
 from vespa.proxy.site import ProxyRequest
@@ -63,6 +75,10 @@ log = get_logger(__name__)
 # A tunnel or a trace is not a model-server request; relaying either would
 # turn the worker into an open proxy or leak headers.
 _REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+
+# The endpoint key the official client sends in the query: for the
+# autoscaler, never for the model server.
+_CALLER_KEY_PARAMS = frozenset({"api_key"})
 
 #: Seconds a caller should wait before retrying, by phase.
 RETRY_AFTER = {Phase.LOADING: 10, Phase.BENCHMARKING: 10, Phase.ERRORED: 30, Phase.DRAINING: 30}
@@ -83,6 +99,8 @@ class WorkerResource(Resource):
     :param metrics: observes queue waits and backend times, when given.
     :param sessions: answers ``/session/*`` and holds the sessions; without
         it, those paths are relayed like any other.
+    :param reactor: whose thread pool parses large bodies; ``None`` parses
+        every body on the calling thread.
     """
 
     isLeaf = True
@@ -99,8 +117,10 @@ class WorkerResource(Resource):
         workload: Workload | None = None,
         metrics: WorkerMetrics | None = None,
         sessions: Sessions | None = None,
+        reactor: Any = None,
     ) -> None:
         super().__init__()
+        self.reactor = reactor
         self.relay = relay
         self.state = state
         self.ledger = ledger
@@ -124,19 +144,95 @@ class WorkerResource(Resource):
                 if local is not None:
                     return local
             self._check(request, target)
-            body = self._body(request)
-            if self.sessions is not None:
-                answer = self.sessions.control(request, request.path, body)
+            if self.sessions is not None and request.path.startswith(b"/session/"):
+                answer = self._session_control(request)
                 if answer is not None:
                     return answer
-            envelope = parse_envelope(request.method, target, body, unsecured=self.verifier is None)
-            if envelope.body is None and request.method in BODY_METHODS:
-                # A passthrough: the body is already in memory, so the relay
-                # sends these bytes rather than reading request.content again.
-                envelope = replace(envelope, body=body)
+            if self.reactor is not None and _body_size(request) > LARGE_BODY:
+                return self._parse_in_thread(request, target)
+            envelope = self._envelope(request, target)
+        except NestedTooDeep as error:
+            if self.reactor is None:
+                return self._refuse(request, error)
+            # The reactor's stack is deep already; a thread's is not.
+            return self._parse_in_thread(request, target)
         except VespaError as error:
             return self._refuse(request, error)
         return self._admit(request, envelope)
+
+    def _session_control(self, request: Request) -> bytes | None:
+        """
+        ``/session/get``, ``/session/health`` and ``/session/end``, or ``None``
+        for any other path. Their bodies are small JSON, parsed here; a large
+        one is refused rather than parsed on the reactor thread.
+        """
+        assert self.sessions is not None
+        if _body_size(request) > LARGE_BODY and request.path != CREATE_PATH:
+            raise BodyTooLarge("a session request's body is over the limit")
+        body = b"" if request.path == CREATE_PATH else self._body(request)
+        return self.sessions.control(request, request.path, body)
+
+    def _envelope(self, request: Request, target: bytes, *, in_thread: bool = False) -> Envelope:
+        """
+        Read the body and parse the envelope: it touches nothing shared, so it
+        may run in a thread. There, a body in a file is read, and its payload
+        read again, with ``os.pread``: the copies and the page faults of tens
+        of megabytes then happen without the interpreter lock, which the
+        reactor thread needs.
+        """
+        fd = _file_descriptor(request.content) if in_thread else None
+        if fd is None:
+            body = self._body(request)
+            read_span = None
+        else:
+            body = _pread_all(fd)
+
+            def read_span(start: int, end: int) -> bytes:
+                return _pread_all(fd, start, end)
+
+        secured = self.verifier is not None
+        envelope = parse_envelope(
+            request.method,
+            target,
+            body,
+            unsecured=not secured,
+            drop_params=_CALLER_KEY_PARAMS if secured else frozenset(),
+            read_span=read_span,
+        )
+        if envelope.body is None and request.method in BODY_METHODS:
+            # A passthrough: the body is already in memory, so the relay
+            # sends these bytes rather than reading request.content again.
+            envelope = replace(envelope, body=body)
+        return envelope
+
+    def _parse_in_thread(self, request: Request, target: bytes) -> int:
+        """
+        Parse a large body in the reactor's thread pool, then admit it here. A
+        caller that leaves meanwhile is never admitted, so never accounted.
+        """
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        pool = self.reactor.getThreadPool()
+        parsed: Deferred[Envelope] = deferToThreadPool(
+            self.reactor, pool, self._envelope, request, target, in_thread=True
+        )
+
+        def parsed_or_failed(result: Envelope | Failure) -> None:
+            if gone:
+                return
+            if not isinstance(result, Failure):
+                answer = self._admit(request, result)
+            elif isinstance(result.value, VespaError):
+                answer = self._refuse(request, result.value)
+            else:
+                log.failure("parsing a request body failed", result)
+                answer = self._refuse(request, VespaError("the request could not be read"))
+            if isinstance(answer, bytes):
+                request.write(answer)
+                request.finish()
+
+        parsed.addBoth(parsed_or_failed)
+        return NOT_DONE_YET
 
     def _local_route(self, request: Request) -> bytes | None:
         """``/ping``, ``/health`` and ``/ready``: answered here, never forwarded."""
@@ -334,6 +430,40 @@ class _Admitted:
             metrics.backend_time.observe(result.duration)
             if result.first_byte is not None:
                 metrics.first_byte.observe(result.first_byte)
+
+
+def _file_descriptor(content: Any) -> int | None:
+    """The descriptor of a body kept in a real file (twisted.web's temporary file), if so."""
+    try:
+        fd = content.fileno()
+        content.flush()  # what a buffered file still holds is not in the file yet
+    except (AttributeError, OSError, ValueError):  # BytesIO: io.UnsupportedOperation
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+def _pread_all(fd: int, start: int = 0, end: int | None = None) -> bytes:
+    """``[start:end]`` of the file ``fd`` (to its end when ``end`` is ``None``)."""
+    if end is None:
+        end = os.fstat(fd).st_size
+    pieces = []
+    while start < end:
+        piece = os.pread(fd, end - start, start)
+        if not piece:
+            break
+        pieces.append(piece)
+        start += len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _body_size(request: Request) -> int:
+    """The size of a body method's request body, without reading it."""
+    content = request.content
+    if request.method not in BODY_METHODS or content is None:
+        return 0
+    size: int = content.seek(0, io.SEEK_END)
+    content.seek(0)
+    return size
 
 
 def _request_id(request: Request) -> bytes:

@@ -182,6 +182,11 @@ def build_relay(config: WorkerConfig, reactor: Any, clock: Any = None) -> Backen
         keepalive=config.backend_keepalive,
         max_connections=config.max_backend_connections,
         clock=clock,
+        # The caller's key is the endpoint's, for the autoscaler: never the model server's.
+        drop_authorization=not config.unsecured,
+        authorization=(
+            None if config.backend_api_key is None else b"Bearer " + config.backend_api_key.encode()
+        ),
     )
 
 
@@ -290,6 +295,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         blocklist=PathBlocklist(config.blocked_paths),
         workload=Workload(config.workload, config.benchmark, config.default_cost),
         sessions=sessions,
+        reactor=reactor,
     )
     site = ProxySite(
         resource,
