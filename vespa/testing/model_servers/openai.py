@@ -131,9 +131,7 @@ class OpenAIServer(FakeModelServer):
         if n is not None and (type(n) is not int or n != 1):
             # Refused rather than answered with fewer choices than asked.
             raise BadRequest(400, "Only n=1 is supported by the fake model server", param="n")
-        stream = body.get("stream", False)
-        if stream is None:
-            stream = False
+        stream = False if body.get("stream") is None else body["stream"]
         if not isinstance(stream, bool):
             raise BadRequest(400, "stream must be a boolean", param="stream")
         job = Job(request, body, tokens, stream=stream)
