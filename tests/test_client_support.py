@@ -27,7 +27,7 @@ from vespa.client.policy import Preferences
 from vespa.client.tap import build_client
 from vespa.config import Origin, VastEnvironment, WorkerConfig
 from vespa.testing.autoscaler import Autoscaler, autoscaler_site
-from vespa.testing.demo_backend import DemoModelServer
+from vespa.testing.model_servers import OpenAIServer
 
 ENDPOINT = "demo-endpoint"
 API_KEY = "demo-key"
@@ -53,7 +53,7 @@ class ScriptedBackend(Resource):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.demo = DemoModelServer(reactor, tokens_per_second=2000.0)
+        self.demo = OpenAIServer(reactor, model="vespa-demo", tokens_per_second=2000.0)
         self.mode = "pass"
         self.status = 503
         self.fail_input = "FAIL"

@@ -27,7 +27,8 @@ from tests.test_client_router import Console
 from tests.test_client_support import start_chain
 from tests.test_worker_tap import free_port, http, wait_for_port
 from vespa.client.config import LISTEN_BACKLOG, ClientConfig
-from vespa.client.tap import Options, build_client, demo_client, makeService
+from vespa.client.tap import Options, build_client, makeService
+from vespa.demo import demo_client
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

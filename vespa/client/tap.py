@@ -13,7 +13,6 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.logger import LogLevel
 from twisted.python import usage
 
 from vespa.client.config import CLIENT_SETTINGS, ClientConfig, with_backlog
@@ -134,42 +133,6 @@ def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Clien
         autoscaler=config.autoscaler_url,
     )
     return Client(root, listener, resource, parts)
-
-
-#: Where the README demo runs the client.
-DEMO_LISTEN = "tcp:8010:interface=127.0.0.1"
-
-
-def demo_client(
-    reactor: Any,
-    autoscaler_url: str,
-    *,
-    endpoint: str = "demo-endpoint",
-    api_key: str = "demo-key",
-    listen: str = DEMO_LISTEN,
-    log_level: LogLevel = LogLevel.info,
-    clock: Any = None,
-) -> IService:
-    """
-    The client for the demo chain (``twistd vespa --demo``): in front of the
-    autoscaler stand-in, with its endpoint and key, on 127.0.0.1:8010.
-
-    :param reactor: for network I/O.
-    :param autoscaler_url: the stand-in's URL.
-    :param endpoint: the stand-in's endpoint name.
-    :param api_key: the stand-in's key.
-    :param listen: where to listen.
-    :param log_level: the worker's, so the demo's client does not change it.
-    :param clock: for timers; ``reactor`` if ``None``.
-    """
-    config = ClientConfig(
-        endpoint=endpoint,
-        api_key=api_key,
-        autoscaler_url=autoscaler_url,
-        listen=listen,
-        log_level=log_level,
-    )
-    return build_client(config, reactor, clock).service
 
 
 def makeService(options: Options) -> IService:

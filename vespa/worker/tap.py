@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import treq
 from twisted.application import strports
@@ -49,8 +48,6 @@ log = get_logger(__name__)
 
 #: Where the public key comes from when ``REPORT_ADDR`` is not set.
 DEFAULT_AUTOSCALER = "https://run.vast.ai"
-#: Where ``--demo`` runs the autoscaler stand-in.
-DEMO_AUTOSCALER_PORT = 8080
 
 VERSION = f"vespa-{__version__}"
 
@@ -87,7 +84,9 @@ class Options(usage.Options):
                 os.environ[_benchmark_env(name)] = self[f"benchmark-{name}"]
         environ = dict(os.environ)
         if self["demo"] or environ.get("VESPA_DEMO", "").lower() in ("1", "true", "yes", "on"):
-            environ.setdefault("REPORT_ADDR", f"http://127.0.0.1:{DEMO_AUTOSCALER_PORT}")
+            from vespa.demo import AUTOSCALER_PORT
+
+            environ.setdefault("REPORT_ADDR", f"http://127.0.0.1:{AUTOSCALER_PORT}")
             # The demo model server makes 50 tokens/s: a short benchmark keeps
             # the demo's startup to a second. The probes read the process env.
             os.environ.setdefault("VESPA_BENCHMARK_MAX_TOKENS", "16")
@@ -207,7 +206,11 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     vast = config.vast
     autoscaler = None
     if config.demo:
-        demo, autoscaler = _demo_services(config, reactor)
+        # Imported only here: the demo is the one package with the client and
+        # the fakes in it, and no production path needs it.
+        from vespa.demo import demo_services
+
+        demo, autoscaler = demo_services(config, reactor, os.environ)
         demo.setServiceParent(root)
 
     state = WorkerState(clock)
@@ -357,37 +360,6 @@ def _quiet_site(resource: Any, clock: Any) -> Site:
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site
-
-
-def _demo_services(config: WorkerConfig, reactor: Any) -> tuple[MultiService, Any]:
-    """The demo model server and, unless REPORT_ADDR says otherwise, the autoscaler stand-in."""
-    from vespa.testing.autoscaler import Autoscaler, autoscaler_site
-    from vespa.testing.demo_backend import demo_site
-
-    demo = MultiService()
-    backend = config.backend
-    strports.service(
-        f"tcp:{backend.port}:interface={backend.host}", demo_site(reactor)
-    ).setServiceParent(demo)
-    address = urlsplit(config.vast.report_addresses[0] if config.vast.report_addresses else "")
-    autoscaler = None
-    if address.scheme == "http" and address.hostname == "127.0.0.1" and address.port:
-        # REPORT_ADDR on this machine: the demo runs the autoscaler stand-in there.
-        autoscaler = Autoscaler(reactor)
-        strports.service(
-            f"tcp:{address.port}:interface=127.0.0.1", autoscaler_site(autoscaler)
-        ).setServiceParent(demo)
-        # And the client in front of it, so `curl localhost:8010/...` works at once.
-        from vespa.client.tap import demo_client
-
-        client_port = os.environ.get("VESPA_CLIENT_PORT", "8010")
-        demo_client(
-            reactor,
-            f"http://127.0.0.1:{address.port}",
-            listen=f"tcp:{client_port}:interface=127.0.0.1",
-            log_level=config.log_level,
-        ).setServiceParent(demo)
-    return demo, autoscaler
 
 
 def makeService(options: Options) -> IService:

@@ -1,7 +1,7 @@
 """
-Tests for :mod:`vespa.testing.demo_backend`.
+Tests for :class:`vespa.testing.model_servers.OpenAIServer`, the fake OpenAI-compatible server.
 
-Most tests drive :class:`DemoModelServer` in memory with
+Most tests drive :class:`OpenAIServer` in memory with
 :class:`treq.testing.StubTreq` and a :class:`twisted.internet.task.Clock`:
 ``clock.advance`` produces tokens and ``stub.flush`` moves the bytes the server
 wrote to the client.  One test serves it on a real socket.
@@ -26,7 +26,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from vespa.testing.demo_backend import MAX_MODEL_LEN, DemoModelServer, demo_site
+from vespa.testing.model_servers import MAX_MODEL_LEN, OpenAIServer, fake_site
 
 BASE = "http://demo.invalid"
 CHAT = BASE + "/v1/chat/completions"
@@ -72,24 +72,25 @@ class StreamCollector:
         return parse_events(b"".join(self.chunks))
 
 
-class DemoModelServerTestCase(SynchronousTestCase):
+class OpenAIServerTestCase(SynchronousTestCase):
     """
-    Tests for :class:`DemoModelServer` driven in memory.
+    Tests for :class:`OpenAIServer` driven in memory.
     """
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
 
-    def make(self, **kwargs: Any) -> tuple[DemoModelServer, StubTreq]:
+    def make(self, **kwargs: Any) -> tuple[OpenAIServer, StubTreq]:
         """
         Create a server on the test clock and an in-memory client for it.
 
-        :param kwargs: Keyword arguments for :class:`DemoModelServer`.
+        :param kwargs: Keyword arguments for :class:`OpenAIServer`.
         :return: The server and the client.
         """
         kwargs.setdefault("tokens_per_second", 4.0)
-        server = DemoModelServer(self.clock, **kwargs)
+        kwargs.setdefault("model", "vespa-demo")
+        server = OpenAIServer(self.clock, **kwargs)
         return server, StubTreq(server)
 
     def post(self, stub: StubTreq, url: str, body: object) -> Deferred[IResponse]:
@@ -171,7 +172,7 @@ class DemoModelServerTestCase(SynchronousTestCase):
         self.assertEqual(error["code"], error_code)
         return error
 
-    def assert_idle(self, server: DemoModelServer) -> None:
+    def assert_idle(self, server: OpenAIServer) -> None:
         """
         Assert that the server has nothing running, queued or scheduled.
 
@@ -647,12 +648,12 @@ class DemoModelServerTestCase(SynchronousTestCase):
 
     # -- concurrency -------------------------------------------------------------
 
-    def test_max_concurrency_queues_in_order(self) -> None:
+    def test_saturate_at_queues_in_order(self) -> None:
         """
-        With ``max_concurrency=1`` requests run one after the other in arrival
+        With ``saturate_at=1`` requests run one after the other in arrival
         order, each starting as soon as the previous one finishes.
         """
-        server, stub = self.make(tokens_per_second=4.0, max_concurrency=1)
+        server, stub = self.make(tokens_per_second=4.0, saturate_at=1)
         finished: list[tuple[int, float]] = []
         for i in range(3):
             d = self.post(stub, COMPLETIONS, {"prompt": f"p{i}", "max_tokens": 4})
@@ -674,7 +675,7 @@ class DemoModelServerTestCase(SynchronousTestCase):
         """
         Requests running together each get the full ``tokens_per_second``.
         """
-        server, stub = self.make(tokens_per_second=4.0, max_concurrency=3)
+        server, stub = self.make(tokens_per_second=4.0, saturate_at=3)
         ds = [self.post(stub, COMPLETIONS, {"prompt": f"p{i}", "max_tokens": 4}) for i in range(3)]
         self.assertEqual((server.active, server.waiting), (3, 0))
         self.advance(stub, 0.75)
@@ -691,7 +692,7 @@ class DemoModelServerTestCase(SynchronousTestCase):
         events; its role chunk arrives the moment the running request ends
         and its tokens follow at full speed.
         """
-        server, stub = self.make(tokens_per_second=4.0, max_concurrency=1)
+        server, stub = self.make(tokens_per_second=4.0, saturate_at=1)
         first = self.post(stub, COMPLETIONS, {"prompt": "first", "max_tokens": 2})
         response, collector = self.start_stream(
             stub, CHAT, {"messages": [{"role": "user", "content": "second"}], "max_tokens": 2}
@@ -762,7 +763,7 @@ class DemoModelServerTestCase(SynchronousTestCase):
         """
         Cancelling the running request starts the next waiting one at once.
         """
-        server, stub = self.make(tokens_per_second=4.0, max_concurrency=1)
+        server, stub = self.make(tokens_per_second=4.0, saturate_at=1)
         running = self.post(stub, COMPLETIONS, {"prompt": "a", "max_tokens": 100})
         waiting = self.post(stub, COMPLETIONS, {"prompt": "b", "max_tokens": 2})
         self.advance(stub, 1.0)
@@ -781,7 +782,7 @@ class DemoModelServerTestCase(SynchronousTestCase):
         A waiting request whose client hangs up leaves the queue and never
         starts.
         """
-        server, stub = self.make(tokens_per_second=4.0, max_concurrency=1)
+        server, stub = self.make(tokens_per_second=4.0, saturate_at=1)
         running = self.post(stub, COMPLETIONS, {"prompt": "a", "max_tokens": 2})
         waiting = self.post(stub, COMPLETIONS, {"prompt": "b", "max_tokens": 2})
         self.assertEqual(server.waiting, 1)
@@ -950,31 +951,31 @@ class DemoModelServerTestCase(SynchronousTestCase):
         A ``tokens_per_second`` of zero, below zero or NaN is a ValueError.
         """
         for value in (0.0, -1.0, float("nan")):
-            self.assertRaises(ValueError, DemoModelServer, self.clock, tokens_per_second=value)
+            self.assertRaises(ValueError, OpenAIServer, self.clock, tokens_per_second=value)
 
-    def test_bad_max_concurrency(self) -> None:
+    def test_bad_saturate_at(self) -> None:
         """
-        A ``max_concurrency`` below 1 is a ValueError.
+        A ``saturate_at`` below 1 is a ValueError.
         """
-        self.assertRaises(ValueError, DemoModelServer, self.clock, max_concurrency=0)
+        self.assertRaises(ValueError, OpenAIServer, self.clock, saturate_at=0)
 
     def test_counters_read_only(self) -> None:
         """
         The counters cannot be assigned to.
         """
-        server = DemoModelServer(self.clock)
+        server = OpenAIServer(self.clock)
         for name in ("active", "waiting", "completed", "cancelled"):
             self.assertEqual(getattr(server, name), 0)
             self.assertRaises(AttributeError, setattr, server, name, 1)
 
-    def test_demo_site(self) -> None:
+    def test_fake_site(self) -> None:
         """
-        :func:`demo_site` serves a configured :class:`DemoModelServer` and
-        logs nothing.
+        :func:`fake_site` serves the given :class:`OpenAIServer` and logs
+        nothing.
         """
-        site = demo_site(self.clock, model="m", tokens_per_second=2.0, max_concurrency=3)
+        site = fake_site(OpenAIServer(self.clock, model="m", tokens_per_second=2.0, saturate_at=3))
         self.assertIsInstance(site, Site)
-        self.assertIsInstance(site.resource, DemoModelServer)
+        self.assertIsInstance(site.resource, OpenAIServer)
         self.assertEqual(site.resource.model, "m")
         # HTTPFactory.log writes to _logFile; give it one that records lines.
         written: list[str] = []
@@ -985,7 +986,7 @@ class DemoModelServerTestCase(SynchronousTestCase):
 
 class RealSocketTests(TestCase):
     """
-    Serve :func:`demo_site` on a real socket and talk to it with treq.
+    Serve :func:`fake_site` on a real socket and talk to it with treq.
     """
 
     def listen(self, site: Site) -> IListeningPort:
@@ -1029,7 +1030,7 @@ class RealSocketTests(TestCase):
         A streamed chat over TCP delivers the role chunk, ``max_tokens``
         content chunks, the final chunk, the usage chunk and ``[DONE]``.
         """
-        site = demo_site(tokens_per_second=1000.0)
+        site = fake_site(OpenAIServer(reactor, model="vespa-demo", tokens_per_second=1000.0))
         port = self.listen(site)
         url = f"http://127.0.0.1:{port.getHost().port}/v1/chat/completions"
         response = yield treq.post(

@@ -1,0 +1,5 @@
+"""``python -m vespa.testing.autoscaler``."""
+
+from vespa.testing.autoscaler.cli import main
+
+main()
