@@ -172,6 +172,9 @@ class DaemonTests(SynchronousTestCase):
         self.process = process
         self.addCleanup(self.stop)
         wait_for_port(port, process)
+        # An answer means the reactor runs, so twistd's signal handlers are in
+        # place: a SIGTERM sent before that would kill it without a shutdown.
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=20).close()
         return port
 
     def stop(self) -> None:
@@ -298,6 +301,11 @@ class DaemonTests(SynchronousTestCase):
 
     def test_sigterm_stops_the_daemon(self) -> None:
         """SIGTERM stops the daemon promptly and its log says it shut down."""
-        self.start("--backend-url", "http://127.0.0.1:8000")
+        # A loopback autoscaler (nothing listens there): never the real one.
+        self.start(
+            "--backend-url",
+            "http://127.0.0.1:8000",
+            env={"REPORT_ADDR": f"http://127.0.0.1:{free_port()}"},
+        )
         self.stop()
         self.assertIn("Server Shut Down", self.output)
