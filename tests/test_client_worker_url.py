@@ -41,6 +41,8 @@ HOSTILE = {
     "http://:4000": "host and port",
     "http://bad_host!:4000": "host and port",
     "http://127.0.0.1:4000/?x=1": "query",
+    "http://[::1:4000": "host and port",  # urlsplit raises "Invalid IPv6 URL"
+    "http://]:4000": "host and port",
     "http://" + "a" * 3000: "over 2048",
 }
 
