@@ -11,7 +11,8 @@ A request refused before admission (401, 429, 503) goes through
     received == served + errored + cancelled + in flight
 
 in counts and in workloads (:attr:`Ledger.totals`, :attr:`Ledger.in_flight_count`,
-:attr:`Ledger.in_flight_workload`).
+:attr:`Ledger.in_flight_workload`). The counters take one form everywhere, a
+:class:`Tally` keyed by :class:`Outcome`.
 
 In-flight requests are keyed by the ticket (an internal counter), never by
 ``reqnum`` or ``request_idx``: in unsecured mode every request carries 0 for
@@ -50,8 +51,9 @@ import itertools
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from vespa.log import get_logger
 from vespa.protocol.reports import DeletionRecord
@@ -128,43 +130,87 @@ class Ticket:
 
 
 @dataclass(frozen=True)
-class Totals:
+class Count:
     """
-    Cumulative counts and workloads since the ledger was created.
+    How many requests, and the sum of their workloads.
 
-    ``received == served + errored + cancelled + in_flight``; ``rejected``
-    requests were never received.
+    :ivar requests: how many.
+    :ivar workload: their workloads' sum, in benchmark units.
     """
 
-    received: int = 0
-    served: int = 0
-    errored: int = 0
-    cancelled: int = 0
-    rejected: int = 0
-    workload_received: float = 0.0
-    workload_served: float = 0.0
-    workload_errored: float = 0.0
-    workload_cancelled: float = 0.0
-    workload_rejected: float = 0.0
+    requests: int = 0
+    workload: float = 0.0
+
+
+#: Nothing counted.
+_ZERO = Count()
 
 
 @dataclass(frozen=True)
-class Window:
+class Tally:
     """
-    What happened since the last accepted report: the counters of one
-    ``/worker_status/``. Give it back to :meth:`Ledger.commit` once accepted.
+    The ledger's counters, the one form they take from the ledger to the
+    reports and the metrics: what was received, and how requests ended, keyed
+    by :class:`Outcome` (``tally[Outcome.SERVED].workload``).
+
+    :attr:`Ledger.totals` is the tally since the ledger was created, in which
+    ``received == served + errored + cancelled + in flight`` (rejected requests
+    were never received); :meth:`Ledger.window` the tally since the last
+    accepted report, to give back to :meth:`Ledger.commit`.
+
+    :ivar received: the admitted requests.
+    :ivar ended: how requests ended, every outcome present.
     """
 
-    workload_received: float = 0.0
-    workload_served: float = 0.0
-    workload_cancelled: float = 0.0
-    workload_errored: float = 0.0
-    workload_rejected: float = 0.0
-    requests_received: int = 0
-    requests_served: int = 0
-    requests_cancelled: int = 0
-    requests_errored: int = 0
-    requests_rejected: int = 0
+    received: Count = _ZERO
+    ended: Mapping[Outcome, Count] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every outcome present, so two tallies that count the same are equal.
+        ended = {outcome: self.ended.get(outcome, _ZERO) for outcome in Outcome}
+        object.__setattr__(self, "ended", MappingProxyType(ended))
+
+    def __getitem__(self, outcome: Outcome) -> Count:
+        return self.ended[outcome]
+
+
+class _Counters:
+    """The mutable counterpart of a :class:`Tally`, kept by the ledger."""
+
+    __slots__ = ("_requests", "_workloads")
+
+    def __init__(self) -> None:
+        # None is "received"; the outcomes are how requests ended.
+        self._requests: dict[Outcome | None, int] = dict.fromkeys((None, *Outcome), 0)
+        self._workloads: dict[Outcome | None, float] = dict.fromkeys(self._requests, 0.0)
+
+    def add(self, key: Outcome | None, workload: float) -> None:
+        self._requests[key] += 1
+        self._workloads[key] += workload
+
+    def tally(self) -> Tally:
+        def count(key: Outcome | None) -> Count:
+            return Count(self._requests[key], self._workloads[key])
+
+        return Tally(count(None), {outcome: count(outcome) for outcome in Outcome})
+
+    def subtract(self, tally: Tally) -> None:
+        """
+        Take away ``tally``, all or nothing.
+
+        :raises ValueError: if it holds more than these counters.
+        """
+        parts: dict[Outcome | None, Count] = {None: tally.received, **tally.ended}
+        for key, part in parts.items():
+            if not 0 <= part.requests <= self._requests[key]:
+                raise ValueError(f"{tally!r} is not part of the current window (committed twice?)")
+        for key, part in parts.items():
+            self._requests[key] -= part.requests
+            if self._requests[key] == 0:
+                # Nothing left: exactly zero, not a rounding residue.
+                self._workloads[key] = 0.0
+            else:
+                self._workloads[key] = max(self._workloads[key] - part.workload, 0.0)
 
 
 @dataclass(frozen=True)
@@ -240,12 +286,9 @@ class Ledger:
         self._keys = itertools.count(1)
         self._in_flight: dict[int, Ticket] = {}
         self._in_flight_workload = 0.0
-        # Cumulative counts and workloads, by outcome name.
-        self._count = dict.fromkeys(("received", "served", "errored", "cancelled", "rejected"), 0)
-        self._workload = dict.fromkeys(self._count, 0.0)
-        # The current window: counts and workloads since the last commit.
-        self._win_count = dict.fromkeys(self._count, 0)
-        self._win_workload = dict.fromkeys(self._count, 0.0)
+        # Cumulative, and the current window (since the last commit).
+        self._totals = _Counters()
+        self._window = _Counters()
         # key -> how the request ended, oldest first.
         self._pending: OrderedDict[int, DeletionRecord] = OrderedDict()
         self._dropping = False
@@ -267,7 +310,7 @@ class Ledger:
         ticket = Ticket(next(self._keys), request_idx, reqnum, workload, self._now())
         self._in_flight[ticket._key] = ticket
         self._in_flight_workload += workload
-        self._add("received", workload)
+        self._add(None, workload)
         return ticket
 
     def started(self, ticket: Ticket) -> None:
@@ -301,7 +344,7 @@ class Ledger:
         else:
             # Exactly zero when idle, whatever rounding the sums accumulated.
             self._in_flight_workload = 0.0
-        self._add(outcome.value, ticket.workload)
+        self._add(outcome, ticket.workload)
         cancelled = outcome is Outcome.CANCELLED
         self._queue_deletion(
             ticket._key,
@@ -336,15 +379,13 @@ class Ledger:
         :param workload: its workload, finite and >= 0.
         """
         workload = _check_workload(workload)
-        self._add("rejected", workload)
+        self._add(Outcome.REJECTED, workload)
         record = DeletionRecord(request_idx, False, _STATUS[Outcome.REJECTED], self._now())
         self._queue_deletion(next(self._keys), record)
 
-    def _add(self, name: str, workload: float) -> None:
-        self._count[name] += 1
-        self._workload[name] += workload
-        self._win_count[name] += 1
-        self._win_workload[name] += workload
+    def _add(self, key: Outcome | None, workload: float) -> None:
+        self._totals.add(key, workload)
+        self._window.add(key, workload)
         self.version += 1
 
     # -- the live view --------------------------------------------------------
@@ -364,41 +405,17 @@ class Ledger:
         return [ticket.request_idx for ticket in self._in_flight.values()]
 
     @property
-    def totals(self) -> Totals:
+    def totals(self) -> Tally:
         """A snapshot of the cumulative counts and workloads."""
-        c, w = self._count, self._workload
-        return Totals(
-            received=c["received"],
-            served=c["served"],
-            errored=c["errored"],
-            cancelled=c["cancelled"],
-            rejected=c["rejected"],
-            workload_received=w["received"],
-            workload_served=w["served"],
-            workload_errored=w["errored"],
-            workload_cancelled=w["cancelled"],
-            workload_rejected=w["rejected"],
-        )
+        return self._totals.tally()
 
     # -- reporting windows ----------------------------------------------------
 
-    def window(self) -> Window:
+    def window(self) -> Tally:
         """A snapshot of the counters since the last :meth:`commit`."""
-        c, w = self._win_count, self._win_workload
-        return Window(
-            workload_received=w["received"],
-            workload_served=w["served"],
-            workload_cancelled=w["cancelled"],
-            workload_errored=w["errored"],
-            workload_rejected=w["rejected"],
-            requests_received=c["received"],
-            requests_served=c["served"],
-            requests_cancelled=c["cancelled"],
-            requests_errored=c["errored"],
-            requests_rejected=c["rejected"],
-        )
+        return self._window.tally()
 
-    def commit(self, window: Window) -> None:
+    def commit(self, window: Tally) -> None:
         """
         The report carrying ``window`` was accepted: subtract exactly it.
         What arrived since the snapshot stays for the next report.
@@ -407,23 +424,7 @@ class Ledger:
         :raises ValueError: if it holds more than the current window (committed
             twice, or from another ledger).
         """
-        parts = {
-            "received": (window.requests_received, window.workload_received),
-            "served": (window.requests_served, window.workload_served),
-            "errored": (window.requests_errored, window.workload_errored),
-            "cancelled": (window.requests_cancelled, window.workload_cancelled),
-            "rejected": (window.requests_rejected, window.workload_rejected),
-        }
-        for name, (count, _) in parts.items():
-            if not 0 <= count <= self._win_count[name]:
-                raise ValueError(f"{window!r} is not part of the current window (committed twice?)")
-        for name, (count, workload) in parts.items():
-            self._win_count[name] -= count
-            if self._win_count[name] == 0:
-                # Nothing left in the window: exactly zero, not a rounding residue.
-                self._win_workload[name] = 0.0
-            else:
-                self._win_workload[name] = max(self._win_workload[name] - workload, 0.0)
+        self._window.subtract(window)
 
     # -- /delete_requests/ ----------------------------------------------------
 

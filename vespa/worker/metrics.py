@@ -26,12 +26,11 @@ from twisted.web.resource import Resource
 
 from vespa.worker.admission import Admission
 from vespa.worker.health import HealthChecker
-from vespa.worker.ledger import Ledger
+from vespa.worker.ledger import Ledger, Outcome
 from vespa.worker.state import Phase, WorkerState
 
 # Model-server latencies run from milliseconds to minutes.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-_OUTCOMES = ("served", "errored", "cancelled", "rejected")
 
 
 class WorkerMetrics:
@@ -126,9 +125,9 @@ class _LiveCollector:
         workload = CounterMetricFamily(
             "vespa_workload", "Workload units by how their request ended", labels=["outcome"]
         )
-        for outcome in _OUTCOMES:
-            requests.add_metric([outcome], getattr(totals, outcome))
-            workload.add_metric([outcome], getattr(totals, f"workload_{outcome}"))
+        for outcome in Outcome:
+            requests.add_metric([outcome.value], totals[outcome].requests)
+            workload.add_metric([outcome.value], totals[outcome].workload)
         yield requests
         yield workload
         yield GaugeMetricFamily(

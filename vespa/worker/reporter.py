@@ -70,7 +70,7 @@ from twisted.web.iweb import IResponse
 from vespa.log import get_logger
 from vespa.protocol import reports
 from vespa.protocol.reports import WorkerIdentity
-from vespa.worker.ledger import Deletions, Ledger
+from vespa.worker.ledger import Deletions, Ledger, Outcome
 from vespa.worker.state import WorkerState
 
 log = get_logger(__name__)
@@ -395,13 +395,13 @@ class Reporter(Service):
             self._identity,
             loadtime=state.loadtime,
             cur_load=ledger.in_flight_workload,
-            rej_load=window.workload_rejected,
-            new_load=reports.new_load(window.workload_received, window.workload_cancelled),
+            rej_load=window[Outcome.REJECTED].workload,
+            new_load=reports.new_load(window.received.workload, window[Outcome.CANCELLED].workload),
             error_msg=state.error,
             max_perf=state.max_perf,
-            cur_perf=window.workload_served,
+            cur_perf=window[Outcome.SERVED].workload,
             num_requests_working=ledger.in_flight_count,
-            num_requests_recieved=ledger.totals.received,
+            num_requests_recieved=ledger.totals.received.requests,
             additional_disk_usage=growth,
             disk_usage=(disk_used or 0.0) / _GB,
             working_request_idxs=ledger.working_request_idxs(),
