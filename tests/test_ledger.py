@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -183,6 +184,36 @@ class RequestLifecycleTests(SynchronousTestCase):
         self.assertIsInstance(ticket, Ticket)
         self.assertIn("request_idx=5", repr(ticket))
         self.assertIn("reqnum=6", repr(ticket))
+
+
+class IdleTests(SynchronousTestCase):
+    """when_idle() tells when the last request in flight ends, and only then."""
+
+    def test_idle_at_once(self) -> None:
+        """With nothing in flight it has already fired."""
+        self.successResultOf(Ledger().when_idle())
+
+    def test_fires_with_the_last_request(self) -> None:
+        """Not when one of two ends, nor on a rejection; when the second ends."""
+        ledger = Ledger()
+        a = ledger.receive(1, 1, 1.0)
+        b = ledger.receive(2, 2, 1.0)
+        idle = ledger.when_idle()
+        ledger.finish(a, Outcome.SERVED)
+        ledger.reject(3, 3, 1.0)
+        self.assertNoResult(idle)
+        ledger.finish_in_session(b, Outcome.CANCELLED)
+        self.successResultOf(idle)
+
+    def test_cancelled_waiter_is_forgotten(self) -> None:
+        """A cancelled wait fails alone; the others still fire."""
+        ledger = Ledger()
+        ticket = ledger.receive(1, 1, 1.0)
+        gave_up, waiting = ledger.when_idle(), ledger.when_idle()
+        gave_up.cancel()
+        self.failureResultOf(gave_up, CancelledError)
+        ledger.finish(ticket, Outcome.ERRORED)
+        self.successResultOf(waiting)
 
 
 class WindowTests(SynchronousTestCase):

@@ -55,6 +55,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from twisted.internet.defer import Deferred, succeed
+
 from vespa.log import get_logger
 from vespa.protocol.reports import DeletionRecord
 
@@ -200,11 +202,11 @@ class _Counters:
 
         :raises ValueError: if it holds more than these counters.
         """
-        parts: dict[Outcome | None, Count] = {None: tally.received, **tally.ended}
-        for key, part in parts.items():
+        parts: list[tuple[Outcome | None, Count]] = [(None, tally.received), *tally.ended.items()]
+        for key, part in parts:
             if not 0 <= part.requests <= self._requests[key]:
                 raise ValueError(f"{tally!r} is not part of the current window (committed twice?)")
-        for key, part in parts.items():
+        for key, part in parts:
             self._requests[key] -= part.requests
             if self._requests[key] == 0:
                 # Nothing left: exactly zero, not a rounding residue.
@@ -294,6 +296,8 @@ class Ledger:
         self._dropping = False
         self.deletions_dropped = 0
         self.version = 0
+        # Deferreds of when_idle(), fired when the last request in flight ends.
+        self._idle_waiters: list[Deferred[None]] = []
 
     # -- the requests ---------------------------------------------------------
 
@@ -357,6 +361,8 @@ class Ledger:
                 work_completed_at=0.0 if cancelled else self._now(),
             ),
         )
+        if not self._in_flight:
+            self._tell_idle()
 
     def finish_in_session(self, ticket: Ticket, outcome: Outcome) -> None:
         """
@@ -399,6 +405,22 @@ class Ledger:
     def in_flight_workload(self) -> float:
         """The sum of the workloads of the requests in flight."""
         return self._in_flight_workload
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        Fires when no request is in flight: at once if none is, else when the
+        last one finishes. Cancelling it only stops the waiting.
+        """
+        if not self._in_flight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(self._idle_waiters.remove)
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _tell_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def working_request_idxs(self) -> list[int]:
         """The ``request_idx`` of each request in flight, oldest first."""
