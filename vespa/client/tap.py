@@ -118,7 +118,7 @@ def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Clien
     root = OrderedMultiService()
     _Closer(parts).setServiceParent(root)
     _KeyLookup(parts).setServiceParent(root)
-    resource = ClientResource(parts.core, parts.health)
+    resource = ClientResource(parts.core, parts)
     site = ProxySite(
         resource,
         max_body_size=config.max_body_size,

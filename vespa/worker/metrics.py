@@ -12,7 +12,6 @@ to the backend's response headers, and the whole backend exchange.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,7 +22,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
+from vespa.interfaces import IReportFailures
 from vespa.worker.admission import Admission
 from vespa.worker.health import HealthChecker
 from vespa.worker.ledger import Ledger, Outcome
@@ -41,7 +42,7 @@ class WorkerMetrics:
     :param state: phase, error and capacity.
     :param admission: the queue.
     :param health: health-check failures.
-    :param reporter: report failures (anything with ``failed_reports``), or ``None``.
+    :param reporter: report failures, or ``None``.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class WorkerMetrics:
         state: WorkerState,
         admission: Admission,
         health: HealthChecker,
-        reporter: Any = None,
+        reporter: IReportFailures | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.queue_wait = Histogram(
@@ -95,7 +96,7 @@ class _MetricsResource(Resource):
         super().__init__()
         self._registry = registry
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self._registry)
 
@@ -109,7 +110,7 @@ class _LiveCollector:
         state: WorkerState,
         admission: Admission,
         health: HealthChecker,
-        reporter: Any,
+        reporter: IReportFailures | None,
     ) -> None:
         self._ledger = ledger
         self._state = state

@@ -66,7 +66,9 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
+from vespa.interfaces import IReportFailures
 from vespa.log import get_logger
 from vespa.protocol import reports
 from vespa.protocol.reports import WorkerIdentity
@@ -209,6 +211,7 @@ def _describe(failure: BaseException) -> str:
     return f"{type(failure).__name__}: {text}" if text else type(failure).__name__
 
 
+@implementer(IReportFailures)
 class Reporter(Service):
     """
     Pushes the worker's status and finished requests to the autoscaler (see

@@ -57,6 +57,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -178,7 +179,7 @@ class Sessions(Service):
         self,
         clock: IReactorTime,
         ledger: Ledger,
-        http: Any,
+        http: HTTPClient,
         backend_url: str,
         *,
         max_sessions: int | None = 10,
