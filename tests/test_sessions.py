@@ -26,11 +26,11 @@ from vespa.config import ConfigError, WorkerConfig
 from vespa.errors import VespaError
 from vespa.protocol.envelope import AuthData, Envelope
 from vespa.worker.ledger import Ledger, Outcome
+from vespa.worker.session_fields import SessionRequestInvalid
 from vespa.worker.sessions import (
     SessionAuthInvalid,
     SessionEndResource,
     SessionGone,
-    SessionRequestInvalid,
     Sessions,
     SessionsFull,
 )

@@ -73,6 +73,7 @@ from vespa.log import get_logger
 from vespa.protocol import reports
 from vespa.protocol.reports import WorkerIdentity
 from vespa.worker.ledger import Deletions, Ledger, Outcome
+from vespa.worker.outage import Outage
 from vespa.worker.state import WorkerState
 
 log = get_logger(__name__)
@@ -138,46 +139,6 @@ class ReportSettings:
 
 def _root_disk_used() -> float:
     return float(psutil.disk_usage("/").used)
-
-
-class _Outage:
-    """
-    Tracks one kind of report's failures, to log an outage twice (when it
-    starts and when it ends) rather than every tick.
-    """
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.failures = 0
-        #: Failed sends since start, for the metrics.
-        self.total_failures = 0
-
-    def failed(self, now: float, reason: str) -> None:
-        self.failures += 1
-        self.total_failures += 1
-        if self.since is None:
-            self.since = now
-            log.warn(
-                "{what}: no autoscaler address accepted it ({reason}); "
-                "retrying every tick, quietly until it works again",
-                what=self.what,
-                reason=reason,
-            )
-        else:
-            log.debug("{what}: still failing ({reason})", what=self.what, reason=reason)
-
-    def succeeded(self, now: float) -> None:
-        if self.since is not None:
-            log.info(
-                "{what}: accepted again after {duration:.1f} s of failures "
-                "({failures} failed attempts)",
-                what=self.what,
-                duration=now - self.since,
-                failures=self.failures,
-            )
-        self.since = None
-        self.failures = 0
 
 
 class _Discard(Protocol):
@@ -261,8 +222,8 @@ class Reporter(Service):
         self._broken: set[str] = set()
         # (path, field) of the values being dropped, each logged once.
         self._dropping: set[tuple[str, str]] = set()
-        self._status_outage = _Outage(STATUS_PATH)
-        self._delete_outage = _Outage(DELETE_PATH)
+        self._status_outage = Outage(STATUS_PATH)
+        self._delete_outage = Outage(DELETE_PATH)
         #: How many ticks found the previous cycle still in flight.
         self.ticks_skipped = 0
 
@@ -477,7 +438,7 @@ class Reporter(Service):
     # -- HTTP -----------------------------------------------------------------
 
     async def _post(
-        self, path: str, body: dict[str, Any], addresses: tuple[str, ...], outage: _Outage
+        self, path: str, body: dict[str, Any], addresses: tuple[str, ...], outage: Outage
     ) -> bool:
         """
         POST ``body`` to ``path`` at each address in turn until one accepts.
