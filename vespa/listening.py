@@ -29,8 +29,8 @@ class Listener(Service):
     """
     Listens on ``endpoint`` with ``factory`` from start to stop.
 
-    :param endpoint: where to listen.
-    :param factory: what serves each connection.
+    :param endpoint: where to listen (kept as ``endpoint``).
+    :param factory: what serves each connection (kept as ``factory``).
     :param fatal: if listening fails at once (a busy port), raise it from
         ``startService``, so ``twistd`` stops with the error; otherwise log it
         and run without (for the optional listeners).
@@ -39,8 +39,8 @@ class Listener(Service):
     def __init__(
         self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, *, fatal: bool = True
     ) -> None:
-        self._endpoint = endpoint
-        self._factory = factory
+        self.endpoint = endpoint
+        self.factory = factory
         self._fatal = fatal
         # The port once listening, or why not; None until then.
         self._result: IListeningPort | Failure | None = None
@@ -53,7 +53,7 @@ class Listener(Service):
         self._result = None
         self._starting = True
         try:
-            self._pending = self._endpoint.listen(self._factory).addCallbacks(
+            self._pending = self.endpoint.listen(self.factory).addCallbacks(
                 self._listened, self._failed
             )
         finally:
@@ -76,7 +76,7 @@ class Listener(Service):
         self._result = reason
         # A fatal failure at start is raised there; any other one is told here.
         if not (self._fatal and self._starting) and not reason.check(CancelledError):
-            log.failure("Listening on {endpoint} failed", reason, endpoint=self._endpoint)
+            log.failure("Listening on {endpoint} failed", reason, endpoint=self.endpoint)
         self._tell()
 
     def _tell(self) -> None:
@@ -111,7 +111,7 @@ class Listener(Service):
         """
         host = (await self.listening()).getHost()
         if not isinstance(host, (IPv4Address, IPv6Address)):
-            raise TypeError(f"{self._endpoint!r} listens on {host!r}, not a TCP port")
+            raise TypeError(f"{self.endpoint!r} listens on {host!r}, not a TCP port")
         return host.port
 
     def stopService(self) -> Deferred[None]:
