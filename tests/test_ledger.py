@@ -13,7 +13,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from vespa.protocol.reports import DeletionRecord
-from vespa.worker.ledger import Count, Deletions, Ledger, Outcome, Tally, Ticket
+from vespa.worker.ledger import Deletions, Ledger, Ticket
+from vespa.worker.tally import Count, Outcome, Tally
 
 
 def window_sum(windows: list[Tally]) -> Tally:

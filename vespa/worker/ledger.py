@@ -12,7 +12,7 @@ A request refused before admission (401, 429, 503) goes through
 
 in counts and in workloads (:attr:`Ledger.totals`, :attr:`Ledger.in_flight_count`,
 :attr:`Ledger.in_flight_workload`). The counters take one form everywhere, a
-:class:`Tally` keyed by :class:`Outcome`.
+:class:`~vespa.worker.tally.Tally` keyed by :class:`~vespa.worker.tally.Outcome`.
 
 In-flight requests are keyed by the ticket (an internal counter), never by
 ``reqnum`` or ``request_idx``: in unsecured mode every request carries 0 for
@@ -46,34 +46,21 @@ snapshots that are acknowledged explicitly, so an outage loses nothing:
 
 from __future__ import annotations
 
-import enum
 import itertools
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from twisted.internet.defer import Deferred, succeed
 
 from vespa.log import get_logger
 from vespa.protocol.reports import DeletionRecord
+from vespa.worker.tally import Counters, Tally
+from vespa.worker.tally import Outcome as Outcome  # re-exported: where callers find it
 
 log = get_logger(__name__)
-
-
-class Outcome(enum.Enum):
-    """How a request ended."""
-
-    #: The backend answered.
-    SERVED = "served"
-    #: The relay or the backend failed (a backend 5xx counts here, per DESIGN.md).
-    ERRORED = "errored"
-    #: The client went away first.
-    CANCELLED = "cancelled"
-    #: Refused before admission (401, 429, 503); only through :meth:`Ledger.reject`.
-    REJECTED = "rejected"
 
 
 #: The success flag each outcome carries to ``/delete_requests/``.
@@ -129,90 +116,6 @@ class Ticket:
             f"<Ticket #{self._key} request_idx={self.request_idx} "
             f"reqnum={self.reqnum} workload={self.workload!r}>"
         )
-
-
-@dataclass(frozen=True)
-class Count:
-    """
-    How many requests, and the sum of their workloads.
-
-    :ivar requests: how many.
-    :ivar workload: their workloads' sum, in benchmark units.
-    """
-
-    requests: int = 0
-    workload: float = 0.0
-
-
-#: Nothing counted.
-_ZERO = Count()
-
-
-@dataclass(frozen=True)
-class Tally:
-    """
-    The ledger's counters, the one form they take from the ledger to the
-    reports and the metrics: what was received, and how requests ended, keyed
-    by :class:`Outcome` (``tally[Outcome.SERVED].workload``).
-
-    :attr:`Ledger.totals` is the tally since the ledger was created, in which
-    ``received == served + errored + cancelled + in flight`` (rejected requests
-    were never received); :meth:`Ledger.window` the tally since the last
-    accepted report, to give back to :meth:`Ledger.commit`.
-
-    :ivar received: the admitted requests.
-    :ivar ended: how requests ended, every outcome present.
-    """
-
-    received: Count = _ZERO
-    ended: Mapping[Outcome, Count] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Every outcome present, so two tallies that count the same are equal.
-        ended = {outcome: self.ended.get(outcome, _ZERO) for outcome in Outcome}
-        object.__setattr__(self, "ended", MappingProxyType(ended))
-
-    def __getitem__(self, outcome: Outcome) -> Count:
-        return self.ended[outcome]
-
-
-class _Counters:
-    """The mutable counterpart of a :class:`Tally`, kept by the ledger."""
-
-    __slots__ = ("_requests", "_workloads")
-
-    def __init__(self) -> None:
-        # None is "received"; the outcomes are how requests ended.
-        self._requests: dict[Outcome | None, int] = dict.fromkeys((None, *Outcome), 0)
-        self._workloads: dict[Outcome | None, float] = dict.fromkeys(self._requests, 0.0)
-
-    def add(self, key: Outcome | None, workload: float) -> None:
-        self._requests[key] += 1
-        self._workloads[key] += workload
-
-    def tally(self) -> Tally:
-        def count(key: Outcome | None) -> Count:
-            return Count(self._requests[key], self._workloads[key])
-
-        return Tally(count(None), {outcome: count(outcome) for outcome in Outcome})
-
-    def subtract(self, tally: Tally) -> None:
-        """
-        Take away ``tally``, all or nothing.
-
-        :raises ValueError: if it holds more than these counters.
-        """
-        parts: list[tuple[Outcome | None, Count]] = [(None, tally.received), *tally.ended.items()]
-        for key, part in parts:
-            if not 0 <= part.requests <= self._requests[key]:
-                raise ValueError(f"{tally!r} is not part of the current window (committed twice?)")
-        for key, part in parts:
-            self._requests[key] -= part.requests
-            if self._requests[key] == 0:
-                # Nothing left: exactly zero, not a rounding residue.
-                self._workloads[key] = 0.0
-            else:
-                self._workloads[key] = max(self._workloads[key] - part.workload, 0.0)
 
 
 @dataclass(frozen=True)
@@ -289,8 +192,8 @@ class Ledger:
         self._in_flight: dict[int, Ticket] = {}
         self._in_flight_workload = 0.0
         # Cumulative, and the current window (since the last commit).
-        self._totals = _Counters()
-        self._window = _Counters()
+        self._totals = Counters()
+        self._window = Counters()
         # key -> how the request ended, oldest first.
         self._pending: OrderedDict[int, DeletionRecord] = OrderedDict()
         self._dropping = False
