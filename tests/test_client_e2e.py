@@ -18,6 +18,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.support import listen, raw_connect, until
 from tests.test_client_support import advance_until, start_chain, vespa_headers
 from vespa.client.policy import MAX_BACKOFF, Preferences
+from vespa.worker.ledger import Outcome
 
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
 
@@ -156,7 +157,7 @@ class RetryTests(E2ETestCase):
         await a.backend.wait("request")
         second = ensureDeferred(self.post(b"/v1/chat/completions", CHAT))
         await until(lambda: self.env.dispatcher.stats.retries == 1)
-        self.assertEqual(a.worker.ledger.totals.rejected, 1)
+        self.assertEqual(a.worker.ledger.totals[Outcome.REJECTED].requests, 1)
         self.env.autoscaler.set_worker_ready(b.url, True)
         self.env.clock.advance(MAX_BACKOFF)
         response, body = await second

@@ -29,6 +29,7 @@ from tests.test_worker_tap import free_port, http, wait_for_port
 from vespa.client.config import LISTEN_BACKLOG, ClientConfig
 from vespa.client.tap import Options, build_client, makeService
 from vespa.demo import demo_client
+from vespa.listening import Listener
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -197,8 +198,7 @@ class DemoTests(TestCase):
         service = demo_client(reactor, env.autoscaler_url, listen="tcp:0:interface=127.0.0.1")
         service.startService()
         self.addCleanup(service.stopService)
-        listener = next(s for s in service if hasattr(s, "_waitingForPort"))
-        port = (await listener._waitingForPort).getHost().port
+        port = await next(s for s in service if isinstance(s, Listener)).port()
         response, body = await HTTPClient(self, port).request(
             b"POST",
             b"/v1/chat/completions",

@@ -5,30 +5,31 @@ windows are committed exactly, deletions are acknowledged exactly and bounded.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from vespa.protocol.reports import DeletionRecord
-from vespa.worker.ledger import Deletions, Ledger, Outcome, Ticket, Totals, Window
+from vespa.worker.ledger import Deletions, Ledger, Ticket
+from vespa.worker.tally import Count, Outcome, Tally
 
 
-def window_sum(windows: list[Window]) -> Window:
-    """Add windows field by field."""
-    out: dict[str, float] = {f.name: 0 for f in fields(Window)}
-    for w in windows:
-        for f in fields(Window):
-            out[f.name] += getattr(w, f.name)
-    return Window(**out)  # type: ignore[arg-type]
+def window_sum(windows: list[Tally]) -> Tally:
+    """Add windows counter by counter."""
+
+    def total(counts: list[Count]) -> Count:
+        return Count(sum(c.requests for c in counts), sum(c.workload for c in counts))
+
+    return Tally(
+        total([w.received for w in windows]),
+        {outcome: total([w[outcome] for w in windows]) for outcome in Outcome},
+    )
 
 
-def check_invariants(
-    testcase: SynchronousTestCase, ledger: Ledger, committed: list[Window]
-) -> None:
+def check_invariants(testcase: SynchronousTestCase, ledger: Ledger, committed: list[Tally]) -> None:
     """
     Assert the ledger's invariants: received = served + errored + cancelled +
     in flight (counts and workloads), and committed windows plus the current
@@ -36,28 +37,15 @@ def check_invariants(
     so float sums are exact.
     """
     t = ledger.totals
-    testcase.assertEqual(t.received, t.served + t.errored + t.cancelled + ledger.in_flight_count)
+    ended = [t[Outcome.SERVED], t[Outcome.ERRORED], t[Outcome.CANCELLED]]
     testcase.assertEqual(
-        t.workload_received,
-        t.workload_served + t.workload_errored + t.workload_cancelled + ledger.in_flight_workload,
+        t.received.requests, sum(c.requests for c in ended) + ledger.in_flight_count
+    )
+    testcase.assertEqual(
+        t.received.workload, sum(c.workload for c in ended) + ledger.in_flight_workload
     )
     testcase.assertEqual(len(ledger.working_request_idxs()), ledger.in_flight_count)
-    total = window_sum([*committed, ledger.window()])
-    testcase.assertEqual(
-        total,
-        Window(
-            workload_received=t.workload_received,
-            workload_served=t.workload_served,
-            workload_cancelled=t.workload_cancelled,
-            workload_errored=t.workload_errored,
-            workload_rejected=t.workload_rejected,
-            requests_received=t.received,
-            requests_served=t.served,
-            requests_cancelled=t.cancelled,
-            requests_errored=t.errored,
-            requests_rejected=t.rejected,
-        ),
-    )
+    testcase.assertEqual(window_sum([*committed, ledger.window()]), t)
 
 
 class CaptureWarnings:
@@ -89,7 +77,7 @@ class RequestLifecycleTests(SynchronousTestCase):
         self.assertEqual(ledger.in_flight_count, 2)
         self.assertEqual(ledger.in_flight_workload, 15.0)
         self.assertEqual(ledger.working_request_idxs(), [7, 8])
-        self.assertEqual(ledger.totals, Totals(received=2, workload_received=15.0))
+        self.assertEqual(ledger.totals, Tally(received=Count(2, 15.0)))
         check_invariants(self, ledger, [])
 
     def test_each_outcome(self) -> None:
@@ -104,17 +92,14 @@ class RequestLifecycleTests(SynchronousTestCase):
         ledger.reject(4, 4, 8.0)
         self.assertEqual(
             ledger.totals,
-            Totals(
-                received=3,
-                served=1,
-                errored=1,
-                cancelled=1,
-                rejected=1,
-                workload_received=7.0,
-                workload_served=1.0,
-                workload_errored=2.0,
-                workload_cancelled=4.0,
-                workload_rejected=8.0,
+            Tally(
+                received=Count(3, 7.0),
+                ended={
+                    Outcome.SERVED: Count(1, 1.0),
+                    Outcome.ERRORED: Count(1, 2.0),
+                    Outcome.CANCELLED: Count(1, 4.0),
+                    Outcome.REJECTED: Count(1, 8.0),
+                },
             ),
         )
         self.assertEqual(ledger.in_flight_count, 0)
@@ -169,7 +154,7 @@ class RequestLifecycleTests(SynchronousTestCase):
         for bad in (-1.0, float("nan"), float("inf")):
             self.assertRaises(ValueError, ledger.receive, 1, 1, bad)
             self.assertRaises(ValueError, ledger.reject, 1, 1, bad)
-        self.assertEqual(ledger.totals, Totals())
+        self.assertEqual(ledger.totals, Tally())
         self.assertEqual(ledger.version, 0)
 
     def test_version_bumps_on_every_change(self) -> None:
@@ -202,6 +187,36 @@ class RequestLifecycleTests(SynchronousTestCase):
         self.assertIn("reqnum=6", repr(ticket))
 
 
+class IdleTests(SynchronousTestCase):
+    """when_idle() tells when the last request in flight ends, and only then."""
+
+    def test_idle_at_once(self) -> None:
+        """With nothing in flight it has already fired."""
+        self.successResultOf(Ledger().when_idle())
+
+    def test_fires_with_the_last_request(self) -> None:
+        """Not when one of two ends, nor on a rejection; when the second ends."""
+        ledger = Ledger()
+        a = ledger.receive(1, 1, 1.0)
+        b = ledger.receive(2, 2, 1.0)
+        idle = ledger.when_idle()
+        ledger.finish(a, Outcome.SERVED)
+        ledger.reject(3, 3, 1.0)
+        self.assertNoResult(idle)
+        ledger.finish_in_session(b, Outcome.CANCELLED)
+        self.successResultOf(idle)
+
+    def test_cancelled_waiter_is_forgotten(self) -> None:
+        """A cancelled wait fails alone; the others still fire."""
+        ledger = Ledger()
+        ticket = ledger.receive(1, 1, 1.0)
+        gave_up, waiting = ledger.when_idle(), ledger.when_idle()
+        gave_up.cancel()
+        self.failureResultOf(gave_up, CancelledError)
+        ledger.finish(ticket, Outcome.ERRORED)
+        self.successResultOf(waiting)
+
+
 class WindowTests(SynchronousTestCase):
     """Windows count since the last commit, and commit subtracts exactly."""
 
@@ -215,12 +230,11 @@ class WindowTests(SynchronousTestCase):
         ledger.finish(b, Outcome.CANCELLED)
         ledger.reject(4, 4, 5.0)
         w = ledger.window()
-        self.assertEqual(w.workload_received, 60.0)
-        self.assertEqual(w.workload_served, 10.0)
-        self.assertEqual(w.workload_cancelled, 20.0)
-        self.assertEqual(w.workload_errored, 0.0)
-        self.assertEqual(w.workload_rejected, 5.0)
-        self.assertEqual(w.requests_received, 3)
+        self.assertEqual(w.received, Count(3, 60.0))
+        self.assertEqual(w[Outcome.SERVED].workload, 10.0)
+        self.assertEqual(w[Outcome.CANCELLED].workload, 20.0)
+        self.assertEqual(w[Outcome.ERRORED].workload, 0.0)
+        self.assertEqual(w[Outcome.REJECTED].workload, 5.0)
 
     def test_commit_keeps_what_arrived_meanwhile(self) -> None:
         """What arrives between the snapshot and the commit stays for next time."""
@@ -232,12 +246,7 @@ class WindowTests(SynchronousTestCase):
         ledger.commit(sent)
         self.assertEqual(
             ledger.window(),
-            Window(
-                workload_received=2.0,
-                workload_rejected=4.0,
-                requests_received=1,
-                requests_rejected=1,
-            ),
+            Tally(received=Count(1, 2.0), ended={Outcome.REJECTED: Count(1, 4.0)}),
         )
         check_invariants(self, ledger, [sent])
 
@@ -247,8 +256,7 @@ class WindowTests(SynchronousTestCase):
         ledger.receive(1, 1, 1.0)
         ledger.window()
         ledger.receive(2, 2, 2.0)
-        self.assertEqual(ledger.window().workload_received, 3.0)
-        self.assertEqual(ledger.window().requests_received, 2)
+        self.assertEqual(ledger.window().received, Count(2, 3.0))
 
     def test_commit_twice_is_refused(self) -> None:
         """Committing the same window twice would lose counts: refused."""
@@ -257,7 +265,7 @@ class WindowTests(SynchronousTestCase):
         w = ledger.window()
         ledger.commit(w)
         self.assertRaises(ValueError, ledger.commit, w)
-        self.assertEqual(ledger.window(), Window())
+        self.assertEqual(ledger.window(), Tally())
 
     def test_commit_leaves_exact_zero(self) -> None:
         """An emptied window is exactly zero, not a rounding residue."""
@@ -267,7 +275,7 @@ class WindowTests(SynchronousTestCase):
         ledger.receive(2, 2, 0.2)
         ledger.commit(first)
         ledger.commit(ledger.window())
-        self.assertEqual(ledger.window(), Window())
+        self.assertEqual(ledger.window(), Tally())
 
 
 class DeletionTests(SynchronousTestCase):
@@ -430,8 +438,8 @@ class PropertyTests(SynchronousTestCase):
         """
         ledger = Ledger(max_pending_deletions=8)
         in_flight: list[Ticket] = []
-        snapshots: list[Window] = []
-        committed: list[Window] = []
+        snapshots: list[Tally] = []
+        committed: list[Tally] = []
         batches: list[Deletions] = []
         removed = 0
         ended = 0

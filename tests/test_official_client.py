@@ -18,6 +18,7 @@ from tests.official import (
     run_official,
     start_official_stack,
 )
+from vespa.worker.ledger import Outcome
 
 CHAT = "/v1/chat/completions"
 
@@ -57,7 +58,7 @@ class OfficialClientTests(TestCase):
         self.assertEqual(len(signatures), 1)  # one cached signature, admitted 4 times
         self.assertEqual(len({r["request_idx"] for r in results}), 4)
         self.assertEqual(stack.worker.resource.verifier.form_seen, "url")
-        self.assertEqual(stack.worker.ledger.totals.served, 4)
+        self.assertEqual(stack.worker.ledger.totals[Outcome.SERVED].requests, 4)
         self.assert_no_endpoint_key(stack)
         bodies = [json.loads(b) if isinstance(b, bytes) else b for b in stack.model.bodies]
         self.assertEqual(bodies[-1], _chat("hello 3", max_tokens=3))

@@ -245,7 +245,6 @@ class DrainTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertNoResult(stopped)
         self.ledger.finish(ticket, Outcome.SERVED)
-        self.clock.advance(Drain.POLL)
         self.clock.advance(0)
         self.successResultOf(stopped)
         self.assertTrue(drain.drained)
@@ -255,8 +254,10 @@ class DrainTests(SynchronousTestCase):
         self.ledger.receive(1, 1, 5.0)
         drain = Drain(self.clock, self.state, self.ledger, timeout=30.0)
         stopped = drain.stopService()
-        for _ in range(int(30 / Drain.POLL) + 2):
-            self.clock.advance(Drain.POLL)
+        self.clock.advance(29.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.clock.advance(0)
         self.successResultOf(stopped)
         self.assertFalse(drain.drained)
 

@@ -403,7 +403,7 @@ class AddressTests(SynchronousTestCase):
         h.start()
         self.assertEqual(h.autoscaler.received, [])
         self.assertEqual(h.ledger.pending_deletions, 0)
-        self.assertEqual(h.ledger.window().requests_received, 0)
+        self.assertEqual(h.ledger.window().received.requests, 0)
 
 
 def run_outage(testcase: SynchronousTestCase, mode: str) -> Harness:
@@ -442,9 +442,11 @@ def run_outage(testcase: SynchronousTestCase, mode: str) -> Harness:
     h.tick(times=12)
     totals = h.ledger.totals
     [_, recovery, *later] = h.autoscaler.statuses(accepted=True)
-    testcase.assertEqual(recovery["new_load"], totals.workload_received - totals.workload_cancelled)
-    testcase.assertEqual(recovery["cur_perf"], totals.workload_served)
-    testcase.assertEqual(recovery["rej_load"], totals.workload_rejected)
+    testcase.assertEqual(
+        recovery["new_load"], totals.received.workload - totals[Outcome.CANCELLED].workload
+    )
+    testcase.assertEqual(recovery["cur_perf"], totals[Outcome.SERVED].workload)
+    testcase.assertEqual(recovery["rej_load"], totals[Outcome.REJECTED].workload)
     testcase.assertEqual(recovery["num_requests_recieved"], 120)
     testcase.assertEqual(recovery["num_requests_working"], h.ledger.in_flight_count)
     testcase.assertEqual(recovery["cur_load"], h.ledger.in_flight_workload)
@@ -453,9 +455,9 @@ def run_outage(testcase: SynchronousTestCase, mode: str) -> Harness:
         testcase.assertEqual(
             (status["new_load"], status["cur_perf"], status["rej_load"]), (0.0, 0.0, 0.0)
         )
-    testcase.assertEqual(h.ledger.window().requests_received, 0)
+    testcase.assertEqual(h.ledger.window().received.requests, 0)
     # Deletions: 20 kept, the rest dropped and counted, the 20 sent.
-    ended = totals.served + totals.errored + totals.cancelled + totals.rejected
+    ended = sum(totals[outcome].requests for outcome in Outcome)
     sent = h.autoscaler.deleted(True) + h.autoscaler.deleted(False)
     testcase.assertEqual(h.ledger.pending_deletions, 0)
     testcase.assertEqual(len(sent), 20)
@@ -748,7 +750,7 @@ class StopTests(SynchronousTestCase):
         h.tick(0.1)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(h.ledger.pending_deletions, 1)
-        self.assertEqual(h.ledger.window().requests_rejected, 1)
+        self.assertEqual(h.ledger.window()[Outcome.REJECTED].requests, 1)
         # The hung attempt ends by its own 60 s timeout; nothing is left after.
         h.tick(times=60)
         self.assertEqual(len(h.clock.getDelayedCalls()), 0)

@@ -26,11 +26,11 @@ from vespa.config import ConfigError, WorkerConfig
 from vespa.errors import VespaError
 from vespa.protocol.envelope import AuthData, Envelope
 from vespa.worker.ledger import Ledger, Outcome
+from vespa.worker.session_fields import SessionRequestInvalid
 from vespa.worker.sessions import (
     SessionAuthInvalid,
     SessionEndResource,
     SessionGone,
-    SessionRequestInvalid,
     Sessions,
     SessionsFull,
 )
@@ -220,7 +220,7 @@ class SessionsTests(SynchronousTestCase):
         deletions = self.ledger.take_deletions()
         self.assertEqual(deletions.request_idxs(True), [42])
         self.assertEqual(deletions.request_idxs(False), [])
-        self.assertEqual(self.ledger.totals.served, 1)
+        self.assertEqual(self.ledger.totals[Outcome.SERVED].requests, 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_many_sessions_expire_without_a_leak(self) -> None:
@@ -284,7 +284,7 @@ class SessionsTests(SynchronousTestCase):
         self.sessions.join(session_id, AUTH)
         ticket = self.ledger.receive(42, 3, 10.0)
         self.ledger.finish_in_session(ticket, Outcome.SERVED)
-        self.assertEqual(self.ledger.totals.served, 1)
+        self.assertEqual(self.ledger.totals[Outcome.SERVED].requests, 1)
         self.assertEqual(self.ledger.pending_deletions, 0)
         self.control(b"/session/end", {"session_id": session_id, "session_auth": SESSION_AUTH})
         self.assertEqual(self.ledger.take_deletions().request_idxs(True), [42])

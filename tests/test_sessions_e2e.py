@@ -29,6 +29,7 @@ from twisted.trial.unittest import TestCase
 from tests.support import PUBLIC_URL, HTTPClient, shared_key, start_secured_worker, until
 from vespa.testing.autoscaler import sign_auth
 from vespa.worker.drain import Drain
+from vespa.worker.ledger import Outcome
 
 #: Seconds any one official-client script may take.
 SCRIPT_TIMEOUT = 30.0
@@ -178,7 +179,7 @@ class OfficialClientSessionTests(TestCase):
         await self.reported_deleted(request_idx)
         # The session's two requests carried its request_idx: not deletions of their own.
         self.assertEqual(deleted_request_idxs(env.autoscaler.delete_reports), [request_idx])
-        self.assertEqual(env.worker.ledger.totals.served, 3)
+        self.assertEqual(env.worker.ledger.totals[Outcome.SERVED].requests, 3)
 
     async def test_expiry(self) -> None:
         """
@@ -237,7 +238,7 @@ class OfficialClientSessionTests(TestCase):
         self.assertIn(outcome, ("ConnectionError", "ValueError"))
         await env.backend.wait_for_disconnect(b"/hang").addTimeout(10, reactor)
         await until(lambda: env.worker.ledger.in_flight_count == 0)
-        self.assertEqual(env.worker.ledger.totals.cancelled, 1)
+        self.assertEqual(env.worker.ledger.totals[Outcome.CANCELLED].requests, 1)
         self.assertEqual(len(env.worker.sessions), 0)
 
     async def test_full(self) -> None:
@@ -256,7 +257,7 @@ class OfficialClientSessionTests(TestCase):
         refused = await self.official(script)
         self.assertEqual(refused["status"], 429)
         self.assertEqual(refused["response"]["origin"], "vespa")
-        self.assertEqual(env.worker.ledger.totals.rejected, 1)
+        self.assertEqual(env.worker.ledger.totals[Outcome.REJECTED].requests, 1)
         self.assertEqual(len(env.worker.sessions), 0)
 
 
@@ -316,7 +317,7 @@ class WorkerSessionTests(TestCase):
         status, answer = await self.post(b"/session/create", {"auth_data": auth, "payload": {}})
         self.assertEqual((status, answer["origin"]), (401, "vespa"))
         self.assertEqual(len(self.env.worker.sessions), 0)
-        self.assertEqual(self.env.worker.ledger.totals.rejected, 0)
+        self.assertEqual(self.env.worker.ledger.totals[Outcome.REJECTED].requests, 0)
         self.assertEqual(self.env.worker.ledger.pending_deletions, 0)
 
     async def test_session_id_must_be_a_string(self) -> None:

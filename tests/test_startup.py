@@ -15,6 +15,7 @@ from tests.logcapture import capture_log
 from tests.support import BENCHMARK_CALLS, start_secured_worker, until, wake_startup
 from tests.test_worker_protocol import Harness
 from vespa.worker import health
+from vespa.worker.ledger import Outcome
 from vespa.worker.state import Phase
 
 
@@ -57,7 +58,7 @@ class StartupTests(TestCase):
         self.assertEqual(response.code, 503)
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"10"])
         self.assertIn("not ready", json.loads(body)["error"])
-        self.assertEqual(env.worker.ledger.totals.rejected, 1)
+        self.assertEqual(env.worker.ledger.totals[Outcome.REJECTED].requests, 1)
         await self.advance_probe(5, times=3)
         self.assertFalse(self.state.is_loaded)
         env.backend.health_status = 200

@@ -26,6 +26,7 @@ from tests.support import (
 )
 from vespa.protocol.envelope import wrap_body
 from vespa.testing.autoscaler import sign_auth
+from vespa.worker.ledger import Outcome
 
 
 def _auth(mode: str = "url", **changes: Any) -> dict[str, Any]:
@@ -224,7 +225,7 @@ class LargeEnvelopeTests(TestCase):
         await until(lambda: bool(parsed))
         await deferLater(reactor, 0.01, lambda: None)  # the parse's callback, on the reactor
         totals = env.worker.ledger.totals
-        self.assertEqual((totals.received, totals.rejected), (0, 0))
+        self.assertEqual((totals.received.requests, totals[Outcome.REJECTED].requests), (0, 0))
         self.assertEqual([r for r in env.backend.received if r[1] != b"/health"], [])
 
     async def test_small_bodies_stay_on_the_reactor_thread(self) -> None:

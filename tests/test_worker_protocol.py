@@ -24,6 +24,7 @@ from tests.support import (
 from vespa.protocol.envelope import auth_query, wrap_body
 from vespa.protocol.reports import WORKER_STATUS_FIELDS
 from vespa.testing.autoscaler import sign_auth
+from vespa.worker.ledger import Outcome
 
 AUTH_KEYS = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
 
@@ -104,8 +105,11 @@ class ProtocolTestCase(TestCase):
     def assert_invariant(self) -> None:
         totals = self.ledger.totals
         self.assertEqual(
-            totals.received,
-            totals.served + totals.errored + totals.cancelled + self.ledger.in_flight_count,
+            totals.received.requests,
+            totals[Outcome.SERVED].requests
+            + totals[Outcome.ERRORED].requests
+            + totals[Outcome.CANCELLED].requests
+            + self.ledger.in_flight_count,
         )
 
     async def report(self, predicate: Any = lambda r: True) -> dict[str, Any]:
@@ -133,7 +137,7 @@ class SignedRequestTests(ProtocolTestCase):
         echo = json.loads(body)
         self.assertEqual(json.loads(echo["body"]), {"prompt": "hi", "n": 1})
         self.assertEqual(echo["uri"], "/echo/v1/completions?x=1")
-        self.assertEqual(self.ledger.totals.served, 1)
+        self.assertEqual(self.ledger.totals[Outcome.SERVED].requests, 1)
         self.assert_invariant()
 
     async def test_routed_by_the_stand_in(self) -> None:
@@ -183,7 +187,10 @@ class SignedRequestTests(ProtocolTestCase):
         response, body = await h.post(b"/echo", {}, auth=auth)
         self.assertEqual(response.code, 401)
         self.assertEqual(json.loads(body)["origin"], "vespa")
-        self.assertEqual((self.ledger.totals.rejected, self.ledger.totals.received), (0, 0))
+        self.assertEqual(
+            (self.ledger.totals[Outcome.REJECTED].requests, self.ledger.totals.received.requests),
+            (0, 0),
+        )
         self.assertEqual(self.refused("401"), 1.0)
         self.assertEqual([r for r in self.env.backend.received if r[1] != b"/health"], [])
         signed = h.auth(5)
@@ -226,7 +233,9 @@ class SignedRequestTests(ProtocolTestCase):
         self.assertEqual(response.code, 400)
         response, _ = await self.env.client.request(b"GET", b"/echo?serverless_reqnum=x")
         self.assertEqual(response.code, 400)
-        self.assertEqual(self.ledger.totals.rejected + self.ledger.totals.received, 0)
+        self.assertEqual(
+            self.ledger.totals[Outcome.REJECTED].requests + self.ledger.totals.received.requests, 0
+        )
         del h
 
     async def test_blocked_path_is_403_before_auth(self) -> None:
@@ -240,7 +249,7 @@ class SignedRequestTests(ProtocolTestCase):
         h = await self.start(default_cost=50.0)
         await h.post(b"/echo", {}, cost=1)
         await h.post(b"/echo", {}, cost=20)
-        self.assertEqual(self.ledger.totals.workload_served, 70.0)
+        self.assertEqual(self.ledger.totals[Outcome.SERVED].workload, 70.0)
 
 
 class AdmissionTests(ProtocolTestCase):
@@ -269,7 +278,7 @@ class AdmissionTests(ProtocolTestCase):
             (auth["request_idx"], "Rejected", False),
         )
         self.assertEqual((record["work_started_at"], record["work_completed_at"]), (0.0, 0.0))
-        self.assertEqual(self.ledger.totals.rejected, 1)
+        self.assertEqual(self.ledger.totals[Outcome.REJECTED].requests, 1)
         first.cancel()
         first.addErrback(lambda f: None)  # the client gave up, as intended
         self.assert_invariant()
@@ -287,10 +296,10 @@ class AdmissionTests(ProtocolTestCase):
                 b"\r\n%s" % (n, len(body), body)
             )
             clients.append(client)
-            await until(lambda n=n: self.ledger.totals.received == n + 1)
+            await until(lambda n=n: self.ledger.totals.received.requests == n + 1)
         self.assertEqual(self.env.worker.resource.admission.queued, 2)
         clients[1].transport.loseConnection()
-        await until(lambda: self.ledger.totals.cancelled == 1)
+        await until(lambda: self.ledger.totals[Outcome.CANCELLED].requests == 1)
         self.assertEqual(self.env.worker.resource.admission.queued, 1)
         for _ in range(4):
             self.env.clock.advance(1)
@@ -301,7 +310,13 @@ class AdmissionTests(ProtocolTestCase):
         await clients[2].wait_for(b"\r\n0\r\n\r\n")
         streams = [uri for _, uri in self.env.backend.received if uri.startswith(b"/stream")]
         self.assertEqual(streams, [b"/stream?n=2&interval=1&k=0", b"/stream?n=2&interval=1&k=2"])
-        self.assertEqual((self.ledger.totals.served, self.ledger.totals.cancelled), (2, 1))
+        self.assertEqual(
+            (
+                self.ledger.totals[Outcome.SERVED].requests,
+                self.ledger.totals[Outcome.CANCELLED].requests,
+            ),
+            (2, 1),
+        )
         for client in clients:
             client.transport.loseConnection()
         self.assert_invariant()
@@ -363,11 +378,11 @@ class ReportTests(ProtocolTestCase):
                 % (len(body), body)
             )
             clients.append(client)
-            await until(lambda n=n: self.ledger.totals.received == n + 1)
+            await until(lambda n=n: self.ledger.totals.received.requests == n + 1)
         self.env.clock.advance(1)
         for client in reversed(clients):
             client.transport.loseConnection()
-        await until(lambda: self.ledger.totals.cancelled == 2)
+        await until(lambda: self.ledger.totals[Outcome.CANCELLED].requests == 2)
         await self.report(lambda r: r["new_load"] == 0 and r["num_requests_working"] == 0)
         records = {
             r["request_idx"]: r for d in self.env.autoscaler.delete_reports for r in d["requests"]
@@ -515,18 +530,20 @@ class LifecycleTests(ProtocolTestCase):
                 await until(lambda: self.ledger.in_flight_count == 0)
             self.assert_invariant()
         totals = self.ledger.totals
-        self.assertEqual(totals.cancelled, disconnects)
+        self.assertEqual(totals[Outcome.CANCELLED].requests, disconnects)
         # Forged signatures are refused before verification: never in the ledger.
-        self.assertEqual(totals.received + bad, 40)
-        self.assertEqual(totals.rejected, 0)
+        self.assertEqual(totals.received.requests + bad, 40)
+        self.assertEqual(totals[Outcome.REJECTED].requests, 0)
         for _ in range(3):
             await self.report()
         reports = self.env.autoscaler.status_reports
-        self.assertAlmostEqual(sum(r["cur_perf"] for r in reports), totals.workload_served)
-        self.assertAlmostEqual(sum(r["rej_load"] for r in reports), totals.workload_rejected)
+        self.assertAlmostEqual(sum(r["cur_perf"] for r in reports), totals[Outcome.SERVED].workload)
+        self.assertAlmostEqual(
+            sum(r["rej_load"] for r in reports), totals[Outcome.REJECTED].workload
+        )
         self.assertAlmostEqual(
             sum(r["new_load"] for r in reports),
-            totals.workload_received - totals.workload_cancelled,
+            totals.received.workload - totals[Outcome.CANCELLED].workload,
         )
 
 

@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IResponse
 
 from tests.support import HTTPClient, raw_connect, start_echo_backend, start_worker
+from vespa.worker.ledger import Outcome
 
 
 def _headers(echo: dict[str, object]) -> dict[str, list[str]]:
@@ -185,7 +186,7 @@ class StreamingTests(TestCase):
         client.transport.loseConnection()
         await self.backend.wait_for_disconnect(b"/stream")
         self.assertEqual(self.clock.getDelayedCalls(), [])  # the backend stopped generating
-        await _until(lambda: self.worker.ledger.totals.cancelled == 1)
+        await _until(lambda: self.worker.ledger.totals[Outcome.CANCELLED].requests == 1)
         self.assertEqual(self.worker.ledger.in_flight_count, 0)
 
     async def test_client_gone_before_response_closes_the_backend_request(self) -> None:
@@ -195,7 +196,7 @@ class StreamingTests(TestCase):
         await self.backend.wait_for_request(b"/hang")
         client.transport.loseConnection()
         await self.backend.wait_for_disconnect(b"/hang")
-        await _until(lambda: self.worker.ledger.totals.cancelled == 1)
+        await _until(lambda: self.worker.ledger.totals[Outcome.CANCELLED].requests == 1)
         self.assertEqual(self.worker.ledger.in_flight_count, 0)
 
 
@@ -323,7 +324,7 @@ class ErrorTests(TestCase):
         await client.closed
         self.assertIn(b"data: first", client.data)
         self.assertFalse(_chunked_complete(client.data))
-        await _until(lambda: self.worker.ledger.totals.errored == 1)
+        await _until(lambda: self.worker.ledger.totals[Outcome.ERRORED].requests == 1)
 
     async def test_total_timeout_cuts_a_long_stream(self) -> None:
         """With a total timeout, a stream that runs past it is cut abnormally."""

@@ -19,6 +19,7 @@ from tests.logcapture import CapturedLog, capture_log
 from tests.support import raw_connect, shared_key, until
 from tests_realserver.llama_server import LlamaServer, free_port, start_llama_server
 from vespa.benchmarks.prompts import text_prompt
+from vespa.worker.ledger import Outcome
 from vespa.worker.state import Phase
 from vespa.worker.tap import Options, Worker, build_worker
 
@@ -224,7 +225,7 @@ class LlamaCppTests(TestCase):
         self.assertTrue(whole)
         self.assertGreater(len(pieces), 1)
         self.assertEqual(streamed, whole)
-        self.assertEqual(env.worker.ledger.totals.served, 2)
+        self.assertEqual(env.worker.ledger.totals[Outcome.SERVED].requests, 2)
 
     async def test_openai_sdk_through_the_unsecured_worker(self) -> None:
         """
@@ -241,7 +242,7 @@ class LlamaCppTests(TestCase):
         self.assertGreater(len(pieces), 1)
         self.assertEqual(streamed, whole)
         self.assertEqual(uuid.UUID(headers["x-request-id"]).version, 4)
-        self.assertEqual(worker.ledger.totals.served, 2)
+        self.assertEqual(worker.ledger.totals[Outcome.SERVED].requests, 2)
 
     async def test_caller_leaving_mid_stream_stops_generation(self) -> None:
         """
@@ -264,7 +265,7 @@ class LlamaCppTests(TestCase):
         full_length = 1500 / worker.state.max_perf
         caller.transport.abortConnection()
         await until(lambda: "Disconnected from client" in server.output, timeout=60)
-        await until(lambda: worker.ledger.totals.cancelled == 1, timeout=60)
+        await until(lambda: worker.ledger.totals[Outcome.CANCELLED].requests == 1, timeout=60)
         started = reactor.seconds()
         client = sdk(f"http://127.0.0.1:{port}/v1")
         answer = await threads.deferToThread(

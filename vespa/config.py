@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 from constantly import NamedConstant  # type: ignore[import-untyped]
 from twisted.logger import LogLevel
+from zope.interface import implementer
 
+from vespa.interfaces import IStartupSettings
 from vespa.log import LEVELS
 
 T = TypeVar("T")
@@ -829,6 +831,7 @@ def listen_port(listen: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+@implementer(IStartupSettings)
 @dataclass(frozen=True)
 class WorkerConfig:
     """

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from vespa.client.batch import plan_batch, run_batch
 from vespa.client.config import ClientConfig
@@ -32,6 +33,7 @@ from vespa.client.wrapping import (
     forwarded_headers,
     read_payload,
 )
+from vespa.interfaces import IHealthDocument
 from vespa.protocol.envelope import BODY_METHODS
 from vespa.proxy.relay import quiet_pool
 
@@ -200,6 +202,7 @@ def _as_cost(cost: float) -> int | float:
     return int(cost) if float(cost).is_integer() else cost
 
 
+@implementer(IHealthDocument)
 @dataclass
 class ClientParts:
     """

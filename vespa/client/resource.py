@@ -42,6 +42,7 @@ from vespa.client.errors import DeadlineExceeded
 from vespa.client.policy import DispatchFailed, Preferences, Slot, parse_preferences
 from vespa.client.wrapping import PREFERENCES_HEADER
 from vespa.errors import BodyTooLarge, MethodNotAllowed, VespaError, write_error
+from vespa.interfaces import IHealthDocument
 from vespa.log import get_logger
 from vespa.proxy.headers import copy_response_headers
 from vespa.proxy.site import ProxyRequest
@@ -65,12 +66,12 @@ class ClientResource(Resource):
     The root resource of the local proxy.
 
     :param core: turns requests into replies.
-    :param health: returns the ``/health`` document.
+    :param health: the source of the ``/health`` document.
     """
 
     isLeaf = True
 
-    def __init__(self, core: ClientCore, health: Any) -> None:
+    def __init__(self, core: ClientCore, health: IHealthDocument) -> None:
         super().__init__()
         self.core = core
         self.health = health
@@ -81,7 +82,7 @@ class ClientResource(Resource):
             target = origin_form(request.uri)
             if request.path == b"/health" and request.method in (b"GET", b"HEAD"):
                 request.setHeader(b"content-type", b"application/json")
-                return json.dumps(self.health()).encode("utf-8")
+                return json.dumps(self.health.health()).encode("utf-8")
             if request.method in _REFUSED_METHODS:
                 raise MethodNotAllowed(
                     f"{request.method.decode('ascii', 'replace')} is not proxied",

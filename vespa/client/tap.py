@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from vespa.client.config import CLIENT_SETTINGS, ClientConfig, with_backlog
@@ -20,6 +20,7 @@ from vespa.client.core import ClientParts, build_parts
 from vespa.client.resource import ClientResource
 from vespa.client.tls import load_ca_file
 from vespa.config import ConfigError
+from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
 from vespa.proxy.site import ProxySite
 from vespa.service import OrderedMultiService
@@ -91,14 +92,13 @@ class Client:
     """
 
     service: MultiService
-    listener: Any
+    listener: Listener
     resource: ClientResource
     parts: ClientParts
 
     async def port(self) -> int:
         """The TCP port the proxy listens on, once the service has started."""
-        listening = await self.listener._waitingForPort
-        return int(listening.getHost().port)
+        return await self.listener.port()
 
 
 def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Client:
@@ -117,14 +117,14 @@ def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Clien
     root = OrderedMultiService()
     _Closer(parts).setServiceParent(root)
     _KeyLookup(parts).setServiceParent(root)
-    resource = ClientResource(parts.core, parts.health)
+    resource = ClientResource(parts.core, parts)
     site = ProxySite(
         resource,
         max_body_size=config.max_body_size,
         access_log=config.access_log,
         reactor=clock,
     )
-    listener = strports.service(with_backlog(config.listen), site, reactor=reactor)
+    listener = Listener(serverFromString(reactor, with_backlog(config.listen)), site)
     listener.setServiceParent(root)
     log.info(
         "vespa-client on {listen} for endpoint {endpoint} via {autoscaler}",

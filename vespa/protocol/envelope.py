@@ -34,10 +34,11 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from vespa.errors import BadRequest, VespaError
+from vespa.protocol.members import NotAnObject, TooLarge, byte_span, walk
 
 AUTH_FIELDS = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
 """The six routing fields, in their declaration (and alphabetical) order."""
@@ -52,11 +53,6 @@ _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 _STRING_FIELDS = ("endpoint", "signature", "url")
 _INT_FIELDS = ("reqnum", "request_idx")
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-# The JSON module's own string scanner (C when available): (text, index after
-# the opening quote, strict) -> (the string, the index after its closing quote).
-_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
-
 LARGE_BODY = 256 * 1024
 """
 Bodies larger than this (bytes) are worth parsing off the reactor thread: a
@@ -273,7 +269,7 @@ def _parse_body(
             body = other.args[0].encode("utf-8", "surrogatepass")
             read_span = None
             members = _members(body)
-    except _NotAnObject:
+    except NotAnObject:
         if unsecured:
             return passthrough
         raise EnvelopeInvalid(
@@ -326,46 +322,8 @@ class _Member:
     span: tuple[int, int]
 
 
-class _NotAnObject(Exception):
-    """The body is valid JSON, but not an object."""
-
-
 class _NotUTF8(Exception):
     """The body is UTF-16 or UTF-32; ``args[0]`` is its text."""
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _discard(_: object) -> None:
-    return None
-
-
-# Both decoders hand every object and number to a Python function: besides
-# keeping or discarding the value, that lets a parse running in a thread give
-# the interpreter lock back to the reactor thread every few milliseconds.
-_KEEP = json.JSONDecoder(
-    object_pairs_hook=lambda pairs: dict(pairs),
-    parse_int=lambda text: int(text),
-    parse_float=lambda text: float(text),
-    parse_constant=_refuse_constant,
-)
-_CHECK = json.JSONDecoder(
-    object_pairs_hook=_discard,
-    parse_int=_discard,
-    parse_float=_discard,
-    parse_constant=_refuse_constant,
-)
-#: The members whose values are built; every other one is only validated.
-_BUILT = frozenset({"auth_data", "session_id"})
-
-MAX_BUILT_MEMBER = 64 * 1024
-"""The largest ``auth_data`` or ``session_id`` accepted, in characters of JSON text."""
-
-
-class _TooLarge(Exception):
-    """A member that is built into Python values is over :data:`MAX_BUILT_MEMBER`."""
 
 
 def _members(body: bytes) -> dict[str, _Member]:
@@ -374,7 +332,7 @@ def _members(body: bytes) -> dict[str, _Member]:
 
     Duplicate keys: the last one wins, as in :func:`json.loads`.
 
-    :raise _NotAnObject: valid JSON, but not an object.
+    :raise NotAnObject: valid JSON, but not an object.
     :raise EnvelopeInvalid: not valid JSON (:class:`NestedTooDeep` if too deep).
     """
     try:
@@ -385,8 +343,8 @@ def _members(body: bytes) -> dict[str, _Member]:
     if encoding not in ("utf-8", "utf-8-sig"):
         raise _NotUTF8(text)
     try:
-        members, start_ends = _walk(text)
-    except _TooLarge as error:
+        members, start_ends = walk(text)
+    except TooLarge as error:
         raise EnvelopeInvalid(
             f"{error.args[0]} is too large", details={error.args[0]: "too large"}
         ) from None
@@ -396,88 +354,9 @@ def _members(body: bytes) -> dict[str, _Member]:
         # ValueError covers JSONDecodeError, over-long integers and NaN.
         raise EnvelopeInvalid("invalid JSON") from None
     return {
-        key: _Member(value, _byte_span(body, text, encoding, *start_ends[key]))
+        key: _Member(value, byte_span(body, text, encoding, *start_ends[key]))
         for key, value in members.items()
     }
-
-
-def _walk(text: str) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
-    """
-    Parse the JSON ``text``: the values of :data:`_BUILT` members, and where
-    each top-level member's value starts and ends in ``text``.
-    """
-    end = len(text)
-    i = _after_whitespace(text, 0)
-    if i == end or text[i] != "{":
-        _, value_end = _CHECK.raw_decode(text, i)
-        if _after_whitespace(text, value_end) != end:
-            raise ValueError("extra data")
-        raise _NotAnObject()
-    values: dict[str, Any] = {}
-    spans: dict[str, tuple[int, int]] = {}
-    i = _skip(text, i + 1)
-    if text[i] == "}":
-        i += 1
-    else:
-        while True:
-            if text[i] != '"':
-                raise ValueError("expecting a property name")
-            key, i = _scanstring(text, i + 1, True)
-            i = _skip(text, i)
-            if text[i] != ":":
-                raise ValueError("expecting ':'")
-            i = _skip(text, i + 1)
-            value, value_end = _CHECK.raw_decode(text, i)
-            if key in _BUILT:
-                if value_end - i > MAX_BUILT_MEMBER:
-                    # Built as Python objects, a large value would cost many
-                    # times its size in memory; routing data is never large.
-                    raise _TooLarge(key)
-                value = _KEEP.raw_decode(text, i)[0]
-            values[key] = value
-            spans[key] = (i, value_end)
-            i = _skip(text, value_end)
-            if text[i] == "}":
-                i += 1
-                break
-            if text[i] != ",":
-                raise ValueError("expecting ',' or '}'")
-            i = _skip(text, i + 1)
-    if _after_whitespace(text, i) != end:
-        raise ValueError("extra data")
-    return values, spans
-
-
-def _after_whitespace(text: str, i: int) -> int:
-    """The index after the JSON whitespace at ``i``."""
-    match = _WHITESPACE.match(text, i)
-    assert match is not None  # the pattern matches the empty string
-    return match.end()
-
-
-def _skip(text: str, i: int) -> int:
-    """The index after the whitespace at ``i``, which must not be the end of ``text``."""
-    i = _after_whitespace(text, i)
-    if i == len(text):
-        raise ValueError("the JSON text ends too early")
-    return i
-
-
-def _byte_span(body: bytes, text: str, encoding: str, start: int, end: int) -> tuple[int, int]:
-    """
-    Where ``text[start:end]`` is in ``body``, as the caller sent it. A body in
-    UTF-16 or UTF-32 (JSON allows them) is re-encoded as UTF-8 by
-    :func:`_utf8_body` first, so this is never asked about one.
-    """
-    if len(text) == len(body):  # ASCII: characters are bytes
-        return start, end
-    # Count the bytes before and after, not inside: a large payload is not
-    # re-encoded, and the caller's bytes are kept whatever their spelling.
-    before = len(text[:start].encode("utf-8", "surrogatepass"))
-    if encoding == "utf-8-sig":
-        before += 3
-    after = len(text[end:].encode("utf-8", "surrogatepass"))
-    return before, len(body) - after
 
 
 def _auth_from_json(fields: object) -> AuthData:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -29,16 +30,13 @@ class Drain(Service):
     """
     Waits, at shutdown, for in-flight requests.
 
-    :param clock: for the deadline and the polling.
+    :param clock: for the deadline.
     :param state: moved to ``DRAINING`` (so nothing new is admitted).
-    :param ledger: tells how many requests are in flight.
+    :param ledger: tells when the last request in flight ends.
     :param timeout: seconds to wait for them.
     :param reactor: whose shutdown status is set to success after a clean
         drain (twistd otherwise exits 143 after SIGTERM); ``None`` to leave it.
     """
-
-    #: How often the in-flight count is looked at while draining.
-    POLL = 0.05
 
     def __init__(
         self,
@@ -65,9 +63,12 @@ class Drain(Service):
         log.info(
             "draining: {n} requests in flight, waiting up to {t:g} s", n=waiting, t=self._timeout
         )
-        deadline = self._clock.seconds() + self._timeout
-        while self._ledger.in_flight_count and self._clock.seconds() < deadline:
-            await deferLater(self._clock, self.POLL)
+        idle = self._ledger.when_idle()
+        idle.addTimeout(self._timeout, self._clock)
+        try:
+            await idle
+        except defer.TimeoutError:
+            pass  # told below, with how many are cut
         # One more turn, so the last response is written out before the
         # reactor goes on to close every connection.
         await deferLater(self._clock, 0)

@@ -11,7 +11,8 @@ A request refused before admission (401, 429, 503) goes through
     received == served + errored + cancelled + in flight
 
 in counts and in workloads (:attr:`Ledger.totals`, :attr:`Ledger.in_flight_count`,
-:attr:`Ledger.in_flight_workload`).
+:attr:`Ledger.in_flight_workload`). The counters take one form everywhere, a
+:class:`~vespa.worker.tally.Tally` keyed by :class:`~vespa.worker.tally.Outcome`.
 
 In-flight requests are keyed by the ticket (an internal counter), never by
 ``reqnum`` or ``request_idx``: in unsecured mode every request carries 0 for
@@ -45,7 +46,6 @@ snapshots that are acknowledged explicitly, so an outage loses nothing:
 
 from __future__ import annotations
 
-import enum
 import itertools
 import math
 import time
@@ -53,23 +53,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import Deferred, succeed
+
 from vespa.log import get_logger
 from vespa.protocol.reports import DeletionRecord
+from vespa.worker.tally import Counters, Tally
+from vespa.worker.tally import Outcome as Outcome  # re-exported: where callers find it
 
 log = get_logger(__name__)
-
-
-class Outcome(enum.Enum):
-    """How a request ended."""
-
-    #: The backend answered.
-    SERVED = "served"
-    #: The relay or the backend failed (a backend 5xx counts here, per DESIGN.md).
-    ERRORED = "errored"
-    #: The client went away first.
-    CANCELLED = "cancelled"
-    #: Refused before admission (401, 429, 503); only through :meth:`Ledger.reject`.
-    REJECTED = "rejected"
 
 
 #: The success flag each outcome carries to ``/delete_requests/``.
@@ -125,46 +116,6 @@ class Ticket:
             f"<Ticket #{self._key} request_idx={self.request_idx} "
             f"reqnum={self.reqnum} workload={self.workload!r}>"
         )
-
-
-@dataclass(frozen=True)
-class Totals:
-    """
-    Cumulative counts and workloads since the ledger was created.
-
-    ``received == served + errored + cancelled + in_flight``; ``rejected``
-    requests were never received.
-    """
-
-    received: int = 0
-    served: int = 0
-    errored: int = 0
-    cancelled: int = 0
-    rejected: int = 0
-    workload_received: float = 0.0
-    workload_served: float = 0.0
-    workload_errored: float = 0.0
-    workload_cancelled: float = 0.0
-    workload_rejected: float = 0.0
-
-
-@dataclass(frozen=True)
-class Window:
-    """
-    What happened since the last accepted report: the counters of one
-    ``/worker_status/``. Give it back to :meth:`Ledger.commit` once accepted.
-    """
-
-    workload_received: float = 0.0
-    workload_served: float = 0.0
-    workload_cancelled: float = 0.0
-    workload_errored: float = 0.0
-    workload_rejected: float = 0.0
-    requests_received: int = 0
-    requests_served: int = 0
-    requests_cancelled: int = 0
-    requests_errored: int = 0
-    requests_rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -240,17 +191,16 @@ class Ledger:
         self._keys = itertools.count(1)
         self._in_flight: dict[int, Ticket] = {}
         self._in_flight_workload = 0.0
-        # Cumulative counts and workloads, by outcome name.
-        self._count = dict.fromkeys(("received", "served", "errored", "cancelled", "rejected"), 0)
-        self._workload = dict.fromkeys(self._count, 0.0)
-        # The current window: counts and workloads since the last commit.
-        self._win_count = dict.fromkeys(self._count, 0)
-        self._win_workload = dict.fromkeys(self._count, 0.0)
+        # Cumulative, and the current window (since the last commit).
+        self._totals = Counters()
+        self._window = Counters()
         # key -> how the request ended, oldest first.
         self._pending: OrderedDict[int, DeletionRecord] = OrderedDict()
         self._dropping = False
         self.deletions_dropped = 0
         self.version = 0
+        # Deferreds of when_idle(), fired when the last request in flight ends.
+        self._idle_waiters: list[Deferred[None]] = []
 
     # -- the requests ---------------------------------------------------------
 
@@ -267,7 +217,7 @@ class Ledger:
         ticket = Ticket(next(self._keys), request_idx, reqnum, workload, self._now())
         self._in_flight[ticket._key] = ticket
         self._in_flight_workload += workload
-        self._add("received", workload)
+        self._add(None, workload)
         return ticket
 
     def started(self, ticket: Ticket) -> None:
@@ -301,7 +251,7 @@ class Ledger:
         else:
             # Exactly zero when idle, whatever rounding the sums accumulated.
             self._in_flight_workload = 0.0
-        self._add(outcome.value, ticket.workload)
+        self._add(outcome, ticket.workload)
         cancelled = outcome is Outcome.CANCELLED
         self._queue_deletion(
             ticket._key,
@@ -314,6 +264,8 @@ class Ledger:
                 work_completed_at=0.0 if cancelled else self._now(),
             ),
         )
+        if not self._in_flight:
+            self._tell_idle()
 
     def finish_in_session(self, ticket: Ticket, outcome: Outcome) -> None:
         """
@@ -336,15 +288,13 @@ class Ledger:
         :param workload: its workload, finite and >= 0.
         """
         workload = _check_workload(workload)
-        self._add("rejected", workload)
+        self._add(Outcome.REJECTED, workload)
         record = DeletionRecord(request_idx, False, _STATUS[Outcome.REJECTED], self._now())
         self._queue_deletion(next(self._keys), record)
 
-    def _add(self, name: str, workload: float) -> None:
-        self._count[name] += 1
-        self._workload[name] += workload
-        self._win_count[name] += 1
-        self._win_workload[name] += workload
+    def _add(self, key: Outcome | None, workload: float) -> None:
+        self._totals.add(key, workload)
+        self._window.add(key, workload)
         self.version += 1
 
     # -- the live view --------------------------------------------------------
@@ -359,46 +309,38 @@ class Ledger:
         """The sum of the workloads of the requests in flight."""
         return self._in_flight_workload
 
+    def when_idle(self) -> Deferred[None]:
+        """
+        Fires when no request is in flight: at once if none is, else when the
+        last one finishes. Cancelling it only stops the waiting.
+        """
+        if not self._in_flight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(self._idle_waiters.remove)
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _tell_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
     def working_request_idxs(self) -> list[int]:
         """The ``request_idx`` of each request in flight, oldest first."""
         return [ticket.request_idx for ticket in self._in_flight.values()]
 
     @property
-    def totals(self) -> Totals:
+    def totals(self) -> Tally:
         """A snapshot of the cumulative counts and workloads."""
-        c, w = self._count, self._workload
-        return Totals(
-            received=c["received"],
-            served=c["served"],
-            errored=c["errored"],
-            cancelled=c["cancelled"],
-            rejected=c["rejected"],
-            workload_received=w["received"],
-            workload_served=w["served"],
-            workload_errored=w["errored"],
-            workload_cancelled=w["cancelled"],
-            workload_rejected=w["rejected"],
-        )
+        return self._totals.tally()
 
     # -- reporting windows ----------------------------------------------------
 
-    def window(self) -> Window:
+    def window(self) -> Tally:
         """A snapshot of the counters since the last :meth:`commit`."""
-        c, w = self._win_count, self._win_workload
-        return Window(
-            workload_received=w["received"],
-            workload_served=w["served"],
-            workload_cancelled=w["cancelled"],
-            workload_errored=w["errored"],
-            workload_rejected=w["rejected"],
-            requests_received=c["received"],
-            requests_served=c["served"],
-            requests_cancelled=c["cancelled"],
-            requests_errored=c["errored"],
-            requests_rejected=c["rejected"],
-        )
+        return self._window.tally()
 
-    def commit(self, window: Window) -> None:
+    def commit(self, window: Tally) -> None:
         """
         The report carrying ``window`` was accepted: subtract exactly it.
         What arrived since the snapshot stays for the next report.
@@ -407,23 +349,7 @@ class Ledger:
         :raises ValueError: if it holds more than the current window (committed
             twice, or from another ledger).
         """
-        parts = {
-            "received": (window.requests_received, window.workload_received),
-            "served": (window.requests_served, window.workload_served),
-            "errored": (window.requests_errored, window.workload_errored),
-            "cancelled": (window.requests_cancelled, window.workload_cancelled),
-            "rejected": (window.requests_rejected, window.workload_rejected),
-        }
-        for name, (count, _) in parts.items():
-            if not 0 <= count <= self._win_count[name]:
-                raise ValueError(f"{window!r} is not part of the current window (committed twice?)")
-        for name, (count, workload) in parts.items():
-            self._win_count[name] -= count
-            if self._win_count[name] == 0:
-                # Nothing left in the window: exactly zero, not a rounding residue.
-                self._win_workload[name] = 0.0
-            else:
-                self._win_workload[name] = max(self._win_workload[name] - workload, 0.0)
+        self._window.subtract(window)
 
     # -- /delete_requests/ ----------------------------------------------------
 

@@ -12,7 +12,6 @@ to the backend's response headers, and the whole backend exchange.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,15 +22,16 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
+from vespa.interfaces import IReportFailures
 from vespa.worker.admission import Admission
 from vespa.worker.health import HealthChecker
-from vespa.worker.ledger import Ledger
+from vespa.worker.ledger import Ledger, Outcome
 from vespa.worker.state import Phase, WorkerState
 
 # Model-server latencies run from milliseconds to minutes.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-_OUTCOMES = ("served", "errored", "cancelled", "rejected")
 
 
 class WorkerMetrics:
@@ -42,7 +42,7 @@ class WorkerMetrics:
     :param state: phase, error and capacity.
     :param admission: the queue.
     :param health: health-check failures.
-    :param reporter: report failures (anything with ``failed_reports``), or ``None``.
+    :param reporter: report failures, or ``None``.
     """
 
     def __init__(
@@ -51,7 +51,7 @@ class WorkerMetrics:
         state: WorkerState,
         admission: Admission,
         health: HealthChecker,
-        reporter: Any = None,
+        reporter: IReportFailures | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.queue_wait = Histogram(
@@ -96,7 +96,7 @@ class _MetricsResource(Resource):
         super().__init__()
         self._registry = registry
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self._registry)
 
@@ -110,7 +110,7 @@ class _LiveCollector:
         state: WorkerState,
         admission: Admission,
         health: HealthChecker,
-        reporter: Any,
+        reporter: IReportFailures | None,
     ) -> None:
         self._ledger = ledger
         self._state = state
@@ -126,9 +126,9 @@ class _LiveCollector:
         workload = CounterMetricFamily(
             "vespa_workload", "Workload units by how their request ended", labels=["outcome"]
         )
-        for outcome in _OUTCOMES:
-            requests.add_metric([outcome], getattr(totals, outcome))
-            workload.add_metric([outcome], getattr(totals, f"workload_{outcome}"))
+        for outcome in Outcome:
+            requests.add_metric([outcome.value], totals[outcome].requests)
+            workload.add_metric([outcome.value], totals[outcome].workload)
         yield requests
         yield workload
         yield GaugeMetricFamily(

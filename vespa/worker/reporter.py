@@ -66,11 +66,14 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
+from vespa.interfaces import IReportFailures
 from vespa.log import get_logger
 from vespa.protocol import reports
 from vespa.protocol.reports import WorkerIdentity
-from vespa.worker.ledger import Deletions, Ledger
+from vespa.worker.ledger import Deletions, Ledger, Outcome
+from vespa.worker.outage import Outage
 from vespa.worker.state import WorkerState
 
 log = get_logger(__name__)
@@ -138,46 +141,6 @@ def _root_disk_used() -> float:
     return float(psutil.disk_usage("/").used)
 
 
-class _Outage:
-    """
-    Tracks one kind of report's failures, to log an outage twice (when it
-    starts and when it ends) rather than every tick.
-    """
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.failures = 0
-        #: Failed sends since start, for the metrics.
-        self.total_failures = 0
-
-    def failed(self, now: float, reason: str) -> None:
-        self.failures += 1
-        self.total_failures += 1
-        if self.since is None:
-            self.since = now
-            log.warn(
-                "{what}: no autoscaler address accepted it ({reason}); "
-                "retrying every tick, quietly until it works again",
-                what=self.what,
-                reason=reason,
-            )
-        else:
-            log.debug("{what}: still failing ({reason})", what=self.what, reason=reason)
-
-    def succeeded(self, now: float) -> None:
-        if self.since is not None:
-            log.info(
-                "{what}: accepted again after {duration:.1f} s of failures "
-                "({failures} failed attempts)",
-                what=self.what,
-                duration=now - self.since,
-                failures=self.failures,
-            )
-        self.since = None
-        self.failures = 0
-
-
 class _Discard(Protocol):
     """Reads a response body to its end and throws it away."""
 
@@ -209,6 +172,7 @@ def _describe(failure: BaseException) -> str:
     return f"{type(failure).__name__}: {text}" if text else type(failure).__name__
 
 
+@implementer(IReportFailures)
 class Reporter(Service):
     """
     Pushes the worker's status and finished requests to the autoscaler (see
@@ -258,8 +222,8 @@ class Reporter(Service):
         self._broken: set[str] = set()
         # (path, field) of the values being dropped, each logged once.
         self._dropping: set[tuple[str, str]] = set()
-        self._status_outage = _Outage(STATUS_PATH)
-        self._delete_outage = _Outage(DELETE_PATH)
+        self._status_outage = Outage(STATUS_PATH)
+        self._delete_outage = Outage(DELETE_PATH)
         #: How many ticks found the previous cycle still in flight.
         self.ticks_skipped = 0
 
@@ -395,13 +359,13 @@ class Reporter(Service):
             self._identity,
             loadtime=state.loadtime,
             cur_load=ledger.in_flight_workload,
-            rej_load=window.workload_rejected,
-            new_load=reports.new_load(window.workload_received, window.workload_cancelled),
+            rej_load=window[Outcome.REJECTED].workload,
+            new_load=reports.new_load(window.received.workload, window[Outcome.CANCELLED].workload),
             error_msg=state.error,
             max_perf=state.max_perf,
-            cur_perf=window.workload_served,
+            cur_perf=window[Outcome.SERVED].workload,
             num_requests_working=ledger.in_flight_count,
-            num_requests_recieved=ledger.totals.received,
+            num_requests_recieved=ledger.totals.received.requests,
             additional_disk_usage=growth,
             disk_usage=(disk_used or 0.0) / _GB,
             working_request_idxs=ledger.working_request_idxs(),
@@ -474,7 +438,7 @@ class Reporter(Service):
     # -- HTTP -----------------------------------------------------------------
 
     async def _post(
-        self, path: str, body: dict[str, Any], addresses: tuple[str, ...], outage: _Outage
+        self, path: str, body: dict[str, Any], addresses: tuple[str, ...], outage: Outage
     ) -> bool:
         """
         POST ``body`` to ``path`` at each address in turn until one accepts.

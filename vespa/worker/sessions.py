@@ -50,13 +50,12 @@ path on the backend (an absolute URL would make the worker POST anywhere).
 
 from __future__ import annotations
 
-import hmac
 import json
-import math
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -69,6 +68,7 @@ from vespa.log import get_logger
 from vespa.protocol.envelope import AuthData, Envelope
 from vespa.proxy.site import ProxyRequest
 from vespa.worker.ledger import Ledger, Outcome, Ticket
+from vespa.worker.session_fields import control_fields, create_settings, same_auth
 
 log = get_logger(__name__)
 
@@ -77,16 +77,8 @@ log = get_logger(__name__)
 CREATE_PATH = b"/session/create"
 CONTROL_PATHS = (b"/session/get", b"/session/health", b"/session/end")
 
-#: The lifetime of a session whose create payload gives none (the official default).
-DEFAULT_LIFETIME = 60.0
 #: Seconds the best-effort ``on_close_route`` POST may take.
 ON_CLOSE_TIMEOUT = 10.0
-
-
-class SessionRequestInvalid(VespaError):
-    """A session route's body is not JSON, or lacks a field (422)."""
-
-    status = 422
 
 
 class SessionNotFound(BadRequest):
@@ -178,7 +170,7 @@ class Sessions(Service):
         self,
         clock: IReactorTime,
         ledger: Ledger,
-        http: Any,
+        http: HTTPClient,
         backend_url: str,
         *,
         max_sessions: int | None = 10,
@@ -218,7 +210,7 @@ class Sessions(Service):
         """
         if self.max_sessions is not None and len(self._open) >= self.max_sessions:
             raise SessionsFull(f"this worker has {len(self._open)} sessions open, its maximum")
-        lifetime, route, payload = _settings(envelope.body)
+        lifetime, route, payload = create_settings(envelope.body)
         auth = envelope.auth
         ticket = self._ledger.receive(
             auth.request_idx if auth is not None else 0,
@@ -255,7 +247,7 @@ class Sessions(Service):
         session = self._open.get(session_id)
         if session is None:
             raise SessionGone("invalid session: it expired, ended or never existed")
-        if session.auth is not None and (auth is None or not _same(asdict(auth), session.auth)):
+        if session.auth is not None and (auth is None or not same_auth(asdict(auth), session.auth)):
             raise SessionAuthInvalid("auth_data is not the session's")
         self._touch(session)
         return session
@@ -297,7 +289,7 @@ class Sessions(Service):
             raise MethodNotAllowed(f"{path.decode('ascii')} takes POST", headers={"Allow": "POST"})
         if path == CREATE_PATH:
             return None
-        session_id, session_auth = _control_fields(body)
+        session_id, session_auth = control_fields(body)
         session = self._open.get(session_id)
         if session is None:
             if path == b"/session/health":
@@ -305,7 +297,7 @@ class Sessions(Service):
             if path == b"/session/get":
                 raise SessionNotFound("session does not exist")
             raise SessionNotFound(f"session with id {session_id[:64]} not found")
-        if session.auth is not None and not _same(session_auth, session.auth):
+        if session.auth is not None and not same_auth(session_auth, session.auth):
             raise SessionAuthInvalid("session_auth is not valid")
         if path == b"/session/health":
             return _json(request, {"ok": True})
@@ -432,68 +424,6 @@ class SessionEndResource(Resource):
             return write_error(request, error)
         assert answer is not None
         return answer
-
-
-def _settings(payload_json: bytes | None) -> tuple[float, str | None, Any]:
-    """The ``lifetime``, ``on_close_route`` and ``on_close_payload`` of a create payload."""
-    try:
-        payload = json.loads(payload_json or b"{}")
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
-        raise SessionRequestInvalid(
-            "the payload must be an object with lifetime, on_close_route and on_close_payload",
-            details={"payload": "must be an object"},
-        )
-    lifetime = payload.get("lifetime")
-    if lifetime is None:
-        lifetime = DEFAULT_LIFETIME
-    if (
-        isinstance(lifetime, bool)
-        or not isinstance(lifetime, (int, float))
-        or not math.isfinite(lifetime)
-        or lifetime <= 0
-    ):
-        raise SessionRequestInvalid(
-            "lifetime must be a positive number of seconds",
-            details={"payload": {"lifetime": "must be a positive number"}},
-        )
-    route = payload.get("on_close_route")
-    if route is not None and not (
-        isinstance(route, str) and route.startswith("/") and not route.startswith("//")
-    ):
-        raise SessionRequestInvalid(
-            "on_close_route must be a path on the backend, such as /session-closed",
-            details={"payload": {"on_close_route": "must be a path starting with /"}},
-        )
-    return float(lifetime), route, payload.get("on_close_payload") if route is not None else None
-
-
-def _control_fields(body: bytes) -> tuple[str, Any]:
-    """``session_id`` and ``session_auth`` of a control route's body."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise SessionRequestInvalid("invalid JSON") from None
-    session_id = data.get("session_id") if isinstance(data, dict) else None
-    if not session_id or not isinstance(session_id, str):
-        raise SessionRequestInvalid("missing session_id", details={"session_id": "field missing"})
-    return session_id, data.get("session_auth")
-
-
-def _same(given: object, auth: AuthData) -> bool:
-    """
-    Whether ``given`` (a JSON ``auth_data``) carries exactly ``auth``'s routing
-    fields; other keys (``__request_id``) are ignored. Compared in constant time.
-    """
-    if not isinstance(given, dict):
-        return False
-    expected = asdict(auth)
-    if not expected.keys() <= given.keys():
-        return False
-    theirs = json.dumps({name: given[name] for name in expected}, sort_keys=True)
-    ours = json.dumps(expected, sort_keys=True)
-    return hmac.compare_digest(theirs.encode("utf-8"), ours.encode("utf-8"))
 
 
 def _abort(request: Request) -> None:

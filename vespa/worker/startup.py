@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -34,6 +35,7 @@ from vespa.benchmarks import (
     unit_of,
 )
 from vespa.benchmarks.session import BackendSession
+from vespa.interfaces import IStartupSettings
 from vespa.log import get_logger
 from vespa.protocol.signing import SignatureVerifier
 from vespa.worker.health import BackendNotHealthy, HealthChecker, HealthRoute, probe
@@ -133,7 +135,7 @@ class Startup(Service):
         self,
         clock: IReactorTime,
         state: WorkerState,
-        http: Any,
+        http: HTTPClient,
         backend_url: str,
         health: HealthChecker,
         *,
@@ -141,7 +143,7 @@ class Startup(Service):
         cache: BenchmarkCache,
         verifier: SignatureVerifier | None,
         pubkey_url: str | None,
-        settings: Any,
+        settings: IStartupSettings,
         route: HealthRoute | None = None,
     ) -> None:
         self._clock = clock
@@ -351,7 +353,7 @@ class Startup(Service):
 
 
 def health_check(
-    http: Any, route: HealthRoute, clock: IReactorTime, timeout: float
+    http: HTTPClient, route: HealthRoute, clock: IReactorTime, timeout: float
 ) -> Callable[[], Deferred[None]]:
     """
     The probe the periodic checker runs: ``GET`` on the route startup settled

@@ -10,8 +10,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import treq
-from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -24,6 +22,7 @@ from vespa import __version__
 from vespa.benchmarks import BenchmarkError, built_in_name, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.fdlimit import connection_budget, raise_fd_limit
+from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
 from vespa.protocol.signing import SignatureVerifier
@@ -143,7 +142,7 @@ class Worker:
     """
 
     service: MultiService
-    listener: Any
+    listener: Listener
     resource: WorkerResource
     state: WorkerState
     ledger: Ledger
@@ -152,17 +151,16 @@ class Worker:
     reporter: Reporter
     autoscaler: Any = None
     sessions: Sessions | None = None
-    session_listener: Any = None
+    session_listener: Listener | None = None
 
     async def port(self) -> int:
         """The TCP port the worker listens on, once the service has started."""
-        listening = await self.listener._waitingForPort
-        return int(listening.getHost().port)
+        return await self.listener.port()
 
     async def session_port(self) -> int:
         """The port of the plain-HTTP ``/session/end`` listener, once started."""
-        listening = await self.session_listener._waitingForPort
-        return int(listening.getHost().port)
+        assert self.session_listener is not None, "no --session-listen"
+        return await self.session_listener.port()
 
 
 def build_relay(config: WorkerConfig, reactor: Any, clock: Any = None) -> BackendRelay:
@@ -281,9 +279,10 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     metrics = WorkerMetrics(ledger, state, admission, health, reporter)
     if config.metrics_listen is not None:
         # Not through strports: a busy metrics port is logged, never fatal.
-        StreamServerEndpointService(
+        Listener(
             serverFromString(reactor, config.metrics_listen),
             _quiet_site(metrics.resource(), clock),
+            fatal=False,
         ).setServiceParent(root)
     sessions = Sessions(
         clock, ledger, backend_http, config.backend.url, max_sessions=config.max_sessions
@@ -318,12 +317,13 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         # Plain HTTP even with --use-ssl: it is for processes on this machine.
         # Not through strports: a busy port is logged, never fatal. Before the
         # main listener, so a worker that accepts requests has it too.
-        session_listener = StreamServerEndpointService(
+        session_listener = Listener(
             serverFromString(reactor, session_listen),
             ProxySite(SessionEndResource(sessions), max_body_size=1 << 20, reactor=clock),
+            fatal=False,
         )
         session_listener.setServiceParent(root)
-    listener = strports.service(config.listen, factory, reactor=reactor)
+    listener = Listener(serverFromString(reactor, config.listen), factory)
     listener.setServiceParent(root)
     # Added last but for the sessions, so it stops next to first: nothing else
     # stops until the drain is over. It runs on the reactor's own time even in
