@@ -12,23 +12,17 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from vespa.config import (
-    DEMO_BACKEND,
-    WORKER_SETTINGS,
-    ConfigError,
-    Origin,
-    Setting,
-    WorkerConfig,
+from vespa.config import DEMO_BACKEND, WORKER_SETTINGS, Origin, WorkerConfig, parse_origin
+from vespa.parsers import (
     parse_bool,
     parse_list,
     parse_listen,
     parse_log_level,
-    parse_origin,
     parse_port,
     parse_seconds,
     parse_size,
-    resolve,
 )
+from vespa.settings import ConfigError, Setting, resolve
 
 #: Property tests run in memory only: no example database left in the checkout.
 PROPERTY = settings(database=None, deadline=None)

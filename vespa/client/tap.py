@@ -20,10 +20,10 @@ from vespa.client.config import CLIENT_SETTINGS, ClientConfig, with_backlog
 from vespa.client.core import ClientParts, build_parts
 from vespa.client.resource import ClientResource
 from vespa.client.tls import load_ca_file
-from vespa.config import ConfigError
 from vespa.log import get_logger, set_log_level
 from vespa.proxy.site import ProxySite
 from vespa.service import OrderedMultiService
+from vespa.settings import ConfigError, option_lists
 
 log = get_logger(__name__)
 
@@ -32,7 +32,7 @@ class Options(usage.Options):
     """Command-line options of ``twistd vespa-client``; each also reads its environment names."""
 
     synopsis = "--endpoint NAME --api-key KEY [options]  (or VAST_ENDPOINT, VAST_API_KEY)"
-    optParameters = [[s.name, None, None, s.option_help()] for s in CLIENT_SETTINGS]
+    optParameters, optFlags = option_lists(CLIENT_SETTINGS)
 
     #: Where ``.vast_api_key`` is looked for; tests point it elsewhere.
     home: str | None = None

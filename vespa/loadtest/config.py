@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_loadtest_cli -*-
 """
 The settings of ``vespa-loadtest``: command line, then environment, then
-default, as every Vespa program reads them (:func:`vespa.config.resolve`).
+default, as every Vespa program reads them (:func:`vespa.settings.resolve`).
 
 The endpoint and key settings are the client's own rows
 (:data:`vespa.client.config.CLIENT_SETTINGS`: ``--endpoint``,
@@ -17,16 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vespa.client.config import CLIENT_SETTINGS, ClientConfig, ClientSetting
-from vespa.config import (
-    ConfigError,
-    parse_bool,
-    parse_choice,
-    parse_positive_int,
-    parse_seconds,
-    resolve,
-)
+from vespa.client.config import CLIENT_SETTINGS, ClientConfig
 from vespa.loadtest.schedule import ARRIVALS, RateProfile, parse_ramp
+from vespa.parsers import parse_bool, parse_choice, parse_positive_int, parse_seconds
+from vespa.settings import ConfigError, Setting, resolve
 
 __all__ = ["LOADTEST_SETTINGS", "SETTINGS", "LoadtestConfig"]
 
@@ -68,13 +62,13 @@ def _ramp(text: str) -> str:
     return text.strip()
 
 
-def _row(name: str, parse: Any, default: Any, help: str, *, flag: bool = False) -> ClientSetting:
+def _row(name: str, parse: Any, default: Any, help: str, *, flag: bool = False) -> Setting[Any]:
     env = "VESPA_LOADTEST_" + name.upper().replace("-", "_")
-    return ClientSetting(name, "", parse, default, help, flag=flag, envs=(env,))
+    return Setting(name, "", parse, default, help, flag=flag, envs=(env,))
 
 
 #: The load test's own settings.
-LOADTEST_SETTINGS: tuple[ClientSetting, ...] = (
+LOADTEST_SETTINGS: tuple[Setting[Any], ...] = (
     _row("url", _url, None, "Load this origin directly (a vespa-client, an --unsecured worker)"),
     _row(
         "payload",
@@ -102,7 +96,7 @@ LOADTEST_SETTINGS: tuple[ClientSetting, ...] = (
 )
 
 #: Every setting, in ``--help`` order.
-SETTINGS: tuple[ClientSetting, ...] = (
+SETTINGS: tuple[Setting[Any], ...] = (
     tuple(s for s in CLIENT_SETTINGS if s.name in _CLIENT_ROWS) + LOADTEST_SETTINGS
 )
 

@@ -32,6 +32,7 @@ from vespa.proxy.relay import BackendRelay, RelayTimeouts, quiet_pool
 from vespa.proxy.site import ProxySite
 from vespa.proxy.target import PathBlocklist
 from vespa.service import OrderedMultiService
+from vespa.settings import option_lists
 from vespa.tls import server_options
 from vespa.worker.admission import Admission
 from vespa.worker.drain import Drain
@@ -72,8 +73,7 @@ class Options(usage.Options):
     """Command-line options of ``twistd vespa``; each also reads ``VESPA_*``/``PYWORKER_*``."""
 
     synopsis = "[options]  (e.g. twistd -n vespa --backend-url http://127.0.0.1:8000)"
-    optParameters = [[s.name, None, None, s.option_help()] for s in WORKER_SETTINGS if not s.flag]
-    optFlags = [[s.name, None, s.option_help()] for s in WORKER_SETTINGS if s.flag]
+    optParameters, optFlags = option_lists(WORKER_SETTINGS)
     # The probes read their settings from VESPA_BENCHMARK_*; these options set
     # those variables, so the command line wins as it does everywhere else.
     optParameters += [
