@@ -90,16 +90,47 @@ def parse_size(text: str) -> int:
     return size
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+
+
 def parse_positive_float(text: str) -> float:
     """
     Parse a number greater than zero.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not 0 < value < float("inf"):
         raise ValueError(f"must be more than 0, got {text!r}")
+    return value
+
+
+def parse_non_negative_float(text: str) -> float:
+    """
+    Parse a number of 0 or more.
+    """
+    value = _number(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def parse_fraction(text: str) -> float:
+    """
+    Parse a share as a fraction, 0 to 3 (``0.2`` is 20 %).
+    """
+    value = _number(text)
+    if not 0 <= value <= 3:
+        raise ValueError(f"must be a fraction between 0 and 3 (0.2 is 20 %), got {text!r}")
     return value
 
 
@@ -107,13 +138,51 @@ def parse_positive_int(text: str) -> int:
     """
     Parse a whole number of 1 or more.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"not a whole number: {text!r}") from None
+    value = _whole(text)
     if value < 1:
         raise ValueError(f"must be 1 or more, got {value}")
     return value
+
+
+def parse_count(text: str) -> int:
+    """
+    Parse a whole number of 0 or more.
+    """
+    value = _whole(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def parse_bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """
+    A parser accepting a whole number from ``low`` to ``high``.
+    """
+
+    def parse(text: str) -> int:
+        value = parse_positive_int(text) if low >= 1 else parse_count(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_url(text: str) -> str:
+    """
+    Parse an ``http://`` or ``https://`` URL, without its trailing slash.
+    """
+    text = text.strip().rstrip("/")
+    if not text.startswith(("http://", "https://")) or not text.split("//", 1)[1]:
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def parse_text(text: str) -> str:
+    """
+    Take text as it is, without surrounding whitespace.
+    """
+    return text.strip()
 
 
 def parse_wait_limit(text: str) -> float | None:

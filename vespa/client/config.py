@@ -34,13 +34,19 @@ from vespa.client.policy import Preferences
 from vespa.client.router import INSTANCES
 from vespa.parsers import (
     parse_bool,
+    parse_bounded_int,
     parse_choice,
+    parse_count,
+    parse_fraction,
     parse_listen,
     parse_log_level,
+    parse_non_negative_float,
     parse_port,
     parse_positive_int,
     parse_seconds,
     parse_size,
+    parse_text,
+    parse_url,
 )
 from vespa.settings import ConfigError, Setting, config_fields, resolve, setting, settings_of
 
@@ -78,85 +84,37 @@ def _vespa(name: str, *, legacy: bool = False) -> tuple[str, ...]:
     return (f"VESPA_{name}", f"PYWORKER_{name}") if legacy else (f"VESPA_{name}",)
 
 
-def _url(text: str) -> str:
-    text = text.strip().rstrip("/")
-    if not text.startswith(("http://", "https://")) or len(text.split("//", 1)[1]) == 0:
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    return text
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 3:
-        raise ValueError(f"must be a fraction between 0 and 3 (0.2 is 20 %), got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"must be 0 or more, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _bounded_int(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        value = parse_positive_int(text) if low >= 1 else _count(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _text(text: str) -> str:
-    return text.strip()
-
-
 #: The settings that only feed a derived field of :class:`ClientConfig`.
 _INPUTS: tuple[Setting[Any], ...] = (
     Setting(
-        "endpoint", "", _text, None, "The Vast endpoint name (required)", envs=("VAST_ENDPOINT",)
+        "endpoint", "", parse_text, None, "The Vast endpoint name (required)",
+        envs=("VAST_ENDPOINT",),
     ),
-    Setting("api-key", "", _text, None, "The endpoint's API key", envs=("VAST_API_KEY",)),
+    Setting("api-key", "", parse_text, None, "The endpoint's API key", envs=("VAST_API_KEY",)),
     Setting(
-        "api-key-file", "", _text, None,
+        "api-key-file", "", parse_text, None,
         "A file holding the endpoint's API key (keeps it out of the process list)",
         envs=("VESPA_API_KEY_FILE",),
     ),
     Setting(
-        "account-key", "", _text, None,
+        "account-key", "", parse_text, None,
         "Your Vast account key, to look up the endpoint key when none is given "
         "(default: ~/.vast_api_key)",
         envs=("VAST_ACCOUNT_KEY",),
     ),
     Setting(
-        "autoscaler-url", "", _url, None,
+        "autoscaler-url", "", parse_url, None,
         "The autoscaler's URL; overrides --instance [default: https://run.vast.ai]",
         envs=_vespa("AUTOSCALER_URL"),
     ),
     Setting(
-        "console-url", "", _url, None,
+        "console-url", "", parse_url, None,
         "The console API for key look-ups; overrides --instance [default: https://console.vast.ai]",
         envs=_vespa("CONSOLE_URL"),
     ),
-    Setting("host", "", _text, DEFAULT_HOST, "Address to listen on", envs=_vespa("CLIENT_HOST")),
+    Setting(
+        "host", "", parse_text, DEFAULT_HOST, "Address to listen on", envs=_vespa("CLIENT_HOST"),
+    ),
     Setting("port", "", parse_port, DEFAULT_PORT, "Port to listen on", envs=_vespa("CLIENT_PORT")),
     Setting(
         "listen", "", parse_listen, None,
@@ -169,17 +127,17 @@ _INPUTS: tuple[Setting[Any], ...] = (
         envs=_vespa("TIMEOUT", legacy=True),
     ),
     Setting(
-        "max-retries", "", _bounded_int(0, 10), 3,
+        "max-retries", "", parse_bounded_int(0, 10), 3,
         "Retries per request, before its first byte (preference max_retries)",
         envs=_vespa("MAX_RETRIES"),
     ),
     Setting(
-        "retry-budget-pct", "", _fraction, 0.2,
+        "retry-budget-pct", "", parse_fraction, 0.2,
         "Retries may add this share of recent requests, a fraction (preference retry_budget_pct)",
         envs=_vespa("RETRY_BUDGET_PCT"),
     ),
     Setting(
-        "initial-backoff-ms", "", _non_negative_float, 125.0,
+        "initial-backoff-ms", "", parse_non_negative_float, 125.0,
         "Milliseconds before the first retry; doubled per retry up to 5 s, jittered "
         "(preference initial_backoff_ms)",
         envs=_vespa("INITIAL_BACKOFF_MS"),
@@ -197,17 +155,17 @@ _INPUTS: tuple[Setting[Any], ...] = (
         envs=_vespa("HEDGE_DELAY"),
     ),
     Setting(
-        "hedge-budget-pct", "", _fraction, 0.1,
+        "hedge-budget-pct", "", parse_fraction, 0.1,
         "Hedges may add this share of recent requests, a fraction (preference hedge_budget_pct)",
         envs=_vespa("HEDGE_BUDGET_PCT"),
     ),
     Setting(
-        "batch-size", "", _bounded_int(1, 4096), 128,
+        "batch-size", "", parse_bounded_int(1, 4096), 128,
         "Inputs per part when a list input is split (preference batch_size)",
         envs=_vespa("BATCH_SIZE"),
     ),
     Setting(
-        "max-concurrent-requests", "", _bounded_int(1, 1024), 32,
+        "max-concurrent-requests", "", parse_bounded_int(1, 1024), 32,
         "Parts of one split batch in flight at once (preference max_concurrent_requests)",
         envs=_vespa("MAX_CONCURRENT_REQUESTS"),
     ),
@@ -274,22 +232,22 @@ class ClientConfig:
         envs=_vespa("MAX_IN_FLIGHT"),
     )
     max_queue: int = setting(
-        "max-queue", "", _count, 1024,
+        "max-queue", "", parse_count, 1024,
         "Requests waiting for a place at most; more are refused with 429",
         envs=_vespa("MAX_QUEUE"),
     )
     retry_budget_min: int = setting(
-        "retry-budget-min", "", _count, 3,
+        "retry-budget-min", "", parse_count, 3,
         "Retries always allowed per 10 s, whatever the share",
         envs=_vespa("RETRY_BUDGET_MIN"),
     )
     default_cost: float = setting(
-        "default-cost", "", _non_negative_float, 1.0,
+        "default-cost", "", parse_non_negative_float, 1.0,
         "Cost sent to /route/ when neither X-Serverless-Cost nor the body gives one",
         envs=_vespa("CLIENT_DEFAULT_COST"),
     )
     ca_file: str | None = setting(
-        "ca-file", "", _text, None,
+        "ca-file", "", parse_text, None,
         "PEM file of extra CA certificates to trust for https workers (Vast's root CA: "
         "https://console.vast.ai/static/jvastai_root.cer)",
         envs=_vespa("CA_FILE"),
@@ -300,7 +258,7 @@ class ClientConfig:
         envs=_vespa("CLIENT_MAX_BODY_SIZE"),
     )
     access_log: str | None = setting(
-        "access-log", "", _text, None,
+        "access-log", "", parse_text, None,
         "Write an access log line per request to this file (- for the daemon log)",
         envs=_vespa("CLIENT_ACCESS_LOG"),
     )
