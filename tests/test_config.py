@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
+from vespa.benchmarks.settings import OpenAISettings
 from vespa.config import DEMO_BACKEND, WORKER_SETTINGS, Origin, WorkerConfig, parse_origin
 from vespa.parsers import (
     parse_bool,
@@ -539,10 +540,14 @@ class SettingTests(SynchronousTestCase):
 
     def test_worker_settings_help(self) -> None:
         """
-        Every worker option's ``--help`` names both of its environment variables.
+        Every worker option's ``--help`` names both of its environment
+        variables (the ``--benchmark-*`` ones, the probes' own names).
         """
         for setting in WORKER_SETTINGS:
             text = setting.option_help()
+            if setting.name.startswith("benchmark-") and setting.envs:
+                self.assertIn(setting.envs[0], text)
+                continue
             self.assertIn(f"VESPA_{setting.env}", text)
             self.assertIn(f"PYWORKER_{setting.env}", text)
 
@@ -692,7 +697,12 @@ class WorkerConfigTests(SynchronousTestCase):
         and the worker listens on TCP port 3000.
         """
         config = WorkerConfig.from_sources({"backend-url": BACKEND}, {})
-        self.assertEqual(config, WorkerConfig(backend=Origin("http", "127.0.0.1", 8000)))
+        self.assertEqual(
+            config,
+            WorkerConfig(
+                backend=Origin("http", "127.0.0.1", 8000), benchmark_settings=OpenAISettings()
+            ),
+        )
         self.assertEqual(config.listen, "tcp:3000:backlog=1024")
         checked = 0
         for setting in WORKER_SETTINGS:
@@ -845,6 +855,7 @@ class WorkerConfigTests(SynchronousTestCase):
             config,
             WorkerConfig(
                 backend=Origin("http", "127.0.0.1", 8000),
+                benchmark_settings=OpenAISettings(),
                 listen="tcp:3000:backlog=1024",
                 unsecured=True,
                 blocked_paths=("/admin/*", "/debug"),

@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 
 from twisted.logger import LogLevel
 
+from vespa.benchmarks import built_in_name
+from vespa.benchmarks.errors import SettingsError
+from vespa.benchmarks.settings import WORKER_OPTIONS, RunSettings, probe_settings
 from vespa.parsers import (
     parse_benchmark,
     parse_bool,
@@ -178,12 +181,15 @@ class WorkerConfig:
     :ivar slots: requests relayed at once, ``None`` for no limit
         (``--allow-parallel``, ``--max-concurrency``).
     :ivar vast: what the Vast platform told this instance.
+    :ivar benchmark_settings: the settings passed to the built-in ``--benchmark``
+        (``--benchmark-*``, ``VESPA_BENCHMARK_*``), ``None`` for one of the user's own.
     """
 
     backend: Origin
     listen: str = "tcp:3000:backlog=1024"
     slots: int | None = None
     vast: VastEnvironment = field(default_factory=lambda: VastEnvironment())
+    benchmark_settings: RunSettings | None = None
     http_port: int | None = setting(
         "http-port", "WORKER_HTTP_PORT", parse_port_or_off, None,
         "Plain-HTTP port for local /session/end, on --listen's interface "
@@ -417,6 +423,10 @@ class WorkerConfig:
         if v["healthcheck-endpoint"] != "auto" and not v["healthcheck-endpoint"].startswith("/"):
             raise ConfigError("--healthcheck-endpoint: must be auto or a path starting with /")
         slots = 1 if not v["allow-parallel"] else v["max-concurrency"]
+        try:
+            benchmark_settings = probe_settings(built_in_name(v["benchmark"]), v, environ)
+        except SettingsError as e:
+            raise ConfigError(str(e)) from None
         if v["use-ssl"]:
             from vespa.tls import TLSFilesError, server_options
 
@@ -431,9 +441,10 @@ class WorkerConfig:
             listen=_listen(v, given),
             slots=slots,
             vast=VastEnvironment.from_environ(environ, _listen_port(v), https=v["use-ssl"]),
+            benchmark_settings=benchmark_settings,
             **config_fields(cls, v),
         )
 
 
 #: Every setting of the worker, in ``--help`` order.
-WORKER_SETTINGS: tuple[Setting[Any], ...] = _INPUTS + settings_of(WorkerConfig)
+WORKER_SETTINGS: tuple[Setting[Any], ...] = _INPUTS + settings_of(WorkerConfig) + WORKER_OPTIONS

@@ -38,7 +38,19 @@ _SETTING = "vespa.setting"
 
 
 class ConfigError(ValueError):
-    """A setting has a value that cannot be used; the message names the setting."""
+    """
+    A setting has a value that cannot be used; the message names the setting.
+
+    :ivar source: where the value came from (``--port``, ``VESPA_WORKER_PORT``), if known.
+    :ivar text: the value as given.
+    :ivar reason: why it cannot be used.
+    """
+
+    def __init__(
+        self, message: str, *, source: str = "", text: str = "", reason: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.source, self.text, self.reason = source, text, reason or message
 
 
 @dataclass(frozen=True)
@@ -107,11 +119,19 @@ def setting(
     return field(default=default, metadata={_SETTING: declared})
 
 
+def setting_fields(cls: type[Any]) -> list[tuple[str, Setting[Any]]]:
+    """
+    The fields of the dataclass ``cls`` declared as settings, with their
+    settings, in field order.
+    """
+    return [(f.name, f.metadata[_SETTING]) for f in fields(cls) if _SETTING in f.metadata]
+
+
 def settings_of(cls: type[Any]) -> tuple[Setting[Any], ...]:
     """
     The settings declared as fields of the dataclass ``cls``, in field order.
     """
-    return tuple(f.metadata[_SETTING] for f in fields(cls) if _SETTING in f.metadata)
+    return tuple(declared for _, declared in setting_fields(cls))
 
 
 def config_fields(cls: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,9 +140,9 @@ def config_fields(cls: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
     ``values`` by option name (a value missing from ``values`` keeps the default).
     """
     return {
-        f.name: values[f.metadata[_SETTING].name]
-        for f in fields(cls)
-        if _SETTING in f.metadata and f.metadata[_SETTING].name in values
+        name: values[declared.name]
+        for name, declared in setting_fields(cls)
+        if declared.name in values
     }
 
 
@@ -157,11 +177,12 @@ def resolve(
         raw = given.get(declared.name)
         if declared.flag:
             raw = "true" if raw else None
-        source = f"--{declared.name}"
+        source = described = f"--{declared.name}"
         if raw is None:
             for env_name in declared.env_names():
                 if environ.get(env_name, "").strip() != "":
-                    raw, source = environ[env_name], f"{env_name} (for --{declared.name})"
+                    raw, source = environ[env_name], env_name
+                    described = f"{env_name} (for --{declared.name})"
                     break
         if raw is None:
             values[declared.name] = declared.default
@@ -169,7 +190,9 @@ def resolve(
         try:
             values[declared.name] = declared.parse(str(raw))
         except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
+            raise ConfigError(
+                f"{described}: {e}", source=source, text=str(raw), reason=str(e)
+            ) from None
     return values
 
 
@@ -181,5 +204,6 @@ __all__ = [
     "option_lists",
     "resolve",
     "setting",
+    "setting_fields",
     "settings_of",
 ]

@@ -55,48 +55,25 @@ DEMO_AUTOSCALER_PORT = 8080
 
 VERSION = f"vespa-{__version__}"
 
-#: Benchmark settings that have a command-line option (see BENCHMARKS.md).
-BENCHMARK_OPTIONS = {
-    "model": "Model name the benchmark requests (default: discovered)",
-    "max-tokens": "Tokens per benchmark request",
-    "concurrency": "Concurrent requests per benchmark run",
-    "runs": "Benchmark runs; the best one counts",
-    "timeout": "Seconds per benchmark request",
-}
-
-
-def _benchmark_env(option: str) -> str:
-    return "VESPA_BENCHMARK_" + option.upper().replace("-", "_")
-
-
 class Options(usage.Options):
     """Command-line options of ``twistd vespa``; each also reads ``VESPA_*``/``PYWORKER_*``."""
 
     synopsis = "[options]  (e.g. twistd -n vespa --backend-url http://127.0.0.1:8000)"
     optParameters, optFlags = option_lists(WORKER_SETTINGS)
-    # The probes read their settings from VESPA_BENCHMARK_*; these options set
-    # those variables, so the command line wins as it does everywhere else.
-    optParameters += [
-        [f"benchmark-{name}", None, None, f"{doc} (env {_benchmark_env(name)})"]
-        for name, doc in BENCHMARK_OPTIONS.items()
-    ]
 
     def postOptions(self) -> None:
-        for name in BENCHMARK_OPTIONS:
-            if self[f"benchmark-{name}"] is not None:
-                os.environ[_benchmark_env(name)] = self[f"benchmark-{name}"]
         environ = dict(os.environ)
         if self["demo"] or environ.get("VESPA_DEMO", "").lower() in ("1", "true", "yes", "on"):
             environ.setdefault("REPORT_ADDR", f"http://127.0.0.1:{DEMO_AUTOSCALER_PORT}")
             # The demo model server makes 50 tokens/s: a short benchmark keeps
-            # the demo's startup to a second. The probes read the process env.
-            os.environ.setdefault("VESPA_BENCHMARK_MAX_TOKENS", "16")
-            os.environ.setdefault("VESPA_BENCHMARK_RUNS", "1")
+            # the demo's startup to a second.
+            environ.setdefault("VESPA_BENCHMARK_MAX_TOKENS", "16")
+            environ.setdefault("VESPA_BENCHMARK_RUNS", "1")
         try:
             config = WorkerConfig.from_sources(self, environ)
             # A benchmark that cannot load is a mistake to fix now, not a
             # failure to retry every 30 s.
-            load_benchmark(config.benchmark)
+            load_benchmark(config.benchmark, environ)
             Workload(config.workload, config.benchmark)
         except (ConfigError, BenchmarkError, WorkloadError) as e:
             raise usage.UsageError(str(e)) from None
