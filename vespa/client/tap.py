@@ -113,7 +113,6 @@ def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Clien
     :raise ConfigError: an unusable ``--ca-file``.
     """
     clock = clock or reactor
-    set_log_level(config.log_level)
     parts = build_parts(config, reactor, clock)
     root = OrderedMultiService()
     _Closer(parts).setServiceParent(root)
@@ -178,6 +177,7 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    set_log_level(options.config.log_level)  # the entry point's, once
     try:
         return build_client(options.config, reactor).service
     except ConfigError as e:

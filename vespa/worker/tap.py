@@ -177,7 +177,6 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         ``reactor`` when ``None``. Tests pass a ``Clock``.
     """
     clock = clock or reactor
-    set_log_level(config.log_level)
     # Stopped in reverse order, one at a time: the listener, the reporter's
     # last flush, the startup chain, the pools, then the demo servers.
     root = OrderedMultiService()
@@ -375,6 +374,9 @@ def makeService(options: Options) -> IService:
 
     from twisted.internet import reactor
 
+    # Logging is the entry point's to set up, once: the builders leave it be,
+    # so the demo's client cannot change the worker's level.
+    set_log_level(options.config.log_level)
     service = build_worker(options.config, reactor).service
     # Everything imported and built so far lives as long as the process: keep
     # it out of the cycle collector's scans, which otherwise cost tens of ms
