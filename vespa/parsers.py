@@ -134,24 +134,25 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def _whole_at_least(text: str, minimum: int) -> int:
+    value = _whole(text)
+    if value < minimum:
+        raise ValueError(f"must be {minimum} or more, got {value}")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
     """
     Parse a whole number of 1 or more.
     """
-    value = _whole(text)
-    if value < 1:
-        raise ValueError(f"must be 1 or more, got {value}")
-    return value
+    return _whole_at_least(text, 1)
 
 
 def parse_count(text: str) -> int:
     """
     Parse a whole number of 0 or more.
     """
-    value = _whole(text)
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
+    return _whole_at_least(text, 0)
 
 
 def parse_bounded_int(low: int, high: int) -> Callable[[str], int]:
