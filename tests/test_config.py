@@ -928,7 +928,7 @@ class SecretAndSignatureSettingsTests(SynchronousTestCase):
 
     def test_backend_api_key_given_or_from_a_file(self) -> None:
         """A key on the command line, in the environment, or read from ``@path`` (trimmed)."""
-        from vespa.config import parse_secret
+        from vespa.parsers import parse_secret
 
         path = self.mktemp()
         with open(path, "w") as f:
