@@ -12,23 +12,18 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from vespa.config import (
-    DEMO_BACKEND,
-    WORKER_SETTINGS,
-    ConfigError,
-    Origin,
-    Setting,
-    WorkerConfig,
+from vespa.benchmarks.settings import OpenAISettings
+from vespa.config import DEMO_BACKEND, WORKER_SETTINGS, Origin, WorkerConfig, parse_origin
+from vespa.parsers import (
     parse_bool,
     parse_list,
     parse_listen,
     parse_log_level,
-    parse_origin,
     parse_port,
     parse_seconds,
     parse_size,
-    resolve,
 )
+from vespa.settings import ConfigError, Setting, resolve
 
 #: Property tests run in memory only: no example database left in the checkout.
 PROPERTY = settings(database=None, deadline=None)
@@ -545,10 +540,14 @@ class SettingTests(SynchronousTestCase):
 
     def test_worker_settings_help(self) -> None:
         """
-        Every worker option's ``--help`` names both of its environment variables.
+        Every worker option's ``--help`` names both of its environment
+        variables (the ``--benchmark-*`` ones, the probes' own names).
         """
         for setting in WORKER_SETTINGS:
             text = setting.option_help()
+            if setting.name.startswith("benchmark-") and setting.envs:
+                self.assertIn(setting.envs[0], text)
+                continue
             self.assertIn(f"VESPA_{setting.env}", text)
             self.assertIn(f"PYWORKER_{setting.env}", text)
 
@@ -698,7 +697,12 @@ class WorkerConfigTests(SynchronousTestCase):
         and the worker listens on TCP port 3000.
         """
         config = WorkerConfig.from_sources({"backend-url": BACKEND}, {})
-        self.assertEqual(config, WorkerConfig(backend=Origin("http", "127.0.0.1", 8000)))
+        self.assertEqual(
+            config,
+            WorkerConfig(
+                backend=Origin("http", "127.0.0.1", 8000), benchmark_settings=OpenAISettings()
+            ),
+        )
         self.assertEqual(config.listen, "tcp:3000:backlog=1024")
         checked = 0
         for setting in WORKER_SETTINGS:
@@ -851,6 +855,7 @@ class WorkerConfigTests(SynchronousTestCase):
             config,
             WorkerConfig(
                 backend=Origin("http", "127.0.0.1", 8000),
+                benchmark_settings=OpenAISettings(),
                 listen="tcp:3000:backlog=1024",
                 unsecured=True,
                 blocked_paths=("/admin/*", "/debug"),
@@ -923,7 +928,7 @@ class SecretAndSignatureSettingsTests(SynchronousTestCase):
 
     def test_backend_api_key_given_or_from_a_file(self) -> None:
         """A key on the command line, in the environment, or read from ``@path`` (trimmed)."""
-        from vespa.config import parse_secret
+        from vespa.parsers import parse_secret
 
         path = self.mktemp()
         with open(path, "w") as f:

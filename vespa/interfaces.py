@@ -18,6 +18,8 @@ from typing import Any
 
 from zope.interface import Attribute, Interface
 
+from vespa.benchmarks.settings import RunSettings
+
 
 class IStartupSettings(Interface):
     """The settings of the startup chain (wait for the backend, key, benchmark)."""
@@ -29,6 +31,10 @@ class IStartupSettings(Interface):
     ready_timeout_resume: float = Attribute("Seconds to wait with a cached benchmark.")
     pubkey_timeout: float | None = Attribute("Seconds per public key fetch, None for no limit.")
     startup_retry: float = Attribute("Seconds before a failed chain runs again.")
+    benchmark_settings: RunSettings | None = Attribute(
+        "The built-in benchmark's settings (a RunSettings), passed to its probe; None for a"
+        " user's own benchmark."
+    )
 
 
 class IReportFailures(Interface):

@@ -3,7 +3,10 @@
 
 Every Vespa logger emits through one filtering observer, so the level chosen on
 the command line applies to Vespa's own events (namespace ``vespa``) without
-touching how ``twistd`` sets up its observers.
+touching how ``twistd`` sets up its observers. The level is set once, by the
+entry point (``makeService`` of each twistd plugin, ``vespa-client``'s
+``main``), never by the code that builds a daemon: ``--demo`` builds a worker
+and a client in one process, and they share it.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def get_logger(namespace: str) -> Logger:
 
 def set_log_level(level: LogLevel) -> None:
     """
-    Emit Vespa's events at ``level`` and above; drop the rest.
+    Emit Vespa's events at ``level`` and above; drop the rest. For entry
+    points only (see the module's documentation).
 
     :param level: the lowest level to emit.
     """

@@ -23,7 +23,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
@@ -31,6 +31,7 @@ from vespa.benchmarks.errors import BenchmarkError, SettingsError
 from vespa.benchmarks.runner import Request, RunResult, measure, measure_runs, read_json, send
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import (
+    SETTINGS,
     ComfyUISettings,
     OllamaSettings,
     OpenAISettings,
@@ -40,6 +41,7 @@ from vespa.benchmarks.settings import (
 
 __all__ = [
     "BUILT_IN",
+    "SETTINGS",
     "BackendResponse",
     "BackendSession",
     "Benchmark",
@@ -72,16 +74,6 @@ BUILT_IN = {
     "ollama": "vespa.benchmarks.ollama:benchmark",
     "comfyui": "vespa.benchmarks.comfyui:benchmark",
 }
-
-#: The settings each built-in reads from the environment.
-SETTINGS: dict[str, type[RunSettings]] = {
-    "openai_chat": OpenAISettings,
-    "openai_completions": OpenAISettings,
-    "tgi": TGISettings,
-    "ollama": OllamaSettings,
-    "comfyui": ComfyUISettings,
-}
-
 
 #: The workload unit of each built-in, for the log.
 UNITS = {
@@ -198,10 +190,17 @@ def load_benchmark(spec: str, environ: Mapping[str, str] | None = None) -> Bench
 
 
 def run_benchmark(
-    benchmark: Benchmark, backend_url: str, session: BackendSession
+    benchmark: Benchmark,
+    backend_url: str,
+    session: BackendSession,
+    settings: RunSettings | None = None,
 ) -> Deferred[float]:
     """
     Run ``benchmark`` and check its result.
+
+    :param settings: the built-in probe's settings, passed to it as its third
+        argument; ``None`` calls ``benchmark(backend_url, session)`` (a
+        benchmark of the user's own, or a probe reading the environment).
 
     :return: fires with the throughput, or fails with :class:`BenchmarkError`
         when it is not a positive finite number: a wrong number is worse than
@@ -209,7 +208,11 @@ def run_benchmark(
     """
 
     def call() -> Any:
-        result = benchmark(backend_url, session)
+        if settings is None:
+            result = benchmark(backend_url, session)
+        else:
+            # A built-in probe: benchmark(backend_url, session, settings=None).
+            result = cast(Callable[..., Any], benchmark)(backend_url, session, settings)
         if inspect.iscoroutine(result):
             return Deferred.fromCoroutine(result)
         return result

@@ -98,6 +98,7 @@ def run(options: Options, reactor: Any = None) -> int:
 
     from vespa.client.tap import build_client
     from vespa.config import ConfigError
+    from vespa.log import set_log_level
 
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -105,6 +106,7 @@ def run(options: Options, reactor: Any = None) -> int:
         reactor = global_reactor
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     config = options.config
+    set_log_level(config.log_level)
     try:
         client = build_client(config, reactor)
         client.service.startService()

@@ -2,8 +2,8 @@
 """
 The settings of ``vespa-client``: command line, environment, defaults.
 
-Built on :mod:`vespa.config` (the same :class:`~vespa.config.Setting` table
-and parsers, the same precedence: command line, then the environment, then
+Built on :mod:`vespa.settings` (the same declarations and parsers as the
+worker, the same precedence: command line, then the environment, then
 the default), with environment names of their own: the Vast ones as the
 original client read them (``VAST_API_KEY``, ``VAST_ENDPOINT``,
 ``VAST_ACCOUNT_KEY``), ``VESPA_TIMEOUT`` and ``VESPA_MAX_CONNECTIONS`` (with
@@ -32,19 +32,23 @@ from twisted.logger import LogLevel
 
 from vespa.client.policy import Preferences
 from vespa.client.router import INSTANCES
-from vespa.config import (
-    ConfigError,
-    Setting,
+from vespa.parsers import (
     parse_bool,
+    parse_bounded_int,
     parse_choice,
+    parse_count,
+    parse_fraction,
     parse_listen,
     parse_log_level,
+    parse_non_negative_float,
     parse_port,
     parse_positive_int,
     parse_seconds,
     parse_size,
-    resolve,
+    parse_text,
+    parse_url,
 )
+from vespa.settings import ConfigError, Setting, config_fields, resolve, setting, settings_of
 
 #: How the usage errors for a missing endpoint and a missing key begin
 #: (the interactive start asks for what they name).
@@ -75,311 +79,95 @@ def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
     return f"{description}:backlog={backlog}"
 
 
-@dataclass(frozen=True)
-class ClientSetting(Setting[Any]):
-    """
-    A setting of the client, read from the environment names ``envs``
-    (first set one wins) instead of the worker's ``VESPA_``/``PYWORKER_`` pair.
-    """
-
-    envs: tuple[str, ...] = ()
-
-    def env_names(self) -> list[str]:
-        return list(self.envs)
-
-
 def _vespa(name: str, *, legacy: bool = False) -> tuple[str, ...]:
     """``VESPA_<name>``, and ``PYWORKER_<name>`` where the original client read that."""
     return (f"VESPA_{name}", f"PYWORKER_{name}") if legacy else (f"VESPA_{name}",)
 
 
-def _url(text: str) -> str:
-    text = text.strip().rstrip("/")
-    if not text.startswith(("http://", "https://")) or len(text.split("//", 1)[1]) == 0:
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    return text
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 3:
-        raise ValueError(f"must be a fraction between 0 and 3 (0.2 is 20 %), got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"must be 0 or more, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _bounded_int(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        value = parse_positive_int(text) if low >= 1 else _count(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _text(text: str) -> str:
-    return text.strip()
-
-
-S = ClientSetting
-
-CLIENT_SETTINGS: tuple[ClientSetting, ...] = (
-    S("endpoint", "", _text, None, "The Vast endpoint name (required)", envs=("VAST_ENDPOINT",)),
-    S("api-key", "", _text, None, "The endpoint's API key", envs=("VAST_API_KEY",)),
-    S(
-        "api-key-file",
-        "",
-        _text,
-        None,
+#: The settings that only feed a derived field of :class:`ClientConfig`.
+_INPUTS: tuple[Setting[Any], ...] = (
+    Setting(
+        "endpoint", "", parse_text, None, "The Vast endpoint name (required)",
+        envs=("VAST_ENDPOINT",),
+    ),
+    Setting("api-key", "", parse_text, None, "The endpoint's API key", envs=("VAST_API_KEY",)),
+    Setting(
+        "api-key-file", "", parse_text, None,
         "A file holding the endpoint's API key (keeps it out of the process list)",
         envs=("VESPA_API_KEY_FILE",),
     ),
-    S(
-        "account-key",
-        "",
-        _text,
-        None,
+    Setting(
+        "account-key", "", parse_text, None,
         "Your Vast account key, to look up the endpoint key when none is given "
         "(default: ~/.vast_api_key)",
         envs=("VAST_ACCOUNT_KEY",),
     ),
-    S(
-        "instance",
-        "",
-        parse_choice(*INSTANCES),
-        "prod",
-        "The Vast instance: prod, alpha, candidate or local; sets the autoscaler and console",
-        envs=("VESPA_INSTANCE",),
-    ),
-    S(
-        "autoscaler-url",
-        "",
-        _url,
-        None,
+    Setting(
+        "autoscaler-url", "", parse_url, None,
         "The autoscaler's URL; overrides --instance [default: https://run.vast.ai]",
         envs=_vespa("AUTOSCALER_URL"),
     ),
-    S(
-        "console-url",
-        "",
-        _url,
-        None,
+    Setting(
+        "console-url", "", parse_url, None,
         "The console API for key look-ups; overrides --instance [default: https://console.vast.ai]",
         envs=_vespa("CONSOLE_URL"),
     ),
-    S("host", "", _text, DEFAULT_HOST, "Address to listen on", envs=_vespa("CLIENT_HOST")),
-    S("port", "", parse_port, DEFAULT_PORT, "Port to listen on", envs=_vespa("CLIENT_PORT")),
-    S(
-        "listen",
-        "",
-        parse_listen,
-        None,
+    Setting(
+        "host", "", parse_text, DEFAULT_HOST, "Address to listen on", envs=_vespa("CLIENT_HOST"),
+    ),
+    Setting("port", "", parse_port, DEFAULT_PORT, "Port to listen on", envs=_vespa("CLIENT_PORT")),
+    Setting(
+        "listen", "", parse_listen, None,
         "Twisted endpoint description to listen on; overrides --host and --port",
         envs=_vespa("CLIENT_LISTEN"),
     ),
-    S(
-        "timeout",
-        "",
-        parse_seconds,
-        None,
+    Setting(
+        "timeout", "", parse_seconds, None,
         "Seconds for a whole request, answer included (0 = no limit); preference timeout_s",
         envs=_vespa("TIMEOUT", legacy=True),
     ),
-    S(
-        "route-timeout",
-        "",
-        parse_seconds,
-        120.0,
-        "Seconds to wait for a worker to be ready before answering 503 (0 = no limit)",
-        envs=_vespa("ROUTE_TIMEOUT"),
-    ),
-    S(
-        "connect-timeout",
-        "",
-        parse_seconds,
-        10.0,
-        "Seconds to connect to a worker (0 = no limit)",
-        envs=_vespa("CLIENT_CONNECT_TIMEOUT"),
-    ),
-    S(
-        "first-byte-timeout",
-        "",
-        parse_seconds,
-        600.0,
-        "Seconds from sending to a worker to its first byte; then another worker "
-        "is tried (0 = no limit)",
-        envs=_vespa("CLIENT_FIRST_BYTE_TIMEOUT"),
-    ),
-    S(
-        "idle-timeout",
-        "",
-        parse_seconds,
-        300.0,
-        "Seconds a worker may stay silent mid-answer (0 = no limit)",
-        envs=_vespa("CLIENT_IDLE_TIMEOUT"),
-    ),
-    S(
-        "max-connections",
-        "",
-        parse_positive_int,
-        100,
-        "Idle worker connections kept for reuse",
-        envs=_vespa("MAX_CONNECTIONS", legacy=True),
-    ),
-    S(
-        "max-in-flight",
-        "",
-        parse_positive_int,
-        256,
-        "Requests handled at once; more wait in a queue",
-        envs=_vespa("MAX_IN_FLIGHT"),
-    ),
-    S(
-        "max-queue",
-        "",
-        _count,
-        1024,
-        "Requests waiting for a place at most; more are refused with 429",
-        envs=_vespa("MAX_QUEUE"),
-    ),
-    S(
-        "max-retries",
-        "",
-        _bounded_int(0, 10),
-        3,
+    Setting(
+        "max-retries", "", parse_bounded_int(0, 10), 3,
         "Retries per request, before its first byte (preference max_retries)",
         envs=_vespa("MAX_RETRIES"),
     ),
-    S(
-        "retry-budget-pct",
-        "",
-        _fraction,
-        0.2,
+    Setting(
+        "retry-budget-pct", "", parse_fraction, 0.2,
         "Retries may add this share of recent requests, a fraction (preference retry_budget_pct)",
         envs=_vespa("RETRY_BUDGET_PCT"),
     ),
-    S(
-        "retry-budget-min",
-        "",
-        _count,
-        3,
-        "Retries always allowed per 10 s, whatever the share",
-        envs=_vespa("RETRY_BUDGET_MIN"),
-    ),
-    S(
-        "initial-backoff-ms",
-        "",
-        _non_negative_float,
-        125.0,
+    Setting(
+        "initial-backoff-ms", "", parse_non_negative_float, 125.0,
         "Milliseconds before the first retry; doubled per retry up to 5 s, jittered "
         "(preference initial_backoff_ms)",
         envs=_vespa("INITIAL_BACKOFF_MS"),
     ),
-    S(
-        "idempotent",
-        "",
-        parse_bool,
-        False,
+    Setting(
+        "idempotent", "", parse_bool, False,
         "Requests may reach a model server twice without harm: retry them also after "
         "failures that may have delivered them (preference idempotent)",
         envs=_vespa("IDEMPOTENT"),
     ),
-    S(
-        "hedge-delay",
-        "",
-        parse_seconds,
-        None,
+    Setting(
+        "hedge-delay", "", parse_seconds, None,
         "Seconds without a first byte before a second worker is raced (0 = off; "
         "preference hedge_delay)",
         envs=_vespa("HEDGE_DELAY"),
     ),
-    S(
-        "hedge-budget-pct",
-        "",
-        _fraction,
-        0.1,
+    Setting(
+        "hedge-budget-pct", "", parse_fraction, 0.1,
         "Hedges may add this share of recent requests, a fraction (preference hedge_budget_pct)",
         envs=_vespa("HEDGE_BUDGET_PCT"),
     ),
-    S(
-        "batch-size",
-        "",
-        _bounded_int(1, 4096),
-        128,
+    Setting(
+        "batch-size", "", parse_bounded_int(1, 4096), 128,
         "Inputs per part when a list input is split (preference batch_size)",
         envs=_vespa("BATCH_SIZE"),
     ),
-    S(
-        "max-concurrent-requests",
-        "",
-        _bounded_int(1, 1024),
-        32,
+    Setting(
+        "max-concurrent-requests", "", parse_bounded_int(1, 1024), 32,
         "Parts of one split batch in flight at once (preference max_concurrent_requests)",
         envs=_vespa("MAX_CONCURRENT_REQUESTS"),
-    ),
-    S(
-        "default-cost",
-        "",
-        _non_negative_float,
-        1.0,
-        "Cost sent to /route/ when neither X-Serverless-Cost nor the body gives one",
-        envs=_vespa("CLIENT_DEFAULT_COST"),
-    ),
-    S(
-        "ca-file",
-        "",
-        _text,
-        None,
-        "PEM file of extra CA certificates to trust for https workers (Vast's root CA: "
-        "https://console.vast.ai/static/jvastai_root.cer)",
-        envs=_vespa("CA_FILE"),
-    ),
-    S(
-        "max-body-size",
-        "",
-        parse_size,
-        64 << 20,
-        "Largest request body accepted; larger gets 413",
-        envs=_vespa("CLIENT_MAX_BODY_SIZE"),
-    ),
-    S(
-        "access-log",
-        "",
-        _text,
-        None,
-        "Write an access log line per request to this file (- for the daemon log)",
-        envs=_vespa("CLIENT_ACCESS_LOG"),
-    ),
-    S(
-        "log-level",
-        "",
-        parse_log_level,
-        LogLevel.info,
-        "debug, info, warning, error or critical",
-        envs=_vespa("CLIENT_LOG_LEVEL"),
     ),
 )
 
@@ -387,52 +175,99 @@ CLIENT_SETTINGS: tuple[ClientSetting, ...] = (
 @dataclass(frozen=True)
 class ClientConfig:
     """
-    The client's settings, validated.
+    The client's settings, validated: one field per setting, declared with
+    its option, environment names, parser, default and help (see
+    :mod:`vespa.settings`), and the fields derived from several settings.
 
     :ivar endpoint: the endpoint name.
     :ivar api_key: the endpoint key, or ``None`` to look it up.
     :ivar account_key: the account key to look it up with, or ``None``.
-    :ivar instance: ``prod``, ``alpha``, ``candidate`` or ``local``.
-    :ivar autoscaler_url: the autoscaler's base URL.
-    :ivar console_url: the console API's base URL.
-    :ivar listen: the strports description to listen on.
-    :ivar route_timeout: seconds to wait for a ready worker, or ``None``.
-    :ivar connect_timeout: seconds to connect to a worker, or ``None``.
-    :ivar first_byte_timeout: seconds to a worker's first byte, or ``None``.
-    :ivar idle_timeout: seconds of worker silence mid-answer, or ``None``.
-    :ivar max_connections: idle worker connections kept.
-    :ivar max_in_flight: requests handled at once.
-    :ivar max_queue: requests waiting at most.
-    :ivar retry_budget_min: retries always allowed per budget window.
-    :ivar default_cost: the cost when nothing gives one.
-    :ivar ca_file: extra CA certificates for https workers, or ``None``.
-    :ivar max_body_size: the largest request body.
-    :ivar access_log: access log path, ``-``, or ``None``.
-    :ivar log_level: the lowest level logged.
+    :ivar autoscaler_url: the autoscaler's base URL (``--instance``, ``--autoscaler-url``).
+    :ivar console_url: the console API's base URL (``--instance``, ``--console-url``).
+    :ivar listen: the strports description to listen on (``--listen``, ``--host``, ``--port``).
     :ivar defaults: the per-request preferences when the header sets none.
     """
 
     endpoint: str
     api_key: str | None = field(default=None, repr=False)
     account_key: str | None = field(default=None, repr=False)
-    instance: str = "prod"
     autoscaler_url: str = INSTANCES["prod"][0]
     console_url: str = INSTANCES["prod"][1]
     listen: str = f"tcp:{DEFAULT_PORT}:interface={DEFAULT_HOST}"
-    route_timeout: float | None = 120.0
-    connect_timeout: float | None = 10.0
-    first_byte_timeout: float | None = 600.0
-    idle_timeout: float | None = 300.0
-    max_connections: int = 100
-    max_in_flight: int = 256
-    max_queue: int = 1024
-    retry_budget_min: int = 3
-    default_cost: float = 1.0
-    ca_file: str | None = None
-    max_body_size: int = 64 << 20
-    access_log: str | None = None
-    log_level: LogLevel = LogLevel.info
     defaults: Preferences = field(default_factory=Preferences)
+    instance: str = setting(
+        "instance", "", parse_choice(*INSTANCES), "prod",
+        "The Vast instance: prod, alpha, candidate or local; sets the autoscaler and console",
+        envs=("VESPA_INSTANCE",),
+    )
+    route_timeout: float | None = setting(
+        "route-timeout", "", parse_seconds, 120.0,
+        "Seconds to wait for a worker to be ready before answering 503 (0 = no limit)",
+        envs=_vespa("ROUTE_TIMEOUT"),
+    )
+    connect_timeout: float | None = setting(
+        "connect-timeout", "", parse_seconds, 10.0,
+        "Seconds to connect to a worker (0 = no limit)",
+        envs=_vespa("CLIENT_CONNECT_TIMEOUT"),
+    )
+    first_byte_timeout: float | None = setting(
+        "first-byte-timeout", "", parse_seconds, 600.0,
+        "Seconds from sending to a worker to its first byte; then another worker "
+        "is tried (0 = no limit)",
+        envs=_vespa("CLIENT_FIRST_BYTE_TIMEOUT"),
+    )
+    idle_timeout: float | None = setting(
+        "idle-timeout", "", parse_seconds, 300.0,
+        "Seconds a worker may stay silent mid-answer (0 = no limit)",
+        envs=_vespa("CLIENT_IDLE_TIMEOUT"),
+    )
+    max_connections: int = setting(
+        "max-connections", "", parse_positive_int, 100,
+        "Idle worker connections kept for reuse",
+        envs=_vespa("MAX_CONNECTIONS", legacy=True),
+    )
+    max_in_flight: int = setting(
+        "max-in-flight", "", parse_positive_int, 256,
+        "Requests handled at once; more wait in a queue",
+        envs=_vespa("MAX_IN_FLIGHT"),
+    )
+    max_queue: int = setting(
+        "max-queue", "", parse_count, 1024,
+        "Requests waiting for a place at most; more are refused with 429",
+        envs=_vespa("MAX_QUEUE"),
+    )
+    retry_budget_min: int = setting(
+        "retry-budget-min", "", parse_count, 3,
+        "Retries always allowed per 10 s, whatever the share",
+        envs=_vespa("RETRY_BUDGET_MIN"),
+    )
+    default_cost: float = setting(
+        "default-cost", "", parse_non_negative_float, 1.0,
+        "Cost sent to /route/ when neither X-Serverless-Cost nor the body gives one",
+        envs=_vespa("CLIENT_DEFAULT_COST"),
+    )
+    ca_file: str | None = setting(
+        "ca-file", "", parse_text, None,
+        "PEM file of extra CA certificates to trust for https workers (Vast's root CA: "
+        "https://console.vast.ai/static/jvastai_root.cer)",
+        envs=_vespa("CA_FILE"),
+    )
+    max_body_size: int = setting(
+        "max-body-size", "", parse_size, 64 << 20,
+        "Largest request body accepted; larger gets 413",
+        envs=_vespa("CLIENT_MAX_BODY_SIZE"),
+    )
+    access_log: str | None = setting(
+        "access-log", "", parse_text, None,
+        "Write an access log line per request to this file (- for the daemon log)",
+        envs=_vespa("CLIENT_ACCESS_LOG"),
+    )
+    log_level: LogLevel = setting(
+        "log-level", "", parse_log_level, LogLevel.info,
+        "debug, info, warning, error or critical",
+        envs=_vespa("CLIENT_LOG_LEVEL"),
+    )
+
 
     @classmethod
     def from_sources(
@@ -489,26 +324,13 @@ class ClientConfig:
         if ca_file is not None and not os.path.isfile(ca_file):
             raise ConfigError(f"--ca-file: no such file: {ca_file}")
         return cls(
+            **{**config_fields(cls, v), "ca_file": ca_file},
             endpoint=v["endpoint"],
             api_key=api_key,
             account_key=account_key,
-            instance=instance,
             autoscaler_url=v["autoscaler-url"] or autoscaler,
             console_url=v["console-url"] or console,
             listen=listen,
-            route_timeout=v["route-timeout"],
-            connect_timeout=v["connect-timeout"],
-            first_byte_timeout=v["first-byte-timeout"],
-            idle_timeout=v["idle-timeout"],
-            max_connections=v["max-connections"],
-            max_in_flight=v["max-in-flight"],
-            max_queue=v["max-queue"],
-            retry_budget_min=v["retry-budget-min"],
-            default_cost=v["default-cost"],
-            ca_file=ca_file,
-            max_body_size=v["max-body-size"],
-            access_log=v["access-log"],
-            log_level=v["log-level"],
             defaults=defaults,
         )
 
@@ -549,3 +371,7 @@ def _home_key(home: str | None) -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+#: Every setting of the client, in ``--help`` order.
+CLIENT_SETTINGS: tuple[Setting[Any], ...] = _INPUTS + settings_of(ClientConfig)

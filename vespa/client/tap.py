@@ -19,11 +19,11 @@ from vespa.client.config import CLIENT_SETTINGS, ClientConfig, with_backlog
 from vespa.client.core import ClientParts, build_parts
 from vespa.client.resource import ClientResource
 from vespa.client.tls import load_ca_file
-from vespa.config import ConfigError
 from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
 from vespa.proxy.site import ProxySite
 from vespa.service import OrderedMultiService
+from vespa.settings import ConfigError, option_lists
 
 log = get_logger(__name__)
 
@@ -32,7 +32,7 @@ class Options(usage.Options):
     """Command-line options of ``twistd vespa-client``; each also reads its environment names."""
 
     synopsis = "--endpoint NAME --api-key KEY [options]  (or VAST_ENDPOINT, VAST_API_KEY)"
-    optParameters = [[s.name, None, None, s.option_help()] for s in CLIENT_SETTINGS]
+    optParameters, optFlags = option_lists(CLIENT_SETTINGS)
 
     #: Where ``.vast_api_key`` is looked for; tests point it elsewhere.
     home: str | None = None
@@ -112,7 +112,6 @@ def build_client(config: ClientConfig, reactor: Any, clock: Any = None) -> Clien
     :raise ConfigError: an unusable ``--ca-file``.
     """
     clock = clock or reactor
-    set_log_level(config.log_level)
     parts = build_parts(config, reactor, clock)
     root = OrderedMultiService()
     _Closer(parts).setServiceParent(root)
@@ -141,6 +140,7 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    set_log_level(options.config.log_level)  # the entry point's, once
     try:
         return build_client(options.config, reactor).service
     except ConfigError as e:

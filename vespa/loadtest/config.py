@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_loadtest_cli -*-
 """
 The settings of ``vespa-loadtest``: command line, then environment, then
-default, as every Vespa program reads them (:func:`vespa.config.resolve`).
+default, as every Vespa program reads them (:func:`vespa.settings.resolve`).
 
 The endpoint and key settings are the client's own rows
 (:data:`vespa.client.config.CLIENT_SETTINGS`: ``--endpoint``,
@@ -17,16 +17,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vespa.client.config import CLIENT_SETTINGS, ClientConfig, ClientSetting
-from vespa.config import (
-    ConfigError,
+from vespa.client.config import CLIENT_SETTINGS, ClientConfig
+from vespa.loadtest.schedule import ARRIVALS, RateProfile, parse_ramp
+from vespa.parsers import (
     parse_bool,
     parse_choice,
+    parse_positive_float,
     parse_positive_int,
     parse_seconds,
-    resolve,
+    parse_text,
+    parse_url,
 )
-from vespa.loadtest.schedule import ARRIVALS, RateProfile, parse_ramp
+from vespa.settings import ConfigError, Setting, resolve
 
 __all__ = ["LOADTEST_SETTINGS", "SETTINGS", "LoadtestConfig"]
 
@@ -42,67 +44,53 @@ _CLIENT_ROWS = (
 )
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise ValueError(f"must be more than 0, got {text!r}")
-    return value
-
-
-def _url(text: str) -> str:
-    text = text.strip().rstrip("/")
-    if not text.startswith(("http://", "https://")) or not text.split("//", 1)[1]:
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    return text
-
-
-def _text(text: str) -> str:
-    return text.strip()
-
-
 def _ramp(text: str) -> str:
     parse_ramp(text)  # checked now, kept as given
     return text.strip()
 
 
-def _row(name: str, parse: Any, default: Any, help: str, *, flag: bool = False) -> ClientSetting:
+def _row(name: str, parse: Any, default: Any, help: str, *, flag: bool = False) -> Setting[Any]:
     env = "VESPA_LOADTEST_" + name.upper().replace("-", "_")
-    return ClientSetting(name, "", parse, default, help, flag=flag, envs=(env,))
+    return Setting(name, "", parse, default, help, flag=flag, envs=(env,))
 
 
 #: The load test's own settings.
-LOADTEST_SETTINGS: tuple[ClientSetting, ...] = (
-    _row("url", _url, None, "Load this origin directly (a vespa-client, an --unsecured worker)"),
+LOADTEST_SETTINGS: tuple[Setting[Any], ...] = (
+    _row(
+        "url", parse_url, None, "Load this origin directly (a vespa-client, an --unsecured worker)",
+    ),
     _row(
         "payload",
-        _text,
+        parse_text,
         None,
         "Requests from a probe (openai_chat, openai_completions, tgi, ollama, comfyui) "
         "or module:function returning (route, payload, cost)",
     ),
-    _row("requests-file", _text, None, "Requests from a JSONL file, one per line, in turn"),
-    _row("model", _text, None, "The model the probe's payloads name [default: the first listed]"),
+    _row("requests-file", parse_text, None, "Requests from a JSONL file, one per line, in turn"),
+    _row(
+        "model",
+        parse_text,
+        None,
+        "The model the probe's payloads name [default: the first listed]",
+    ),
     _row("max-tokens", parse_positive_int, None, "Tokens each probe request asks for"),
     _row("stream", parse_bool, None, "Ask the OpenAI probes for streamed answers (true/false)"),
-    _row("rate", _positive_float, None, "Requests per second to send (open loop)"),
+    _row("rate", parse_positive_float, None, "Requests per second to send (open loop)"),
     _row("arrivals", parse_choice(*ARRIVALS), "fixed", "fixed (evenly spaced) or poisson"),
     _row("ramp", _ramp, None, "Ramp the rate FROM:TO:SECONDS (10:100:60s), then hold TO"),
     _row("requests", parse_positive_int, None, "Requests to send in all"),
     _row("duration", parse_seconds, None, "Seconds to send for"),
     _row("max-in-flight", parse_positive_int, 256, "At most this many in flight; more skipped"),
     _row("timeout", parse_seconds, 600.0, "Seconds a request may take in all (0 = no limit)"),
-    _row("interval", _positive_float, 1.0, "Seconds between refreshes of the live view"),
-    _row("json", _text, None, "Write every figure to this JSON file"),
-    _row("html", _text, None, "Write the report with its charts to this HTML file"),
+    _row("interval", parse_positive_float, 1.0, "Seconds between refreshes of the live view"),
+    _row("json", parse_text, None, "Write every figure to this JSON file"),
+    _row("html", parse_text, None, "Write the report with its charts to this HTML file"),
     _row("plain", parse_bool, False, "Plain progress lines even on a terminal", flag=True),
     _row("seed", parse_positive_int, None, "Seed of the Poisson arrivals and the prompts"),
 )
 
 #: Every setting, in ``--help`` order.
-SETTINGS: tuple[ClientSetting, ...] = (
+SETTINGS: tuple[Setting[Any], ...] = (
     tuple(s for s in CLIENT_SETTINGS if s.name in _CLIENT_ROWS) + LOADTEST_SETTINGS
 )
 

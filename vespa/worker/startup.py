@@ -121,7 +121,8 @@ class Startup(Service):
     :param pubkey_url: where the key is, ``<REPORT_ADDR>/pubkey/``.
     :param settings: ``healthcheck_endpoint``, ``healthcheck_timeout``,
         ``healthcheck_retry_interval``, ``ready_timeout_initial``,
-        ``ready_timeout_resume``, ``pubkey_timeout`` and ``startup_retry``.
+        ``ready_timeout_resume``, ``pubkey_timeout``, ``startup_retry`` and
+        ``benchmark_settings`` (passed to a built-in probe).
     :param route: the health route, shared with the periodic checker; made
         from ``settings.healthcheck_endpoint`` and the benchmark when ``None``.
     """
@@ -343,7 +344,9 @@ class Startup(Service):
     async def _measure(self) -> float:
         try:
             benchmark = resolve_benchmark(self._benchmark)
-            return await run_benchmark(benchmark, self._backend_url, self.session)
+            return await run_benchmark(
+                benchmark, self._backend_url, self.session, self._settings.benchmark_settings
+            )
         except BenchmarkError as e:
             raise StartupError(f"Benchmark failed: {e}") from e
         except CancelledError:

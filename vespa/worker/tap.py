@@ -30,6 +30,7 @@ from vespa.proxy.relay import BackendRelay, RelayTimeouts, quiet_pool
 from vespa.proxy.site import ProxySite
 from vespa.proxy.target import PathBlocklist
 from vespa.service import OrderedMultiService
+from vespa.settings import option_lists
 from vespa.tls import server_options
 from vespa.worker.admission import Admission
 from vespa.worker.drain import Drain
@@ -50,51 +51,27 @@ DEFAULT_AUTOSCALER = "https://run.vast.ai"
 
 VERSION = f"vespa-{__version__}"
 
-#: Benchmark settings that have a command-line option (see BENCHMARKS.md).
-BENCHMARK_OPTIONS = {
-    "model": "Model name the benchmark requests (default: discovered)",
-    "max-tokens": "Tokens per benchmark request",
-    "concurrency": "Concurrent requests per benchmark run",
-    "runs": "Benchmark runs; the best one counts",
-    "timeout": "Seconds per benchmark request",
-}
-
-
-def _benchmark_env(option: str) -> str:
-    return "VESPA_BENCHMARK_" + option.upper().replace("-", "_")
-
-
 class Options(usage.Options):
     """Command-line options of ``twistd vespa``; each also reads ``VESPA_*``/``PYWORKER_*``."""
 
     synopsis = "[options]  (e.g. twistd -n vespa --backend-url http://127.0.0.1:8000)"
-    optParameters = [[s.name, None, None, s.option_help()] for s in WORKER_SETTINGS if not s.flag]
-    optFlags = [[s.name, None, s.option_help()] for s in WORKER_SETTINGS if s.flag]
-    # The probes read their settings from VESPA_BENCHMARK_*; these options set
-    # those variables, so the command line wins as it does everywhere else.
-    optParameters += [
-        [f"benchmark-{name}", None, None, f"{doc} (env {_benchmark_env(name)})"]
-        for name, doc in BENCHMARK_OPTIONS.items()
-    ]
+    optParameters, optFlags = option_lists(WORKER_SETTINGS)
 
     def postOptions(self) -> None:
-        for name in BENCHMARK_OPTIONS:
-            if self[f"benchmark-{name}"] is not None:
-                os.environ[_benchmark_env(name)] = self[f"benchmark-{name}"]
         environ = dict(os.environ)
         if self["demo"] or environ.get("VESPA_DEMO", "").lower() in ("1", "true", "yes", "on"):
             from vespa.demo import AUTOSCALER_PORT
 
             environ.setdefault("REPORT_ADDR", f"http://127.0.0.1:{AUTOSCALER_PORT}")
             # The demo model server makes 50 tokens/s: a short benchmark keeps
-            # the demo's startup to a second. The probes read the process env.
-            os.environ.setdefault("VESPA_BENCHMARK_MAX_TOKENS", "16")
-            os.environ.setdefault("VESPA_BENCHMARK_RUNS", "1")
+            # the demo's startup to a second.
+            environ.setdefault("VESPA_BENCHMARK_MAX_TOKENS", "16")
+            environ.setdefault("VESPA_BENCHMARK_RUNS", "1")
         try:
             config = WorkerConfig.from_sources(self, environ)
             # A benchmark that cannot load is a mistake to fix now, not a
             # failure to retry every 30 s.
-            load_benchmark(config.benchmark)
+            load_benchmark(config.benchmark, environ)
             Workload(config.workload, config.benchmark)
         except (ConfigError, BenchmarkError, WorkloadError) as e:
             raise usage.UsageError(str(e)) from None
@@ -197,7 +174,6 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
         ``reactor`` when ``None``. Tests pass a ``Clock``.
     """
     clock = clock or reactor
-    set_log_level(config.log_level)
     # Stopped in reverse order, one at a time: the listener, the reporter's
     # last flush, the startup chain, the pools, then the demo servers.
     root = OrderedMultiService()
@@ -370,6 +346,9 @@ def makeService(options: Options) -> IService:
 
     from twisted.internet import reactor
 
+    # Logging is the entry point's to set up, once: the builders leave it be,
+    # so the demo's client cannot change the worker's level.
+    set_log_level(options.config.log_level)
     service = build_worker(options.config, reactor).service
     # Everything imported and built so far lives as long as the process: keep
     # it out of the cycle collector's scans, which otherwise cost tens of ms
