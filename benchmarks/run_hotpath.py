@@ -51,8 +51,9 @@ from processes import (
     run_bounded,
     wait_for_port,
 )
-from vespa.testing.autoscaler import load_or_create_key, sign_auth
 from wrk import post_script, run_wrk, wrk_available
+
+from vespa.testing.autoscaler import load_or_create_key, sign_auth
 
 SSE_LOAD = HERE / "sse_load.py"
 OFFICIAL_PEER = HERE / "official_peer.py"
@@ -136,7 +137,9 @@ class Secured:
     body: bytes
 
 
-def start_secured(procs: ProcessSet, backend: Server, name: str, payload: dict[str, Any]) -> Secured:
+def start_secured(
+    procs: ProcessSet, backend: Server, name: str, payload: dict[str, Any]
+) -> Secured:
     """
     The autoscaler stand-in on the load CPU, then a secured Vespa (metrics
     off) on the proxy CPU that fetches its public key and binds signatures to
@@ -350,7 +353,7 @@ def run_all(plan: Plan, procs: ProcessSet, results: dict[str, dict[str, Any]]) -
         if pid is not None:
             results[label]["rss"] = measure_rss(plan, server, pid)
             _progress(f"rss {label}: {results[label]['rss']}")
-    for label, (server, pid) in workers.items():
+    for label, (server, _) in workers.items():
         results[label]["ttfb"] = measure_ttfb(server)
         _progress(f"ttfb {label}: {results[label]['ttfb']}")
     for streams in (300, 600):
@@ -366,6 +369,10 @@ def _worker(server: Server) -> tuple[Server, int]:
 # Report
 
 
+#: Reads one figure from a target's results.
+Getter = Callable[[dict[str, Any]], float | None]
+
+
 def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -373,9 +380,7 @@ def _cell(value: float | None, fmt: str) -> str:
 def table(results: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
     """The rows of the report: a measurement, then one cell per target."""
 
-    def row(label: str, get: Callable[[dict[str, Any]], float | None], fmt: str) -> tuple[
-        str, list[str]
-    ]:
+    def row(label: str, get: Getter, fmt: str) -> tuple[str, list[str]]:
         cells = []
         for target in TARGETS:
             try:
@@ -385,7 +390,9 @@ def table(results: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
             cells.append(_cell(value, fmt))
         return label, cells
 
-    def over_direct(section: str, key: str, ratio: bool) -> Callable[[dict[str, Any]], float | None]:
+    def over_direct(section: str, key: str, ratio: bool) -> Getter:
+        """A target's figure over direct's: their ratio, or the difference."""
+
         def get(r: dict[str, Any]) -> float | None:
             mine, direct = r[section][key], results["direct"][section][key]
             if mine is None or direct is None:
@@ -407,9 +414,9 @@ def table(results: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
         row("SSE 600 events/s", lambda r: r["sse600"]["events_per_s"], ",.0f"),
         row("SSE 600 delivered vs direct", over_direct("sse600", "events_per_s", True), ".3f"),
         row("SSE 600 mean stream (ms)", lambda r: r["sse600"]["stream_mean_ms"], ".0f"),
-        row("SSE 600 mean stream added (ms)", over_direct("sse600", "stream_mean_ms", False), "+.0f"),
-        row("SSE failed or short streams", lambda r: r["sse300"]["failed"] + r["sse600"]["failed"]
-            + r["ttfb"]["failed"], "d"),
+        row("SSE 600 mean stream added (ms)", over_direct("sse600", "stream_mean_ms", False),
+            "+.0f"),
+        row("SSE failed or short streams", _sse_failures, "d"),
         row("TTFB p99, 128 together (ms)", lambda r: r["ttfb"]["ttfb_p99_ms"], ".1f"),
         row("TTFB p99 added (ms)", over_direct("ttfb", "ttfb_p99_ms", False), "+.1f"),
         row("peak RSS, 1,000 open (MiB)", lambda r: r["rss"]["peak_rss_mib"], ".1f"),
@@ -422,6 +429,10 @@ def table(results: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
             ],
         )
     ]
+
+
+def _sse_failures(r: dict[str, Any]) -> int:
+    return int(r["sse300"]["failed"] + r["sse600"]["failed"] + r["ttfb"]["failed"])
 
 
 def report(rows: list[tuple[str, list[str]]]) -> str:
