@@ -39,6 +39,50 @@ from wrk import post_script, run_wrk
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<path>.*?)(?::(?P<line>\d+))?\)$")
 TOP = 25
 
+# Where a sample's CPU was spent, by the file of its innermost frame (first
+# match wins): an exclusive breakdown that adds up to 100 %.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("reactor: epoll, socket reads and writes, writer (un)registration", (
+        "twisted/internet/epollreactor.py", "twisted/internet/tcp.py",
+        "twisted/internet/abstract.py", "twisted/internet/posixbase.py",
+        "twisted/python/util.py", "twisted/internet/_newtls.py", "socket.py",
+    )),
+    ("reactor: callWithLogger / context wrapper per I/O event", (
+        "twisted/python/log.py", "twisted/python/context.py",
+    )),
+    ("timers: callLater, DelayedCall reset/cancel, timeouts", (
+        "twisted/internet/base.py", "twisted/protocols/policies.py",
+    )),
+    ("Deferreds", ("twisted/internet/defer.py",)),
+    ("HTTP client (Agent, pool, _newclient)", (
+        "twisted/web/_newclient.py", "twisted/web/client.py",
+        "twisted/internet/endpoints.py", "urllib/parse.py",
+    )),
+    ("headers (twisted.web Headers, token checks)", (
+        "twisted/web/http_headers.py", "twisted/web/_abnf.py",
+    )),
+    ("HTTP server and chunked coding (twisted.web http/server, LineReceiver)", (
+        "twisted/web/http.py", "twisted/web/server.py", "twisted/protocols/basic.py",
+        "twisted/web/resource.py",
+    )),
+    ("request envelope: JSON parse", ("vespa/protocol/envelope.py", "json/")),
+    ("metrics (prometheus_client)", ("prometheus_client/", "vespa/worker/metrics.py")),
+    ("request id (uuid4)", ("uuid.py",)),
+    ("logging (twisted.logger)", ("twisted/logger/", "vespa/log.py")),
+    ("vespa/ proxy (site, relay, headers)", ("vespa/proxy/",)),
+    ("vespa/ worker (resource, admission, ledger, workload, sessions)", (
+        "vespa/worker/", "vespa/protocol/",
+    )),
+)  # fmt: skip
+
+
+def category(path: str) -> str:
+    """The cost category of a frame's file."""
+    for name, markers in CATEGORIES:
+        if any(marker in path for marker in markers):
+            return name
+    return "other (interpreter, dataclasses, stdlib)"
+
 
 def py_spy() -> str:
     """The py-spy binary."""
@@ -105,6 +149,7 @@ def summarise(raw: Path, label: str = "") -> str:
     inclusive: Counter[str] = Counter()
     vespa_site: Counter[str] = Counter()
     vespa_inclusive: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -119,6 +164,7 @@ def summarise(raw: Path, label: str = "") -> str:
         total += count
         function, path, lineno = frames[-1]
         self_cost[f"{function} ({_short(path)}:{lineno})"] += count
+        categories[category(_short(path))] += count
         for name in {f"{f} ({_short(p)})" for f, p, _ in frames}:
             inclusive[name] += count
             if _ours(name):
@@ -130,6 +176,7 @@ def summarise(raw: Path, label: str = "") -> str:
         vespa_site[site] += count
     lines = [f"== {label}: {total} samples of CPU =="]
     for title, counter in (
+        ("by category of the innermost frame (adds up to 100 %)", categories),
         ("self (where the CPU was spent)", self_cost),
         ("inclusive (function and its callees)", inclusive),
         ("inclusive, vespa/ functions only", vespa_inclusive),
