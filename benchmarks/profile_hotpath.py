@@ -32,7 +32,8 @@ from pathlib import Path
 from backends import start_json_backend, start_sse_backend
 from payloads import envelope
 from processes import LOAD_CPU, ProcessSet, pinned
-from run_hotpath import JSON_ROUTE, SSE_ROUTE, sse_load, start_vespa
+from run_hotpath import JSON_ROUTE, SSE_ROUTE, start_vespa
+from run_relay import sse_load
 from wrk import post_script, run_wrk
 
 # A frame of py-spy's raw format: "function (path:line)".
@@ -212,7 +213,8 @@ def profile_sse(procs: ProcessSet, out: Path, seconds: int) -> str:
     raw = record(
         vespa.child.pid, seconds, out / "sse",
         lambda: sse_load(
-            vespa.port, streams=300, events=100, interval=0.01, seconds=seconds, mode="window"
+            vespa.port, streams=300, events=100, interval=0.01, seconds=seconds,
+            mode="window", post=SSE_ROUTE,
         ),
     )  # fmt: skip
     procs.stop(vespa.child)

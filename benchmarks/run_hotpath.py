@@ -48,14 +48,13 @@ from processes import (
     free_port,
     memory_kib,
     pinning_available,
-    run_bounded,
     wait_for_port,
 )
+from run_relay import sse_load
 from wrk import post_script, run_wrk, wrk_available
 
 from vespa.testing.autoscaler import load_or_create_key, sign_auth
 
-SSE_LOAD = HERE / "sse_load.py"
 OFFICIAL_PEER = HERE / "official_peer.py"
 JSON_ROUTE = "/bench"
 SSE_ROUTE = "/sse"
@@ -73,7 +72,7 @@ class Plan:
 
 
 FULL = Plan(wrk_seconds=8, wrk_warmup=2, sse_window=5.0, rss_streams=1000)
-QUICK = Plan(wrk_seconds=3, wrk_warmup=1, sse_window=2.0, rss_streams=1000)
+QUICK = Plan(wrk_seconds=2, wrk_warmup=1, sse_window=2.0, rss_streams=1000)
 
 
 # The worker's own CPU time
@@ -240,29 +239,6 @@ def measure_post(plan: Plan, server: Server, pid: int | None, script: Path) -> d
     }
 
 
-def sse_load(
-    port: int,
-    *,
-    streams: int,
-    events: int,
-    interval: float,
-    seconds: float,
-    mode: str,
-    while_running: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """``sse_load.py --post /sse`` on the load CPU; its JSON summary."""
-    command = [
-        sys.executable, str(SSE_LOAD), "--port", str(port), "--mode", mode,
-        "--streams", str(streams), "--events", str(events),
-        "--interval", str(interval), "--duration", str(seconds), "--post", SSE_ROUTE,
-    ]  # fmt: skip
-    timeout = (events * interval + seconds) * 2 + 30
-    summary: dict[str, Any] = json.loads(
-        run_bounded(command, timeout, cpu=LOAD_CPU, while_running=while_running)
-    )
-    return summary
-
-
 def measure_sse(
     plan: Plan, server: Server, pid: int | None, streams: int
 ) -> dict[str, Any]:
@@ -275,7 +251,7 @@ def measure_sse(
     meter.start()
     summary = sse_load(
         server.port, streams=streams, events=100, interval=0.01,
-        seconds=plan.sse_window, mode="window",
+        seconds=plan.sse_window, mode="window", post=SSE_ROUTE,
     )  # fmt: skip
     cpu = meter.stop()
     total = summary["events_total"]
@@ -290,8 +266,9 @@ def measure_sse(
 def measure_ttfb(server: Server) -> dict[str, Any]:
     """128 streams requested at the same moment: time to first event."""
     summary = sse_load(
-        server.port, streams=128, events=10, interval=0.01, seconds=10.0, mode="once"
-    )
+        server.port, streams=128, events=10, interval=0.01, seconds=10.0, mode="once",
+        post=SSE_ROUTE,
+    )  # fmt: skip
     return {"ttfb_p99_ms": summary["ttfb_ms"]["p99"], "failed": summary["failed"]}
 
 
@@ -299,7 +276,7 @@ def measure_rss(plan: Plan, server: Server, pid: int) -> dict[str, Any]:
     """A fresh worker holding ``plan.rss_streams`` streams open at once: peak RSS."""
     summary = sse_load(
         server.port, streams=plan.rss_streams, events=30, interval=0.1,
-        seconds=10.0, mode="once",
+        seconds=10.0, mode="once", post=SSE_ROUTE,
     )  # fmt: skip
     return {
         "peak_rss_mib": memory_kib(pid)["VmHWM"] / 1024,
