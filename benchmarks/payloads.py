@@ -8,6 +8,8 @@ benchmarks its model server at startup gets ready at once.
 
 from __future__ import annotations
 
+import json
+
 #: The small JSON answer measured: about the size of a health or status reply.
 FIXED_JSON = b'{"ok":true,"model":"bench","object":"health","latency_ms":0}'
 
@@ -20,3 +22,22 @@ COMPLETION_JSON = (
     b'"message":{"role":"assistant","content":"ok"},"finish_reason":"length"}],'
     b'"usage":{"prompt_tokens":16,"completion_tokens":16,"total_tokens":32}}'
 )
+
+
+def envelope(payload: dict[str, object], *, signature: str = "unsigned", url: str = "") -> bytes:
+    """
+    A request as Vast's autoscaler routes it: ``{"auth_data": ..., "payload": ...}``.
+
+    Every field the official worker requires is present; ``signature`` is
+    only checked by a secured worker (then it is the cached url-only
+    signature over ``{"url": url}``, the same on every request).
+    """
+    auth = {
+        "cost": "1",
+        "endpoint": "bench",
+        "reqnum": 1,
+        "request_idx": 1,
+        "signature": signature,
+        "url": url,
+    }
+    return json.dumps({"auth_data": auth, "payload": payload}, separators=(",", ":")).encode()

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -111,7 +111,14 @@ class ProcessSet:
     ) -> None:
         self.stop_all()
 
-    def start(self, name: str, command: Sequence[str], *, cpu: int | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        cpu: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
         """
         Start ``command`` in its own process group, optionally pinned to ``cpu``.
 
@@ -122,6 +129,7 @@ class ProcessSet:
         :param name: for messages, the log file and the directory.
         :param command: the program and its arguments.
         :param cpu: the CPU to pin it to, or ``None`` to leave it unpinned.
+        :param env: its environment, or ``None`` for this process's.
         """
         argv = list(command) if cpu is None else pinned(command, cpu)
         home = self.workdir / name
@@ -135,6 +143,7 @@ class ProcessSet:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=None if env is None else dict(env),
             )
         child = Child(name, popen, log_path)
         self._children.append(child)

@@ -108,15 +108,20 @@ def sse_load(
     seconds: float,
     mode: str,
     while_running: Callable[[], None] | None = None,
+    post: str | None = None,
 ) -> dict[str, Any]:
     """
     Run ``sse_load.py`` on the load CPU and return its JSON summary.
+
+    :param post: POST this path with a Vast envelope instead of ``GET /sse``.
     """
     command = [
         sys.executable, str(SSE_LOAD), "--port", str(port), "--mode", mode,
         "--streams", str(streams), "--events", str(events),
         "--interval", str(interval), "--duration", str(seconds),
     ]  # fmt: skip
+    if post is not None:
+        command += ["--post", post]
     # Bound: ramp (one stream) + window, or one stream + its deadline, + start-up.
     timeout = (events * interval + seconds) * 2 + 30
     output = run_bounded(command, timeout, cpu=LOAD_CPU, while_running=while_running)

@@ -20,6 +20,7 @@ Run: ``python benchmarks/sse_backend.py --port 8001``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any
@@ -115,14 +116,17 @@ class BenchResource(Resource):
         request.setHeader(b"content-type", b"application/json")
         return MODELS_JSON if request.path == b"/v1/models" else FIXED_JSON
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> bytes | int:
+        if self._sse and request.path == b"/sse":
+            return self._render_sse(request, _body_params(request))
         request.setHeader(b"content-type", b"application/json")
         return COMPLETION_JSON if request.path.startswith(b"/v1/") else FIXED_JSON
 
-    def _render_sse(self, request: Request) -> bytes | int:
+    def _render_sse(self, request: Request, body: dict[str, Any] | None = None) -> bytes | int:
+        params = body or {}
         try:
-            events = int(_arg(request, b"events", b"100"))
-            interval = float(_arg(request, b"interval", b"0.02"))
+            events = int(params.get("events", _arg(request, b"events", b"100")))
+            interval = float(params.get("interval", _arg(request, b"interval", b"0.02")))
         except ValueError:
             request.setResponseCode(400)
             return b"bad events or interval\n"
@@ -134,6 +138,21 @@ class BenchResource(Resource):
         self._next_id += 1
         _Stream(request, self._next_id, events, interval, self._clock).start()
         return NOT_DONE_YET
+
+
+def _body_params(request: Request) -> dict[str, Any]:
+    """
+    The stream's parameters from a POST's JSON body: either bare, as a worker
+    relays the payload, or inside a Vast envelope, as a direct request carries it.
+    """
+    try:
+        assert request.content is not None
+        body = json.loads(request.content.read() or b"{}")
+    except ValueError:
+        return {}
+    if isinstance(body, dict) and isinstance(body.get("payload"), dict):
+        body = body["payload"]
+    return body if isinstance(body, dict) else {}
 
 
 def _arg(request: Request, name: bytes, default: bytes) -> bytes:

@@ -38,6 +38,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from payloads import envelope
+
 # Connections opened concurrently during the ramp. This does not bound the
 # server's accept queue (a connect completes on the SYN-ACK, before accept()),
 # so a server with a short backlog (Twisted's default is 50) can still drop
@@ -55,7 +57,12 @@ class Stats:
     window_start: int = 0
     window_end: int = 2**63
     events: int = 0
+    # Every event received, in the window or not: with the proxy's CPU time
+    # over the whole run, this gives its CPU cost per event.
+    events_total: int = 0
     ttfb: list[float] = field(default_factory=list)
+    # Request written to last byte, for streams that started and ended in the window.
+    stream_time: list[float] = field(default_factory=list)
     delivery: list[float] = field(default_factory=list)
     completed: int = 0
     short: int = 0
@@ -243,6 +250,7 @@ class SSEConnection(asyncio.Protocol):
             stats.stream_opened()
             if in_window and self._sent_at >= stats.window_start:
                 stats.ttfb.append((now - self._sent_at) / 1e9)
+        stats.events_total += 1
         if in_window:
             stats.events += 1
             if sent_ns is not None:
@@ -253,6 +261,10 @@ class SSEConnection(asyncio.Protocol):
         if self._status != 200:
             self._fail(f"status {self._status}")
             return
+        stats = self.stats
+        now = time.monotonic_ns()
+        if self._sent_at >= stats.window_start and now <= stats.window_end:
+            stats.stream_time.append((now - self._sent_at) / 1e9)
         self._end()
         if self._done is not None and not self._done.done():
             self._done.set_result(self._events)
@@ -278,10 +290,24 @@ class LoadConfig:
     interval: float
     duration: float
     mode: str
+    # POST this path with a Vast request envelope instead of the GET: the
+    # official worker relays only POST routes, with the stream's parameters
+    # in the JSON payload.
+    post_path: str | None = None
 
     @property
     def raw_request(self) -> bytes:
         """The request every stream sends."""
+        if self.post_path is not None:
+            body = envelope({"events": self.events, "interval": self.interval})
+            return (
+                f"POST {self.post_path} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{self.port}\r\n"
+                "Accept: text/event-stream\r\n"
+                "Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                "User-Agent: vespa-bench-sse-load\r\n\r\n"
+            ).encode("ascii") + body
         return (
             f"GET /sse?events={self.events}&interval={self.interval:g} HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{self.port}\r\n"
@@ -441,7 +467,14 @@ def summary(config: LoadConfig, stats: Stats, timing: dict[str, Any]) -> dict[st
         "elapsed_s": round(elapsed, 3),
         "events": stats.events,
         "events_per_s": round(stats.events / elapsed, 1) if elapsed > 0 else 0.0,
+        "events_total": stats.events_total,
         "ttfb_ms": _ms(stats.ttfb),
+        "stream_ms": _ms(stats.stream_time),
+        "stream_mean_ms": (
+            round(sum(stats.stream_time) / len(stats.stream_time) * 1000, 3)
+            if stats.stream_time
+            else None
+        ),
         "delivery_ms": _ms(stats.delivery),
         "completed": stats.completed,
         "short": stats.short,
@@ -466,9 +499,12 @@ def parse_args(argv: list[str] | None) -> LoadConfig:
         "--duration", type=float, default=10.0, help="window length (once: extra deadline)"
     )
     parser.add_argument("--mode", choices=("window", "once"), default="window")
+    parser.add_argument(
+        "--post", metavar="PATH", help="POST this path with a Vast envelope instead of GET /sse"
+    )
     args = parser.parse_args(argv)
     return LoadConfig(
-        args.port, args.streams, args.events, args.interval, args.duration, args.mode
+        args.port, args.streams, args.events, args.interval, args.duration, args.mode, args.post
     )
 
 

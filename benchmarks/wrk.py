@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from processes import LOAD_CPU, run_bounded
 
@@ -77,7 +79,14 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, connections: int, seconds: float) -> WrkResult:
+def run_wrk(
+    url: str,
+    connections: int,
+    seconds: float,
+    *,
+    script: Path | None = None,
+    while_running: Callable[[], None] | None = None,
+) -> WrkResult:
     """
     Load ``url`` with one wrk thread and ``connections`` connections, on the load CPU.
 
@@ -88,8 +97,29 @@ def run_wrk(url: str, connections: int, seconds: float) -> WrkResult:
     :param url: the target, on 127.0.0.1.
     :param connections: concurrent connections (the concurrency).
     :param seconds: how long to run (whole seconds, as wrk takes them).
+    :param script: a wrk Lua script (e.g. :func:`post_script`), or ``None`` for GET.
+    :param while_running: called repeatedly while wrk runs.
     """
     duration = max(1, round(seconds))
-    command = [WRK, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
-    output = run_bounded(command, timeout=duration + 30, cpu=LOAD_CPU)
+    command = [WRK, "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script is not None:
+        command += ["-s", str(script)]
+    command.append(url)
+    output = run_bounded(
+        command, timeout=duration + 30, cpu=LOAD_CPU, while_running=while_running
+    )
     return parse_wrk(output)
+
+
+def post_script(path: Path, body: bytes) -> Path:
+    """
+    Write a wrk Lua script to ``path`` that sends every request as
+    ``POST`` with ``body`` as its JSON body; return ``path``.
+    """
+    quoted = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.body = "{quoted}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return path
