@@ -202,6 +202,8 @@ class StartupSaysWhatItDoesTests(TestCase):
             env = await self.start(before_start=lambda e: setattr(e.backend, "health_status", 503))
             await until(lambda: self.probes() == 1)
             await self.next_probe(times=12)  # probes every 5 s: t = 0 ... 60
+            # The last probe's answer is handled (and logged) once the chain sleeps again.
+            await until(lambda: env.worker.startup.sleeping_until is not None)
             waiting = [line for line in log.lines() if "still waiting" in line]
             self.assertEqual(len(waiting), 2)
             self.assertIn("answered 503 (still loading) (30 s of 1200 s)", waiting[0])
