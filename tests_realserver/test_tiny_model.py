@@ -6,43 +6,10 @@ with one measured by another.
 
 from __future__ import annotations
 
-import http.client
-import json
-
 from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 
-from tests_realserver.llama_server import LlamaServer, start_llama_server
-from vespa.benchmarks.prompts import text_prompt
-
-
-def stream_deltas(server: LlamaServer, max_tokens: int) -> tuple[list[str], str | None]:
-    """
-    One streamed chat completion shaped as the benchmark's (a 250-word
-    prompt, temperature 0.7), straight to the server: its non-empty content
-    deltas and its finish reason. Runs in a thread.
-    """
-    body = {
-        "messages": [{"role": "user", "content": text_prompt(250, 7)}],
-        "max_tokens": max_tokens,
-        "temperature": 0.7,
-        "stream": True,
-    }
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-    connection.request(
-        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
-    )
-    deltas: list[str] = []
-    finish = None
-    for line in connection.getresponse():
-        if line.startswith(b"data: {"):
-            for choice in json.loads(line[6:])["choices"]:
-                content = choice.get("delta", {}).get("content")
-                if content:
-                    deltas.append(content)
-                finish = choice.get("finish_reason") or finish
-    connection.close()
-    return deltas, finish
+from tests_realserver.llama_server import benchmark_shaped, start_llama_server, stream_chat
 
 
 class TinyModelTests(TestCase):
@@ -60,6 +27,6 @@ class TinyModelTests(TestCase):
         throughputs measured on different requests disagree by as much.
         """
         server = await start_llama_server(self)
-        deltas, finish = await threads.deferToThread(stream_deltas, server, 256)
+        deltas, finish = await threads.deferToThread(stream_chat, server, benchmark_shaped(7))
         self.assertEqual(len(deltas), 256)
         self.assertEqual(finish, "length")
