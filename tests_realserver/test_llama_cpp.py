@@ -212,6 +212,9 @@ class LlamaCppTests(TestCase):
         self.assertTrue(whole)
         self.assertGreater(len(pieces), 1)
         self.assertEqual(streamed, whole)
+        # The SDK returns at [DONE]; the worker counts once the body's end
+        # has come through, which may be a moment later.
+        await until(lambda: env.worker.ledger.in_flight_count == 0)
         self.assertEqual(env.worker.ledger.totals.served, 2)
 
     async def test_openai_sdk_through_the_unsecured_worker(self) -> None:
@@ -229,6 +232,7 @@ class LlamaCppTests(TestCase):
         self.assertGreater(len(pieces), 1)
         self.assertEqual(streamed, whole)
         self.assertEqual(uuid.UUID(headers["x-request-id"]).version, 4)
+        await until(lambda: worker.ledger.in_flight_count == 0)
         self.assertEqual(worker.ledger.totals.served, 2)
 
     async def test_caller_leaving_mid_stream_stops_generation(self) -> None:

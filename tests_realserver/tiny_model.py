@@ -11,8 +11,10 @@ server's chat endpoint formats messages without being told how.
 
 Random weights make gibberish, which is all a proxy test needs: tokens, at a
 model's pace, deterministic at temperature 0. The output projection is scaled
-so that the end-of-sequence token, whose row is zero, is practically never
-sampled: every request runs to its ``max_tokens``.
+so that the tokens whose rows are zero are practically never sampled: the
+end-of-sequence token, so every request runs to its ``max_tokens``, and the
+byte pieces, so every token is text of its own and every request of a shape
+costs the server the same.
 """
 
 from __future__ import annotations
