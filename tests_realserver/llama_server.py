@@ -5,6 +5,8 @@ for the length of one test.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import sys
@@ -20,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests_realserver.tiny_model import write_tiny_llama
+from vespa.benchmarks.prompts import text_prompt
 
 #: Seconds the server may take to load the tiny model and listen.
 START_LIMIT = 120.0
@@ -128,3 +131,39 @@ async def start_llama_server(testcase: TestCase, *extra: str) -> LlamaServer:
     testcase.addCleanup(server.stop)
     await server.ready()
     return server
+
+
+def benchmark_shaped(seed: int, max_tokens: int = 256) -> dict[str, Any]:
+    """
+    A streamed chat completion's body shaped as the benchmark's: a 250-word
+    prompt made from ``seed``, temperature 0.7.
+    """
+    return {
+        "messages": [{"role": "user", "content": text_prompt(250, seed)}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "stream": True,
+    }
+
+
+def stream_chat(server: LlamaServer, body: dict[str, Any]) -> tuple[list[str], str | None]:
+    """
+    Send a streamed chat completion straight to the server with
+    ``http.client`` and read it to its end: its non-empty content deltas and
+    its finish reason. Blocks: run it in a thread.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    connection.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    deltas: list[str] = []
+    finish = None
+    for line in connection.getresponse():
+        if line.startswith(b"data: {"):
+            for choice in json.loads(line[6:])["choices"]:
+                content = choice.get("delta", {}).get("content")
+                if content:
+                    deltas.append(content)
+                finish = choice.get("finish_reason") or finish
+    connection.close()
+    return deltas, finish

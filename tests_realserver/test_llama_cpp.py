@@ -17,8 +17,13 @@ from twisted.trial.unittest import TestCase
 
 from tests.logcapture import CapturedLog, capture_log
 from tests.support import raw_connect, shared_key, until
-from tests_realserver.llama_server import LlamaServer, free_port, start_llama_server
-from vespa.benchmarks.prompts import text_prompt
+from tests_realserver.llama_server import (
+    LlamaServer,
+    benchmark_shaped,
+    free_port,
+    start_llama_server,
+    stream_chat,
+)
 from vespa.worker.ledger import Outcome
 from vespa.worker.state import Phase
 from vespa.worker.tap import Options, Worker, build_worker
@@ -95,28 +100,11 @@ def sequential_throughput(server: LlamaServer, requests: int = 5) -> float:
     prompt), each token one content event; the best of ``requests``. Runs in
     a thread.
     """
-    import http.client
-
     best = 0.0
     for seed in range(requests):
-        body = {
-            "messages": [{"role": "user", "content": text_prompt(250, 1000 + seed)}],
-            "max_tokens": 256,
-            "temperature": 0.7,
-            "stream": True,
-        }
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         started = time.monotonic()
-        connection.request(
-            "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
-        )
-        tokens = 0
-        for line in connection.getresponse():
-            if line.startswith(b"data: {"):
-                choices = json.loads(line[6:])["choices"]
-                tokens += sum(1 for c in choices if c.get("delta", {}).get("content"))
-        best = max(best, tokens / (time.monotonic() - started))
-        connection.close()
+        deltas, _ = stream_chat(server, benchmark_shaped(1000 + seed))
+        best = max(best, len(deltas) / (time.monotonic() - started))
     return best
 
 
@@ -225,6 +213,9 @@ class LlamaCppTests(TestCase):
         self.assertTrue(whole)
         self.assertGreater(len(pieces), 1)
         self.assertEqual(streamed, whole)
+        # The SDK returns at [DONE]; the worker counts once the body's end
+        # has come through, which may be a moment later.
+        await until(lambda: env.worker.ledger.in_flight_count == 0)
         self.assertEqual(env.worker.ledger.totals[Outcome.SERVED].requests, 2)
 
     async def test_openai_sdk_through_the_unsecured_worker(self) -> None:
@@ -242,6 +233,7 @@ class LlamaCppTests(TestCase):
         self.assertGreater(len(pieces), 1)
         self.assertEqual(streamed, whole)
         self.assertEqual(uuid.UUID(headers["x-request-id"]).version, 4)
+        await until(lambda: worker.ledger.in_flight_count == 0)
         self.assertEqual(worker.ledger.totals[Outcome.SERVED].requests, 2)
 
     async def test_caller_leaving_mid_stream_stops_generation(self) -> None:
@@ -252,22 +244,26 @@ class LlamaCppTests(TestCase):
         abandoned one's tokens.
         """
         server, worker, port = await self.start_unsecured()
-        body = json.dumps(
-            {"messages": MESSAGES, "max_tokens": 1500, "stream": True, "temperature": 0}
-        ).encode()
+        request = {"messages": MESSAGES, "max_tokens": 1500, "stream": True, "temperature": 0}
+        # The request run to its end: how long the server's next request
+        # would wait if generation went on after the caller left.
+        started = reactor.seconds()
+        await threads.deferToThread(stream_chat, server, request)
+        full_length = reactor.seconds() - started
+        body = json.dumps(request).encode()
         caller = await raw_connect(port)
         caller.transport.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: worker\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         await caller.wait_for(b'"content"')
-        # The abandoned request alone would take this long at the server's pace.
-        full_length = 1500 / worker.state.max_perf
         caller.transport.abortConnection()
         await until(lambda: "Disconnected from client" in server.output, timeout=60)
         await until(lambda: worker.ledger.totals[Outcome.CANCELLED].requests == 1, timeout=60)
-        started = reactor.seconds()
+        # Made before the clock starts: building the SDK's client (its TLS
+        # context, its connection pool) takes a while and is not the server's.
         client = sdk(f"http://127.0.0.1:{port}/v1")
+        started = reactor.seconds()
         answer = await threads.deferToThread(
             client.chat.completions.create,
             model=server.model,

@@ -11,8 +11,10 @@ server's chat endpoint formats messages without being told how.
 
 Random weights make gibberish, which is all a proxy test needs: tokens, at a
 model's pace, deterministic at temperature 0. The output projection is scaled
-so that the end-of-sequence token, whose row is zero, is practically never
-sampled: every request runs to its ``max_tokens``.
+so that the tokens whose rows are zero are practically never sampled: the
+end-of-sequence token, so every request runs to its ``max_tokens``, and the
+byte pieces, so every token is text of its own and every request of a shape
+costs the server the same.
 """
 
 from __future__ import annotations
@@ -108,7 +110,12 @@ def write_tiny_llama(path: str, seed: int = 0) -> None:
     writer.add_tensor("token_embd.weight", weights(vocab, EMBEDDING, scale=1.0))
     writer.add_tensor("output_norm.weight", np.ones(EMBEDDING, dtype=np.float32))
     output = weights(vocab, EMBEDDING, scale=1.5)
-    output[:3] = 0.0  # <unk>, <s>, </s>: never the likeliest by far
+    # <unk>, <s>, </s> and the 256 byte-fallback pieces: never the likeliest
+    # by far, so never sampled. A byte sampled alone can be half a UTF-8
+    # character that never completes: llama-cpp-python then holds back the
+    # rest of the stream and re-decodes every held token at each step, which
+    # made a request's cost depend on where such a byte fell (up to 3 times).
+    output[: 3 + 256] = 0.0
     writer.add_tensor("output.weight", output)
     for layer in range(LAYERS):
         block = f"blk.{layer}"
