@@ -33,7 +33,7 @@ from vespa.client.wrapping import (
     read_payload,
 )
 from vespa.protocol.envelope import BODY_METHODS
-from vespa.proxy.relay import quiet_pool
+from vespa.http.relay import quiet_pool
 
 #: No JSON body was given (``None`` is JSON ``null``).
 _UNSET: Any = object()

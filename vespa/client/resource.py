@@ -43,9 +43,9 @@ from vespa.client.policy import DispatchFailed, Preferences, Slot, parse_prefere
 from vespa.client.wrapping import PREFERENCES_HEADER
 from vespa.errors import BodyTooLarge, MethodNotAllowed, VespaError, write_error
 from vespa.log import get_logger
-from vespa.proxy.headers import copy_response_headers
-from vespa.proxy.site import ProxyRequest
-from vespa.proxy.target import origin_form
+from vespa.http.headers import copy_response_headers
+from vespa.http.site import ProxyRequest
+from vespa.http.target import origin_form
 
 log = get_logger(__name__)
 

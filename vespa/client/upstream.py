@@ -59,7 +59,7 @@ from vespa.client.errors import WorkerTimeout, WorkerUnavailable
 from vespa.config import Origin
 from vespa.errors import VespaError
 from vespa.log import get_logger
-from vespa.proxy.relay import BytesBodyProducer, backend_endpoint, connection_error, quiet_pool
+from vespa.http.relay import BytesBodyProducer, backend_endpoint, connection_error, quiet_pool
 
 log = get_logger(__name__)
 

@@ -60,9 +60,9 @@ from vespa.protocol.envelope import (
     parse_envelope,
 )
 from vespa.protocol.signing import SignatureVerifier
-from vespa.proxy.relay import BackendRelay, RelayOutcome, RelayResult
-from vespa.proxy.site import ProxyRequest
-from vespa.proxy.target import PathBlocklist, origin_form
+from vespa.http.relay import BackendRelay, RelayOutcome, RelayResult
+from vespa.http.site import ProxyRequest
+from vespa.http.target import PathBlocklist, origin_form
 from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.metrics import WorkerMetrics

@@ -28,9 +28,9 @@ from vespa.fdlimit import connection_budget, raise_fd_limit
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
 from vespa.protocol.signing import SignatureVerifier
-from vespa.proxy.relay import BackendRelay, RelayTimeouts, quiet_pool
-from vespa.proxy.site import ProxySite
-from vespa.proxy.target import PathBlocklist
+from vespa.http.relay import BackendRelay, RelayTimeouts, quiet_pool
+from vespa.http.site import ProxySite
+from vespa.http.target import PathBlocklist
 from vespa.service import OrderedMultiService
 from vespa.tls import server_options
 from vespa.worker.admission import Admission

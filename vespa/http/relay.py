@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.test_worker_relay -*-
 """
 The streaming relay: one request from a ``twisted.web`` client to one backend.
 
@@ -61,7 +61,7 @@ from zope.interface import implementer
 from vespa.config import Origin
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
 from vespa.log import get_logger
-from vespa.proxy.headers import copy_response_headers, request_headers
+from vespa.http.headers import copy_response_headers, request_headers
 
 log = get_logger(__name__)
 
