@@ -38,9 +38,10 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.python.failure import Failure
 
 from vespa.client.errors import BatchPartFailed
-from vespa.client.policy import DispatchFailed, Limiter, Outcome, Preferences
+from vespa.client.policy import DispatchFailed, Outcome, Preferences
 from vespa.client.upstream import Answer
 from vespa.errors import VespaError
+from vespa.gate import Gate
 
 #: The split paths: path -> (shape, list fields to look for, in order).
 BATCH_PATHS: Mapping[bytes, tuple[str, tuple[str, ...]]] = {
@@ -274,11 +275,11 @@ def run_batch(
         :class:`BatchPartFailed` (or :class:`DispatchFailed` with one inside);
         cancelling it cancels every part.
     """
-    limiter = Limiter(prefs.max_concurrent_requests, max_queue=len(plan.parts))
+    gate = Gate(prefs.max_concurrent_requests)
     stats = BatchResult(b"")
 
     async def part(index: int) -> Any:
-        slot = await limiter.acquire()
+        slot = await gate.acquire()
         try:
             share = cost * len(plan.parts[index][1]) / max(plan.total, 1)
             try:

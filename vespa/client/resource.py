@@ -42,10 +42,10 @@ from vespa.client.errors import DeadlineExceeded
 from vespa.client.policy import DispatchFailed, Preferences, Slot, parse_preferences
 from vespa.client.wrapping import PREFERENCES_HEADER
 from vespa.errors import BodyTooLarge, MethodNotAllowed, VespaError, write_error
-from vespa.log import get_logger
 from vespa.http.headers import copy_response_headers
 from vespa.http.site import ProxyRequest
 from vespa.http.target import origin_form
+from vespa.log import get_logger
 
 log = get_logger(__name__)
 

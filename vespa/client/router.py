@@ -41,6 +41,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from vespa.backoff import Backoff, equal_jitter
 from vespa.client.errors import (
     AutoscalerError,
     AutoscalerUnauthorized,
@@ -110,24 +111,6 @@ class RouterStats:
     no_worker_ready: int = 0
     errors: int = 0
     last_status: str = field(default="")
-
-
-class Poller:
-    """
-    Delays between polls: exponential from ``initial`` up to ``cap`` seconds,
-    each drawn between half and all of its value ("equal jitter", so a crowd
-    of clients spreads out instead of polling in step).
-    """
-
-    def __init__(self, initial: float, cap: float, rng: random.Random) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.rng = rng
-
-    def delay(self, attempt: int) -> float:
-        """The delay before poll number ``attempt + 1`` (0-based)."""
-        base = min(self.cap, self.initial * (2 ** min(attempt, 30)))
-        return float(base * (0.5 + self.rng.random() / 2))
 
 
 class AnswerTooLarge(Exception):
@@ -404,7 +387,8 @@ class Router:
         self.keys = keys
         self.route_timeout = route_timeout
         self.call_timeout = call_timeout
-        self.poller = Poller(poll_initial, poll_cap, rng or random.Random())
+        #: The delay before poll (or retry) number ``n + 1``.
+        self.poll_delay: Backoff = equal_jitter(poll_initial, poll_cap, rng or random.Random())
         self.stats = RouterStats()
 
     def route(
@@ -499,7 +483,7 @@ class Router:
                             endpoint=self.endpoint,
                             status=status,
                         )
-                    delay = self.poller.delay(polls - 1)
+                    delay = self.poll_delay(polls - 1)
                     if end is not None and self.clock.seconds() + delay >= end:
                         self.stats.no_worker_ready += 1
                         waited = self.clock.seconds() - start
@@ -522,7 +506,7 @@ class Router:
                     details={"attempts": failures},
                 )
             log.warn("route: the autoscaler {problem}; trying again", problem=problem)
-            delay = self.poller.delay(failures - 1)
+            delay = self.poll_delay(failures - 1)
             if end is not None:
                 delay = min(delay, max(0.0, end - now))
             await deferLater(self.clock, delay, lambda: None)

@@ -21,8 +21,8 @@ from vespa.client.core import ClientParts, build_parts
 from vespa.client.resource import ClientResource
 from vespa.client.tls import load_ca_file
 from vespa.config import ConfigError
-from vespa.log import get_logger, set_log_level
 from vespa.http.site import ProxySite
+from vespa.log import get_logger, set_log_level
 from vespa.service import OrderedMultiService
 
 log = get_logger(__name__)

@@ -37,8 +37,7 @@ from typing import Any, Protocol
 from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent
@@ -52,14 +51,13 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 
 from vespa.client.errors import WorkerTimeout, WorkerUnavailable
-from vespa.config import Origin
 from vespa.errors import VespaError
+from vespa.http.endpoints import WorkerEndpoints, quiet_pool
+from vespa.http.relay import BytesBodyProducer, connection_error
 from vespa.log import get_logger
-from vespa.http.relay import BytesBodyProducer, backend_endpoint, connection_error, quiet_pool
 
 log = get_logger(__name__)
 
@@ -73,8 +71,6 @@ PEEK_LIMIT = 64 * 1024
 #: keep theirs far longer, so a reused connection is rarely one being closed.
 WORKER_KEEPALIVE = 20.0
 _CONNECTION_DONE = Failure(ierror.ConnectionDone())
-#: Worker endpoints cached at most; workers come and go, the cache is cleared when full.
-_ENDPOINT_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -200,7 +196,7 @@ class Sender:
         # failed; whether to send a request twice is the dispatcher's call.
         self.pool.retryAutomatically = False
         self.agent = Agent.usingEndpointFactory(
-            reactor, _WorkerEndpoints(reactor, tls, connect_timeout), pool=self.pool
+            reactor, WorkerEndpoints(reactor, tls, connect_timeout), pool=self.pool
         )
 
     def send(self, request: WorkerRequest, worker: str, *, peek: bool) -> Deferred[Answer]:
@@ -220,33 +216,6 @@ class Sender:
         """Close the idle worker connections (at shutdown)."""
         closed: Deferred[None] = self.pool.closeCachedConnections()
         return closed
-
-
-@implementer(IAgentEndpointFactory)
-class _WorkerEndpoints:
-    """Endpoints per worker origin, built once: TCP with no delay, TLS for https."""
-
-    def __init__(self, reactor: Any, tls: IPolicyForHTTPS, connect_timeout: float | None) -> None:
-        self._reactor = reactor
-        self._tls = tls
-        self._timeout = connect_timeout
-        self._cache: dict[tuple[bytes, str, int], IStreamClientEndpoint] = {}
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        host = uri.host.decode("idna") if isinstance(uri.host, bytes) else str(uri.host)
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        key = (uri.scheme, host, int(uri.port))
-        endpoint = self._cache.get(key)
-        if endpoint is None:
-            if len(self._cache) >= _ENDPOINT_CACHE:
-                self._cache.clear()
-            endpoint = backend_endpoint(self._reactor, Origin("http", host, key[2]), self._timeout)
-            if uri.scheme == b"https":
-                creator = self._tls.creatorForNetloc(host.encode("idna"), key[2])
-                endpoint = wrapClientTLS(creator, endpoint)
-            self._cache[key] = endpoint
-        return endpoint
 
 
 class _Attempt:

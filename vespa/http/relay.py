@@ -23,45 +23,34 @@ from typing import IO, Any
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
-    IProtocolFactory,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
-    ITCPTransport,
 )
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     FileBodyProducer,
-    HTTPConnectionPool,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from vespa.config import Origin
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
-from vespa.log import get_logger
+from vespa.http.endpoints import FixedEndpointFactory, Origin, backend_endpoint, quiet_pool
 from vespa.http.headers import copy_response_headers, request_headers
+from vespa.log import get_logger
 
 log = get_logger(__name__)
 
@@ -146,85 +135,6 @@ class BytesBodyProducer:
         pass
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per backend connection."""
-
-    noisy = False
-
-
-def quiet_pool(
-    reactor: Any, *, keepalive: float | None, max_connections: int
-) -> HTTPConnectionPool:
-    """
-    A connection pool that keeps ``max_connections`` idle connections for
-    ``keepalive`` seconds (none when ``None``) and logs nothing per connection.
-
-    Twisted's default of 2 idle connections per host halves throughput under
-    concurrency; keep ``keepalive`` below the server's own keep-alive timeout,
-    because a POST on a connection the server has just closed cannot be
-    retried safely.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=keepalive is not None)
-    pool._factory = _QuietClientFactory
-    pool.maxPersistentPerHost = max_connections
-    # Typed int in Twisted, but it only goes to callLater: fractions work.
-    pool.cachedConnectionTimeout = keepalive or 0  # type: ignore[assignment]
-    pool.retryAutomatically = True  # idempotent methods only, once
-    return pool
-
-
-@implementer(IStreamClientEndpoint)
-class _NoDelayEndpoint:
-    """Sets ``TCP_NODELAY`` on each new connection: small SSE events must not wait."""
-
-    def __init__(self, inner: IStreamClientEndpoint) -> None:
-        self._inner = inner
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
-        def no_delay(protocol: Any) -> Any:
-            transport = protocol.transport
-            if ITCPTransport.providedBy(transport):
-                transport.setTcpNoDelay(True)
-            return protocol
-
-        return self._inner.connect(factory).addCallback(no_delay)
-
-
-@implementer(IAgentEndpointFactory)
-class _FixedEndpointFactory:
-    """Every URI maps to the one backend endpoint, built once (no per-request IDNA work)."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        return self._endpoint
-
-
-def backend_endpoint(
-    reactor: Any, origin: Origin, connect_timeout: float | None
-) -> IStreamClientEndpoint:
-    """
-    The endpoint for ``origin``: TCP (TLS for https), with ``TCP_NODELAY``.
-
-    :param reactor: the reactor to connect with.
-    :param origin: the backend.
-    :param connect_timeout: seconds to connect, or ``None`` for an hour.
-    """
-    timeout = connect_timeout or 3600.0
-    tcp: IStreamClientEndpoint
-    if origin.is_ip and ":" in origin.host:
-        tcp = TCP6ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
-    elif origin.is_ip:
-        tcp = TCP4ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
-    else:
-        tcp = HostnameEndpoint(reactor, origin.host, origin.port, timeout=timeout)
-    endpoint: IStreamClientEndpoint = _NoDelayEndpoint(tcp)
-    if origin.scheme == "https":
-        endpoint = wrapClientTLS(optionsForClientTLS(origin.host), endpoint)
-    return endpoint
-
-
 class BackendRelay:
     """
     Relays requests to one backend over a pool of kept-alive connections.
@@ -269,7 +179,7 @@ class BackendRelay:
         if endpoint is None:
             endpoint = backend_endpoint(reactor, origin, timeouts.connect)
         self.agent = Agent.usingEndpointFactory(
-            reactor, _FixedEndpointFactory(endpoint), pool=self.pool
+            reactor, FixedEndpointFactory(endpoint), pool=self.pool
         )
         self._base = origin.url.encode("ascii")
         self._host = origin.netloc.encode("ascii")

@@ -51,6 +51,9 @@ from vespa.errors import (
     VespaError,
     write_error,
 )
+from vespa.http.relay import BackendRelay, RelayOutcome, RelayResult
+from vespa.http.site import ProxyRequest
+from vespa.http.target import PathBlocklist, origin_form
 from vespa.log import get_logger
 from vespa.protocol.envelope import (
     BODY_METHODS,
@@ -60,9 +63,6 @@ from vespa.protocol.envelope import (
     parse_envelope,
 )
 from vespa.protocol.signing import SignatureVerifier
-from vespa.http.relay import BackendRelay, RelayOutcome, RelayResult
-from vespa.http.site import ProxyRequest
-from vespa.http.target import PathBlocklist, origin_form
 from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.metrics import WorkerMetrics

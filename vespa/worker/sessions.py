@@ -65,9 +65,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from vespa.errors import BadRequest, BodyTooLarge, MethodNotAllowed, VespaError, write_error
+from vespa.http.site import ProxyRequest
 from vespa.log import get_logger
 from vespa.protocol.envelope import AuthData, Envelope
-from vespa.http.site import ProxyRequest
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 
 log = get_logger(__name__)
