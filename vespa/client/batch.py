@@ -42,6 +42,7 @@ from vespa.client.policy import DispatchFailed, Outcome, Preferences
 from vespa.client.upstream import Answer
 from vespa.errors import VespaError
 from vespa.gate import Gate
+from vespa.http.stream import BoundedBuffer, Collector
 
 #: The split paths: path -> (shape, list fields to look for, in order).
 BATCH_PATHS: Mapping[bytes, tuple[str, tuple[str, ...]]] = {
@@ -206,38 +207,17 @@ def _merge_lists(plan: BatchPlan, answers: list[Any]) -> Any:
     return merged
 
 
-class _Collector:
-    """Reads a whole answer body into memory (bounded)."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.done: Deferred[bytes] = Deferred(lambda _: answer.discard())
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def chunk(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > MAX_PART_BODY:
-            self.answer.discard()
-            return
-        self._chunks.append(data)
-
-    def end(self, error: VespaError | None) -> None:
-        if self.done.called:
-            return
-        if error is not None:
-            self.done.errback(Failure(error))
-        elif self._size > MAX_PART_BODY:
-            self.done.errback(Failure(VespaError("a batch part's answer is too large")))
-        else:
-            self.done.callback(b"".join(self._chunks))
-
-
 def read_answer(answer: Answer) -> Deferred[bytes]:
-    """The whole body of ``answer``; cancelling it drops the answer."""
-    collector = _Collector(answer)
+    """
+    The whole body of ``answer`` (at most :data:`MAX_PART_BODY` bytes);
+    cancelling it drops the answer.
+    """
+    kept = BoundedBuffer(MAX_PART_BODY, VespaError("a batch part's answer is too large"))
+    collector = Collector(kept, abort=answer.discard)
+    finished = collector.finished
+    assert finished is not None
     answer.attach(collector)
-    return collector.done
+    return finished.addCallback(lambda _: kept.joined())
 
 
 @dataclass

@@ -44,6 +44,7 @@ from vespa.client.wrapping import PREFERENCES_HEADER
 from vespa.errors import BodyTooLarge, MethodNotAllowed, VespaError, write_error
 from vespa.http.headers import copy_response_headers
 from vespa.http.site import ProxyRequest
+from vespa.http.stream import cancel_call, end_response
 from vespa.http.target import origin_form
 from vespa.log import get_logger
 
@@ -236,16 +237,9 @@ class _Proxied:
         if self._over or self._gone:
             self._end()
             return
-        request = self._request
-        request.unregisterProducer()
-        if error is None:
-            request.finish()
-        else:
+        if error is not None:
             log.warn("the answer was cut short: {error}", error=error.message)
-            # The status line is gone: the only honest signal left is an
-            # abnormal end (no final chunk, connection closed), so the caller
-            # cannot take a truncated answer for a complete one.
-            request.loseConnection()
+        end_response(self._request, error)
         self._end()
 
     def _expired(self) -> None:
@@ -273,8 +267,7 @@ class _Proxied:
         if self._over:
             return
         self._over = True
-        if self._deadline_call is not None and self._deadline_call.active():
-            self._deadline_call.cancel()
+        cancel_call(self._deadline_call)
         self._deadline_call = None
         slot, self._slot = self._slot, None
         if slot is not None:

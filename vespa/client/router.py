@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 import treq
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
@@ -50,6 +49,7 @@ from vespa.client.errors import (
 )
 from vespa.client.worker_url import UnusableURL, check_worker_url
 from vespa.errors import VespaError
+from vespa.http.stream import BoundedBuffer, Discard
 from vespa.log import get_logger
 from vespa.protocol.envelope import AUTH_FIELDS
 
@@ -130,32 +130,16 @@ async def _json_answer(
     response = await http.request(method, url, headers=headers, data=data, allow_redirects=False)
     too_large = AnswerTooLarge(f"answered more than {limit} bytes")
     if isinstance(response.length, int) and response.length > limit:
-        response.original.deliverBody(_Refuse())
+        response.original.deliverBody(Discard(abort=True))
         raise too_large
-    chunks: list[bytes] = []
-    held = 0
-
-    def keep(chunk: bytes) -> None:
-        nonlocal held
-        held += len(chunk)
-        if held > limit:
-            raise too_large
-        chunks.append(chunk)
-
-    await treq.collect(response, keep)
-    raw = b"".join(chunks)
+    kept = BoundedBuffer(limit, too_large)
+    await treq.collect(response, kept)
+    raw = kept.joined()
     try:
         parsed = json.loads(raw)
     except ValueError:
         parsed = None
     return int(response.code), parsed, raw
-
-
-class _Refuse(Protocol):
-    """Closes the connection of a body nobody will read."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 def _timeout(d: Deferred[T], seconds: float, clock: IReactorTime) -> Deferred[T]:

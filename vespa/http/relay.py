@@ -26,22 +26,19 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
-    IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     FileBodyProducer,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
@@ -50,6 +47,7 @@ from zope.interface import implementer
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
 from vespa.http.endpoints import FixedEndpointFactory, Origin, backend_endpoint, quiet_pool
 from vespa.http.headers import copy_response_headers, request_headers
+from vespa.http.stream import BodyReader, cancel_call, end_response, ended_cleanly
 from vespa.log import get_logger
 
 log = get_logger(__name__)
@@ -313,7 +311,7 @@ class _Exchange:
 
     def _response_received(self, response: IResponse) -> None:
         self._pending = None
-        _cancel(self._first_byte_call)
+        cancel_call(self._first_byte_call)
         self._headers_at = self._relay.clock.seconds()
         request = self._request
         self._status = response.code
@@ -336,25 +334,14 @@ class _Exchange:
         if self._client_gone:
             self._end(RelayOutcome.CANCELLED)
             return
-        request.unregisterProducer()
-        if self._timeout is None and reason.check(ResponseDone, PotentialDataLoss):
-            request.finish()
-            self._end(RelayOutcome.SERVED)
-            return
-        error = self._timeout or BackendUnavailable(
-            "the backend closed the connection before the response was complete"
-        )
-        self._log_failure(error)
-        if not request.startedWriting:
-            # Nothing reached the client yet: it can still get a clean error.
-            request.responseHeaders = Headers()
-            self._answer_error(error)
-            return
-        # The status line is gone; the only honest signal left is to end the
-        # stream abnormally (no terminating chunk, connection closed) so the
-        # client cannot take a truncated body for a complete one.
-        request.loseConnection()
-        self._end(RelayOutcome.ERRORED, error)
+        error: VespaError | None = None
+        if self._timeout is not None or not ended_cleanly(reason):
+            error = self._timeout or BackendUnavailable(
+                "the backend closed the connection before the response was complete"
+            )
+            self._log_failure(error)
+        end_response(request, error)
+        self._end(RelayOutcome.SERVED if error is None else RelayOutcome.ERRORED, error)
 
     # Helpers
 
@@ -368,8 +355,8 @@ class _Exchange:
         if self._finished:
             return
         self._finished = True
-        _cancel(self._first_byte_call)
-        _cancel(self._total_call)
+        cancel_call(self._first_byte_call)
+        cancel_call(self._total_call)
         # Break the exchange <-> body cycle now, so the request and its headers
         # are freed by reference counting instead of waiting for the cycle
         # collector (full collections set the tail latency under load).
@@ -400,75 +387,34 @@ class _Exchange:
         return self._url[len(self._relay._base) :][:200].decode("ascii", "replace")
 
 
-@implementer(IPushProducer)
-class _BodyRelay(Protocol):
+class _BodyRelay(BodyReader):
     """
     Receives the backend's body and writes each chunk to the client.
 
-    It is the client connection's producer: when the client's send buffer
-    fills, twisted.web pauses it and it pauses the backend transport, so the
-    backend's TCP window closes instead of Vespa's memory growing. The idle
-    timer only runs while reading, so a slow client is never taken for a
-    silent backend.
+    It is the client connection's producer (see :class:`BodyReader`): a
+    slow client pauses the backend read.
     """
 
     def __init__(
         self, exchange: _Exchange, request: Request, clock: IReactorTime, idle: float | None
     ) -> None:
+        super().__init__(clock, idle)
         self._exchange = exchange
         self._request = request
-        self._clock = clock
-        self._idle = idle
-        self._idle_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self, True)
-        self._arm_idle_timer()
+        self.start_timing()
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle)  # type: ignore[arg-type]
+    def received(self, data: bytes) -> None:
         self._request.write(data)
 
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._disarm_idle_timer()
+    def ended(self, reason: Failure) -> None:
         self._exchange.body_ended(reason)
 
-    # IPushProducer, called by the client's connection.
-
-    def pauseProducing(self) -> None:
-        self._disarm_idle_timer()
-        if self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def resumeProducing(self) -> None:
-        self._arm_idle_timer()
-        if self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
-
-    def stopProducing(self) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """
-        Abort the backend response (client gone, or a deadline passed).
-        """
-        self._disarm_idle_timer()
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def _arm_idle_timer(self) -> None:
-        if self._idle is not None and self._idle_call is None:
-            self._idle_call = self._clock.callLater(self._idle, self._idle_expired)
-
-    def _disarm_idle_timer(self) -> None:
-        _cancel(self._idle_call)
-        self._idle_call = None
-
-    def _idle_expired(self) -> None:
-        self._idle_call = None
+    def idle_expired(self) -> None:
         self._exchange._expire(
-            BackendTimeout(f"the backend sent nothing for {self._idle:g} s mid-response")
+            BackendTimeout(f"the backend sent nothing for {self.idle.seconds:g} s mid-response")
         )
 
 
@@ -518,8 +464,3 @@ def _inner_reason(reason: Failure) -> str:
         ):
             return inner.getErrorMessage()
     return ""
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()
