@@ -15,20 +15,16 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from vespa.backoff import equal_jitter
 from vespa.client.budgets import Budget
-from vespa.client.errors import AutoscalerError, DeadlineExceeded, WorkerUnavailable
+from vespa.client.errors import AutoscalerError, DeadlineExceeded
 from vespa.client.preferences import Preferences
-from vespa.client.retries import Retry, judge
+from vespa.client.retries import Retry, RetryState, judge
 from vespa.client.router import Route, Router
 from vespa.client.upstream import Answer, Sender, WorkerRequest
 from vespa.errors import VespaError
 from vespa.log import get_logger
 
 log = get_logger(__name__)
-
-#: The longest backoff between two attempts, in seconds.
-MAX_BACKOFF = 5.0
 
 
 @dataclass
@@ -143,7 +139,10 @@ class Dispatcher:
 
 
 class _Chain:
-    """One attempt: routing, then the worker request; cancellable as a whole."""
+    """
+    One attempt: routing, then the worker request; cancellable as a whole.
+    It tells its dispatch how each step went.
+    """
 
     def __init__(self, dispatch: _Dispatch, hedge: bool) -> None:
         self.dispatch = dispatch
@@ -152,11 +151,44 @@ class _Chain:
         self.worker: str | None = None
         self.done = False
 
+    def start(self, router: Router, cost: int | float, request_idx: int | None) -> None:
+        d = router.route(cost, request_idx, self.dispatch.deadline)
+        self.pending = d
+        d.addCallbacks(self._routed, self._failed).addErrback(self.dispatch.crashed)
+
     def cancel(self) -> None:
         self.done = True
         pending, self.pending = self.pending, None
         if pending is not None:
             pending.cancel()
+
+    def _live(self) -> bool:
+        self.pending = None
+        return not (self.done or self.dispatch.over)
+
+    def _routed(self, route: Route) -> None:
+        if not self._live():
+            return
+        self.worker = route.url
+        request = self.dispatch.routed(self, route)
+        if request is None:
+            return
+        d = self.dispatch.sender.send(request, route.url, peek=True)
+        self.pending = d
+        d.addCallbacks(self._answered, self._failed).addErrback(self.dispatch.crashed)
+        if not self.hedge:
+            self.dispatch.hedging.arm(self.dispatch.retries.count)
+
+    def _answered(self, answer: Answer) -> None:
+        if not self._live():
+            answer.discard()
+            return
+        self.dispatch.answered(self, answer)
+
+    def _failed(self, reason: Failure) -> None:
+        if not self._live() or reason.check(CancelledError):
+            return
+        self.dispatch.attempt_failed(self, _vespa_error(reason))
 
 
 class _Dispatch:
@@ -171,25 +203,21 @@ class _Dispatch:
         deadline: float | None,
     ) -> None:
         self._d = dispatcher
+        self.sender = dispatcher.sender
         self._build = build
         self._cost = cost
         self._prefs = prefs
-        self._deadline = deadline
+        self.deadline = deadline
         self._result: Deferred[Outcome] = Deferred(self._cancelled)
         self._chains: list[_Chain] = []
+        self.retries = RetryState(prefs, dispatcher.clock, dispatcher.rng, dispatcher.retry_budget)
         self._request_idx: int | None = None
         self._attempts = 0
         self._route_ms = 0.0
-        self._retries = 0
-        self._round_hedged = False
-        self._last_answer: Answer | None = None
-        self._last_error: VespaError | None = None
+        self.hedging = _Hedging(self, dispatcher, prefs)
         self._last_worker: str | None = None
-        self._timers: dict[str, IDelayedCall] = {}
-        self._over = False
-        # An attempt failed in a way that forbids another (the request may
-        # have reached a model server): racing hedges may still answer.
-        self._no_retry = False
+        self.timers = _Timers(dispatcher.clock, lambda: self.over)
+        self.over = False
 
     # -- lifecycle --
 
@@ -199,52 +227,40 @@ class _Dispatch:
         stats.in_flight += 1
         self._d.retry_budget.record_request()
         self._d.hedge_budget.record_request()
-        if self._deadline is not None:
-            delay = max(0.0, self._deadline - self._d.clock.seconds())
-            self._timers["deadline"] = self._d.clock.callLater(delay, self._expired)
-        self._launch(hedge=False)
+        if self.deadline is not None:
+            delay = max(0.0, self.deadline - self._d.clock.seconds())
+            self.timers.start("deadline", delay, self._expired)
+        self.launch(hedge=False)
         return self._result
 
     def _cancelled(self, _: Deferred[Outcome]) -> None:
-        if self._over:
-            return
-        self._d.stats.cancelled += 1
-        self._finish()
+        if not self.over:
+            self._d.stats.cancelled += 1
+            self._finish()
 
     def _finish(self) -> None:
-        self._over = True
+        self.over = True
         self._d.stats.in_flight -= 1
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        self.timers.cancel_all()
         chains, self._chains = self._chains, []
         for chain in chains:
             chain.cancel()
-        if self._last_answer is not None:
-            self._last_answer.discard()
-            self._last_answer = None
+        self.retries.drop_answer()
 
-    def _win(self, outcome: Outcome) -> None:
-        if self._last_answer is not None and self._last_answer is not outcome.answer:
-            self._last_answer.discard()
-        self._last_answer = None
+    def _give_up(self) -> None:
+        said = self.retries.last_word(self._attempts)
+        if isinstance(said, VespaError):
+            self._fail(said)
+        else:
+            self._win(said)
+
+    def _win(self, answer: Answer) -> None:
         self._d.stats.answered += 1
         self._finish()
-        self._result.callback(outcome)
-
-    def _fail(self, error: VespaError) -> None:
-        self._d.stats.failed += 1
-        self._finish()
-        self._result.errback(
-            Failure(DispatchFailed(error, self._attempts, self._route_ms, self._last_worker))
-        )
+        self._result.callback(Outcome(answer, self._attempts, self._route_ms))
 
     def _expired(self) -> None:
-        self._timers.pop("deadline", None)
-        if self._over:
-            return
-        if self._last_answer is not None and not self._chains:
+        if self.retries.answer is not None and not self._chains:
             # Waiting in backoff with a relayable answer: give that.
             self._give_up()
             return
@@ -256,194 +272,180 @@ class _Dispatch:
             )
         )
 
-    # -- attempts --
+    def crashed(self, reason: Failure) -> None:
+        """
+        A bug in one of the callbacks: answer the caller anyway, so that no
+        request hangs and its place in flight is freed.
+        """
+        log.failure("dispatching failed unexpectedly", reason)
+        if not self.over:
+            self._fail(VespaError(f"internal error in vespa-client: {reason.getErrorMessage()}"))
 
-    def _launch(self, hedge: bool) -> None:
+    def _fail(self, error: VespaError) -> None:
+        self._d.stats.failed += 1
+        self._finish()
+        failed = DispatchFailed(error, self._attempts, self._route_ms, self._last_worker)
+        self._result.errback(Failure(failed))
+
+    # -- attempts, told by their chains --
+
+    @property
+    def racing(self) -> bool:
+        """Whether an attempt is under way."""
+        return bool(self._chains)
+
+    def launch(self, hedge: bool) -> None:
+        """Start an attempt: a hedge races the one under way."""
         chain = _Chain(self, hedge)
         self._chains.append(chain)
-        d = self._d.router.route(self._cost, self._request_idx, self._deadline)
-        chain.pending = d
-        d.addCallbacks(
-            self._routed, self._route_failed, callbackArgs=(chain,), errbackArgs=(chain,)
-        )
-        d.addErrback(self._crashed)
+        chain.start(self._d.router, self._cost, self._request_idx)
 
-    def _routed(self, route: Route, chain: _Chain) -> None:
-        chain.pending = None
-        if chain.done or self._over:
-            return
+    def routed(self, chain: _Chain, route: Route) -> WorkerRequest | None:
+        """Count an attempt at the routed worker; its request, or ``None`` if it cannot be."""
         if route.request_idx is not None:
             self._request_idx = route.request_idx
         self._route_ms += route.waited * 1000.0
         self._attempts += 1
         self._d.stats.attempts += 1
-        chain.worker = route.url
         self._last_worker = route.url
         try:
-            request = self._build(route.url, route.auth, self._attempts)
+            return self._build(route.url, route.auth, self._attempts)
         except Exception as e:
             # A route answer whose fields cannot be sent (a cost that is not
             # a number, a field JSON cannot hold): the autoscaler's fault.
             self._drop(chain)
             self._fail(AutoscalerError(f"the autoscaler's route answer is unusable: {e}"))
-            return
-        d = self._d.sender.send(request, route.url, peek=True)
-        chain.pending = d
-        d.addCallbacks(
-            self._answered, self._send_failed, callbackArgs=(chain,), errbackArgs=(chain,)
-        )
-        d.addErrback(self._crashed)
-        if not chain.hedge:
-            self._arm_hedge()
+            return None
 
-    def _route_failed(self, reason: Failure, chain: _Chain) -> None:
-        chain.pending = None
-        if reason.check(CancelledError) or chain.done or self._over:
-            return
-        self._drop(chain)
-        error = _vespa_error(reason)
-        if self._chains:
-            # Another attempt is still racing: let it decide.
-            log.info("a hedge could not be routed: {error}", error=error.message)
-            return
-        self._fail(error)
-
-    def _answered(self, answer: Answer, chain: _Chain) -> None:
-        chain.pending = None
-        if chain.done or self._over:
-            answer.discard()
-            return
+    def answered(self, chain: _Chain, answer: Answer) -> None:
+        """A worker answered ``chain``'s request: the winner, or a failure to retry."""
         self._drop(chain)
         verdict = judge(answer)
-        if verdict is not Retry.NEVER and (self._may_retry(verdict) or self._chains):
+        if verdict is not Retry.NEVER and (self.retries.allow(verdict) or self._chains):
             log.debug(
                 "worker {worker} answered {code}; another worker may do",
                 worker=answer.worker,
                 code=answer.code,
             )
-            if self._last_answer is not None:
-                self._last_answer.discard()
-            self._last_answer = answer
-            self._last_error = None
-            self._attempt_failed()
+            self.retries.keep(answer)
+            self._next()
             return
         if chain.hedge:
             self._d.stats.hedges_won += 1
-        self._win(Outcome(answer, self._attempts, self._route_ms))
+        self.retries.drop_answer()
+        self._win(answer)
 
-    def _send_failed(self, reason: Failure, chain: _Chain) -> None:
-        chain.pending = None
-        if reason.check(CancelledError) or chain.done or self._over:
-            return
+    def attempt_failed(self, chain: _Chain, error: VespaError) -> None:
+        """``chain`` got no answer: its route, or its worker request, failed."""
         self._drop(chain)
-        error = _vespa_error(reason)
+        if chain.worker is None:  # routing failed
+            if self._chains:
+                # Another attempt is still racing: let it decide.
+                log.info("a hedge could not be routed: {error}", error=error.message)
+                return
+            self._fail(error)
+            return
         log.debug("attempt at {worker} failed: {error}", worker=chain.worker, error=error.message)
-        if not self._may_retry(judge(error)):
+        if not self.retries.allow(judge(error)):
             error.details.setdefault(
                 "retry",
                 "not retried: the worker may have received the request; mark it idempotent "
                 "to allow retries",
             )
-        self._last_error = error
-        if self._last_answer is not None:
-            self._last_answer.discard()
-            self._last_answer = None
-        self._attempt_failed()
-
-    def _may_retry(self, verdict: Retry) -> bool:
-        """
-        Whether a failure judged ``verdict`` leaves the request free to be
-        sent again; if not, no attempt after the racing ones is made.
-        """
-        if verdict is Retry.SAFE or (verdict is Retry.IF_IDEMPOTENT and self._prefs.idempotent):
-            return True
-        self._no_retry = True
-        return False
-
-    def _crashed(self, reason: Failure) -> None:
-        """
-        A bug in one of the callbacks above: answer the caller anyway, so that
-        no request hangs and its place in flight is freed.
-        """
-        log.failure("dispatching failed unexpectedly", reason)
-        if not self._over:
-            self._fail(VespaError(f"internal error in vespa-client: {reason.getErrorMessage()}"))
+        self.retries.keep(error)
+        self._next()
 
     def _drop(self, chain: _Chain) -> None:
         chain.done = True
         if chain in self._chains:
             self._chains.remove(chain)
 
-    def _attempt_failed(self) -> None:
+    def _next(self) -> None:
         if self._chains:
             return  # a racing attempt may still answer
-        self._cancel_timer("hedge")
-        prefs = self._prefs
-        if self._no_retry or self._retries >= prefs.max_retries:
+        self.timers.cancel("hedge")
+        delay = self.retries.next_delay(self.deadline)
+        if delay is None:
+            if self.retries.budget_spent:
+                self._d.stats.retries_refused_by_budget += 1
             self._give_up()
             return
-        delay = equal_jitter(prefs.initial_backoff_ms / 1000.0, MAX_BACKOFF, self._d.rng)(
-            self._retries
-        )
-        if self._deadline is not None and self._d.clock.seconds() + delay >= self._deadline:
-            self._give_up()
-            return
-        if not self._d.retry_budget.try_spend(prefs.retry_budget_pct):
-            self._d.stats.retries_refused_by_budget += 1
-            log.info("not retrying: the retry budget is spent")
-            self._give_up(budget=True)
-            return
-        self._retries += 1
         self._d.stats.retries += 1
-        self._round_hedged = False
-        self._timers["backoff"] = self._d.clock.callLater(delay, self._retry)
+        self.hedging.new_round()
+        self.timers.start("backoff", delay, self._retry)
 
     def _retry(self) -> None:
-        self._timers.pop("backoff", None)
-        if self._over:
-            return
-        if self._last_answer is not None:
-            self._last_answer.discard()
-            self._last_answer = None
-        self._launch(hedge=False)
+        self.retries.drop_answer()
+        self.launch(hedge=False)
 
-    def _give_up(self, budget: bool = False) -> None:
-        answer = self._last_answer
-        if answer is not None:
-            # The worker's own answer (a 429, a 503) says more than ours would.
-            self._last_answer = None
-            self._win(Outcome(answer, self._attempts, self._route_ms))
-            return
-        error = self._last_error or WorkerUnavailable("no worker could be reached")
-        if budget:
-            error.details.setdefault("retry", "not retried: the retry budget is spent")
-        error.details.setdefault("attempts", self._attempts)
-        self._fail(error)
 
-    # -- hedging --
+class _Timers:
+    """
+    The named timers of one dispatch (deadline, backoff, hedge); none fires
+    once the dispatch is over.
+    """
 
-    def _arm_hedge(self) -> None:
+    def __init__(self, clock: IReactorTime, over: Callable[[], bool]) -> None:
+        self._clock = clock
+        self._over = over
+        self._calls: dict[str, IDelayedCall] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._calls
+
+    def start(self, name: str, delay: float, then: Callable[[], None]) -> None:
+        def fire() -> None:
+            del self._calls[name]
+            if not self._over():
+                then()
+
+        self._calls[name] = self._clock.callLater(delay, fire)
+
+    def cancel(self, name: str) -> None:
+        call = self._calls.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def cancel_all(self) -> None:
+        for name in list(self._calls):
+            self.cancel(name)
+
+
+class _Hedging:
+    """
+    When one dispatch races a second worker: once per round (the first
+    attempt and the first retry only), ``hedge_delay`` after the request was
+    sent, if the hedge budget allows.
+    """
+
+    def __init__(self, dispatch: _Dispatch, dispatcher: Dispatcher, prefs: Preferences) -> None:
+        self._dispatch = dispatch
+        self._d = dispatcher
+        self._prefs = prefs
+        self._hedged = False
+
+    def arm(self, retries: int) -> None:
+        """The first attempt of a round was sent, after ``retries`` retries."""
         delay = self._prefs.hedge_delay
-        if delay is None or self._round_hedged or self._retries > 1 or "hedge" in self._timers:
+        timers = self._dispatch.timers
+        if delay is None or self._hedged or retries > 1 or "hedge" in timers:
             return
-        self._timers["hedge"] = self._d.clock.callLater(delay, self._hedge)
+        timers.start("hedge", delay, self._fire)
 
-    def _hedge(self) -> None:
-        self._timers.pop("hedge", None)
-        if self._over or not self._chains or self._round_hedged:
+    def new_round(self) -> None:
+        """A retry starts a new round: it may hedge again."""
+        self._hedged = False
+
+    def _fire(self) -> None:
+        if not self._dispatch.racing or self._hedged:
             return
-        self._round_hedged = True
+        self._hedged = True
         if not self._d.hedge_budget.try_spend(self._prefs.hedge_budget_pct):
             self._d.stats.hedges_refused_by_budget += 1
             return
         self._d.stats.hedges += 1
         log.debug("no first byte after {delay:g} s: hedging", delay=self._prefs.hedge_delay)
-        self._launch(hedge=True)
-
-    def _cancel_timer(self, name: str) -> None:
-        timer = self._timers.pop(name, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._dispatch.launch(hedge=True)
 
 
 def _vespa_error(reason: Failure) -> VespaError:

@@ -49,7 +49,6 @@ went away) cancels routing, backoff and every attempt at once.
 
 from vespa.client.budgets import BUDGET_WINDOW, Budget, Limiter
 from vespa.client.dispatch import (
-    MAX_BACKOFF,
     Builder,
     Dispatcher,
     DispatchFailed,
@@ -57,7 +56,7 @@ from vespa.client.dispatch import (
     Outcome,
 )
 from vespa.client.preferences import PREFERENCE_CHECKS, Preferences, parse_preferences
-from vespa.client.retries import SAFE_METHODS, Retry, judge
+from vespa.client.retries import MAX_BACKOFF, SAFE_METHODS, Retry, judge
 from vespa.gate import Slot
 
 __all__ = [

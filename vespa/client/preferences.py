@@ -30,7 +30,7 @@ class Preferences:
         raced; ``None`` for no hedging.
     :ivar hedge_budget_pct: the share of recent requests hedges may add, a fraction.
     :ivar initial_backoff_ms: the first backoff; each retry doubles it, up to
-        :data:`MAX_BACKOFF`, with jitter.
+        :data:`~vespa.client.retries.MAX_BACKOFF`, with jitter.
     :ivar max_concurrent_requests: parts of one split batch in flight at once.
     :ivar batch_size: inputs per part when a batch is split.
     :ivar idempotent: the request may reach a model server twice without

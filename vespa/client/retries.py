@@ -1,16 +1,29 @@
 # -*- test-case-name: tests.test_client_policy -*-
 """
-Whether a failed attempt may be sent again (see :mod:`vespa.client.policy`).
+Whether a failed attempt may be sent again (see :mod:`vespa.client.policy`),
+and the retry state of one request: its count, its backoff, its last word.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import random
 
+from twisted.internet.interfaces import IReactorTime
+
+from vespa.backoff import equal_jitter
+from vespa.client.budgets import Budget
 from vespa.client.errors import WorkerUnavailable
+from vespa.client.preferences import Preferences
 from vespa.client.upstream import Answer
 from vespa.errors import VespaError
+from vespa.log import get_logger
+
+log = get_logger(__name__)
+
+#: The longest backoff between two attempts, in seconds.
+MAX_BACKOFF = 5.0
 
 
 class Retry(enum.Enum):
@@ -65,3 +78,90 @@ def _workers_own(answer: Answer) -> bool:
     except ValueError:
         return False
     return isinstance(parsed, dict) and parsed.get("origin") == "vespa"
+
+
+class RetryState:
+    """
+    The retries of one request: whether another attempt may follow, and what
+    the caller gets when none does (the last relayable answer, else the last
+    error).
+
+    :param prefs: the request's preferences.
+    :param clock: the time, for the deadline.
+    :param rng: the backoff's jitter.
+    :param budget: the retry budget shared by all requests.
+    """
+
+    def __init__(
+        self, prefs: Preferences, clock: IReactorTime, rng: random.Random, budget: Budget
+    ) -> None:
+        self._prefs = prefs
+        self._clock = clock
+        self._rng = rng
+        self._budget = budget
+        self.count = 0
+        self.answer: Answer | None = None
+        self.error: VespaError | None = None
+        self.budget_spent = False
+        # An attempt failed in a way that forbids another (the request may
+        # have reached a model server): racing hedges may still answer.
+        self._forbidden = False
+
+    def allow(self, verdict: Retry) -> bool:
+        """
+        Whether a failure judged ``verdict`` leaves the request free to be
+        sent again; if not, no attempt after the racing ones is made.
+        """
+        if verdict is Retry.SAFE or (verdict is Retry.IF_IDEMPOTENT and self._prefs.idempotent):
+            return True
+        self._forbidden = True
+        return False
+
+    def keep(self, failure: Answer | VespaError) -> None:
+        """What to give if no attempt follows: ``failure`` replaces what was kept."""
+        self.drop_answer()
+        if isinstance(failure, VespaError):
+            self.error = failure
+        else:
+            self.answer, self.error = failure, None
+
+    def drop_answer(self) -> None:
+        """Discard the kept answer, if any."""
+        answer, self.answer = self.answer, None
+        if answer is not None:
+            answer.discard()
+
+    def next_delay(self, deadline: float | None) -> float | None:
+        """
+        The backoff before the next attempt, counted as a retry; ``None`` to
+        give up (:attr:`budget_spent` says when the budget was the reason).
+
+        :param deadline: a ``clock.seconds()`` time the retry must start before.
+        """
+        prefs = self._prefs
+        if self._forbidden or self.count >= prefs.max_retries:
+            return None
+        delays = equal_jitter(prefs.initial_backoff_ms / 1000.0, MAX_BACKOFF, self._rng)
+        delay = delays(self.count)
+        if deadline is not None and self._clock.seconds() + delay >= deadline:
+            return None
+        if not self._budget.try_spend(prefs.retry_budget_pct):
+            log.info("not retrying: the retry budget is spent")
+            self.budget_spent = True
+            return None
+        self.count += 1
+        return delay
+
+    def last_word(self, attempts: int) -> Answer | VespaError:
+        """
+        What the caller gets now that no attempt follows: the worker's own
+        answer (a 429, a 503) says more than an error of ours would.
+        """
+        answer, self.answer = self.answer, None
+        if answer is not None:
+            return answer
+        error = self.error or WorkerUnavailable("no worker could be reached")
+        if self.budget_spent:
+            error.details.setdefault("retry", "not retried: the retry budget is spent")
+        error.details.setdefault("attempts", attempts)
+        return error
