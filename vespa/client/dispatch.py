@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from vespa.client.budgets import Budget
 from vespa.client.errors import AutoscalerError, DeadlineExceeded
 from vespa.client.preferences import Preferences
-from vespa.client.retries import Retry, RetryState, judge
+from vespa.client.retries import RetryState
 from vespa.client.router import Route, Router
 from vespa.client.upstream import Answer, Sender, WorkerRequest
 from vespa.errors import VespaError
@@ -191,6 +191,31 @@ class _Chain:
         self.dispatch.attempt_failed(self, _vespa_error(reason))
 
 
+@dataclass
+class _Tally:
+    """
+    What one request's attempts add up to.
+
+    :ivar attempts: requests sent to workers, hedges included.
+    :ivar route_ms: milliseconds spent routing.
+    :ivar request_idx: the autoscaler's number for the request, once it gave one.
+    :ivar last_worker: the last worker routed to.
+    """
+
+    attempts: int = 0
+    route_ms: float = 0.0
+    request_idx: int | None = None
+    last_worker: str | None = None
+
+    def routed(self, route: Route) -> None:
+        """An attempt was routed to a worker."""
+        if route.request_idx is not None:
+            self.request_idx = route.request_idx
+        self.route_ms += route.waited * 1000.0
+        self.attempts += 1
+        self.last_worker = route.url
+
+
 class _Dispatch:
     """The state of one request being dispatched."""
 
@@ -211,11 +236,8 @@ class _Dispatch:
         self._result: Deferred[Outcome] = Deferred(self._cancelled)
         self._chains: list[_Chain] = []
         self.retries = RetryState(prefs, dispatcher.clock, dispatcher.rng, dispatcher.retry_budget)
-        self._request_idx: int | None = None
-        self._attempts = 0
-        self._route_ms = 0.0
+        self.tally = _Tally()
         self.hedging = _Hedging(self, dispatcher, prefs)
-        self._last_worker: str | None = None
         self.timers = _Timers(dispatcher.clock, lambda: self.over)
         self.over = False
 
@@ -248,7 +270,7 @@ class _Dispatch:
         self.retries.drop_answer()
 
     def _give_up(self) -> None:
-        said = self.retries.last_word(self._attempts)
+        said = self.retries.last_word(self.tally.attempts)
         if isinstance(said, VespaError):
             self._fail(said)
         else:
@@ -257,7 +279,7 @@ class _Dispatch:
     def _win(self, answer: Answer) -> None:
         self._d.stats.answered += 1
         self._finish()
-        self._result.callback(Outcome(answer, self._attempts, self._route_ms))
+        self._result.callback(Outcome(answer, self.tally.attempts, self.tally.route_ms))
 
     def _expired(self) -> None:
         if self.retries.answer is not None and not self._chains:
@@ -284,7 +306,8 @@ class _Dispatch:
     def _fail(self, error: VespaError) -> None:
         self._d.stats.failed += 1
         self._finish()
-        failed = DispatchFailed(error, self._attempts, self._route_ms, self._last_worker)
+        tally = self.tally
+        failed = DispatchFailed(error, tally.attempts, tally.route_ms, tally.last_worker)
         self._result.errback(Failure(failed))
 
     # -- attempts, told by their chains --
@@ -298,18 +321,14 @@ class _Dispatch:
         """Start an attempt: a hedge races the one under way."""
         chain = _Chain(self, hedge)
         self._chains.append(chain)
-        chain.start(self._d.router, self._cost, self._request_idx)
+        chain.start(self._d.router, self._cost, self.tally.request_idx)
 
     def routed(self, chain: _Chain, route: Route) -> WorkerRequest | None:
         """Count an attempt at the routed worker; its request, or ``None`` if it cannot be."""
-        if route.request_idx is not None:
-            self._request_idx = route.request_idx
-        self._route_ms += route.waited * 1000.0
-        self._attempts += 1
+        self.tally.routed(route)
         self._d.stats.attempts += 1
-        self._last_worker = route.url
         try:
-            return self._build(route.url, route.auth, self._attempts)
+            return self._build(route.url, route.auth, self.tally.attempts)
         except Exception as e:
             # A route answer whose fields cannot be sent (a cost that is not
             # a number, a field JSON cannot hold): the autoscaler's fault.
@@ -320,14 +339,7 @@ class _Dispatch:
     def answered(self, chain: _Chain, answer: Answer) -> None:
         """A worker answered ``chain``'s request: the winner, or a failure to retry."""
         self._drop(chain)
-        verdict = judge(answer)
-        if verdict is not Retry.NEVER and (self.retries.allow(verdict) or self._chains):
-            log.debug(
-                "worker {worker} answered {code}; another worker may do",
-                worker=answer.worker,
-                code=answer.code,
-            )
-            self.retries.keep(answer)
+        if self.retries.absorb(answer, racing=self.racing):
             self._next()
             return
         if chain.hedge:
@@ -346,13 +358,7 @@ class _Dispatch:
             self._fail(error)
             return
         log.debug("attempt at {worker} failed: {error}", worker=chain.worker, error=error.message)
-        if not self.retries.allow(judge(error)):
-            error.details.setdefault(
-                "retry",
-                "not retried: the worker may have received the request; mark it idempotent "
-                "to allow retries",
-            )
-        self.retries.keep(error)
+        self.retries.absorb(error, racing=self.racing)
         self._next()
 
     def _drop(self, chain: _Chain) -> None:

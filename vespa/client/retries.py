@@ -117,6 +117,33 @@ class RetryState:
         self._forbidden = True
         return False
 
+    def absorb(self, failure: Answer | VespaError, *, racing: bool) -> bool:
+        """
+        Take a failed attempt's ``failure`` in: keep it as what the caller
+        gets if no attempt follows, when another attempt may do better
+        (a retry, or an attempt still ``racing``).
+
+        :return: whether it was kept; an answer that is not is the caller's.
+        """
+        verdict = judge(failure)
+        if isinstance(failure, VespaError):
+            if not self.allow(verdict):
+                failure.details.setdefault(
+                    "retry",
+                    "not retried: the worker may have received the request; mark it "
+                    "idempotent to allow retries",
+                )
+        elif verdict is Retry.NEVER or not (self.allow(verdict) or racing):
+            return False
+        else:
+            log.debug(
+                "worker {worker} answered {code}; another worker may do",
+                worker=failure.worker,
+                code=failure.code,
+            )
+        self.keep(failure)
+        return True
+
     def keep(self, failure: Answer | VespaError) -> None:
         """What to give if no attempt follows: ``failure`` replaces what was kept."""
         self.drop_answer()
