@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_policy,tests.test_client_router,tests.test_startup -*-
+# -*- test-case-name: tests.test_backoff,tests.test_client_policy,tests.test_startup -*-
 """
 The one backoff: capped exponential delays, built on Twisted's
 :func:`~twisted.application.internet.backoffPolicy`.
