@@ -41,16 +41,14 @@ from vespa.client.core import ClientCore, Reply
 from vespa.client.errors import DeadlineExceeded
 from vespa.client.policy import DispatchFailed, Preferences, Slot, parse_preferences
 from vespa.client.wrapping import PREFERENCES_HEADER
-from vespa.errors import BodyTooLarge, MethodNotAllowed, VespaError, write_error
+from vespa.errors import VespaError, write_error
 from vespa.http.headers import copy_response_headers
-from vespa.http.site import ProxyRequest
+from vespa.http.site import check_relayable
 from vespa.http.stream import cancel_call, end_response
 from vespa.http.target import origin_form
 from vespa.log import get_logger
 
 log = get_logger(__name__)
-
-_REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 
 
 def vespa_headers(request: Request, worker: str | None, attempts: int, route_ms: float) -> None:
@@ -83,13 +81,7 @@ class ClientResource(Resource):
             if request.path == b"/health" and request.method in (b"GET", b"HEAD"):
                 request.setHeader(b"content-type", b"application/json")
                 return json.dumps(self.health()).encode("utf-8")
-            if request.method in _REFUSED_METHODS:
-                raise MethodNotAllowed(
-                    f"{request.method.decode('ascii', 'replace')} is not proxied",
-                    headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-                )
-            if isinstance(request, ProxyRequest) and request.body_too_large:
-                raise BodyTooLarge("the request body is over the limit")
+            check_relayable(request, "proxied")
             raw = request.requestHeaders.getRawHeaders(PREFERENCES_HEADER)
             prefs = parse_preferences(raw[0] if raw else None, self.core.defaults)
             body = b""

@@ -56,7 +56,7 @@ log = get_logger(__name__)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-class _Discard(io.RawIOBase):
+class _NullFile(io.RawIOBase):
     """Accepts and drops what is written: the body of a refused request."""
 
     def writable(self) -> bool:
@@ -64,6 +64,30 @@ class _Discard(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         return len(data)
+
+
+#: Methods never relayed: a tunnel or a trace is not a model-server request;
+#: relaying either would make an open proxy or leak headers.
+REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+
+
+def check_relayable(request: Request, verb: str) -> None:
+    """
+    Refuse what neither daemon passes on: ``CONNECT`` and ``TRACE``, and a
+    body over the limit (:class:`ProxyRequest` has not kept it).
+
+    :param request: the request.
+    :param verb: what is not done to it, for the message: ``relayed``, ``proxied``.
+    :raise MethodNotAllowed: a refused method (405).
+    :raise BodyTooLarge: the body is over the limit (413).
+    """
+    if request.method in REFUSED_METHODS:
+        raise MethodNotAllowed(
+            f"{request.method.decode('ascii', 'replace')} is not {verb}",
+            headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+        )
+    if isinstance(request, ProxyRequest) and request.body_too_large:
+        raise BodyTooLarge("the request body is over the limit")
 
 
 class ProxyRequest(Request):
@@ -173,7 +197,7 @@ class ProxyRequest(Request):
         Over HTTP/2 the stream cannot be answered here: the body is dropped as
         it arrives and the resource answers once the request is complete.
         """
-        content: IO[bytes] = _Discard()  # type: ignore[assignment]
+        content: IO[bytes] = _NullFile()  # type: ignore[assignment]
         self.content = content
         channel = self.channel
         if isinstance(channel, ProxyChannel):
