@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admission,tests.test_client_policy,tests.test_client_batch -*-
+# -*- test-case-name: tests.test_gate,tests.test_admission,tests.test_client_policy -*-
 """
 The one FIFO gate: at most ``limit`` holders at once, the others waiting in
 arrival order.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_worker_relay,tests.test_client_upstream,tests.test_client_e2e -*-
+# -*- test-case-name: tests.test_stream,tests.test_worker_relay,tests.test_client_upstream -*-
 """
 The streaming core shared by the worker's relay and the client's attempts:
 reading a response body with backpressure and an idle deadline, ending the
