@@ -91,7 +91,7 @@ class HTTPClient:
         headers: dict[bytes, list[bytes]] | None = None,
         body: bytes | None = None,
     ) -> tuple[IResponse, bytes]:
-        from vespa.http.relay import BytesBodyProducer
+        from vespa.http.outbound import BytesBodyProducer
 
         producer = BytesBodyProducer(body) if body is not None else None
         response = await self.agent.request(

@@ -43,9 +43,8 @@ from vespa.client.policy import DispatchFailed, Preferences, Slot, parse_prefere
 from vespa.client.wrapping import PREFERENCES_HEADER
 from vespa.errors import VespaError, write_error
 from vespa.http.headers import copy_response_headers
-from vespa.http.site import check_relayable
 from vespa.http.stream import cancel_call, end_response
-from vespa.http.target import origin_form
+from vespa.http.target import check_relayable, origin_form
 from vespa.log import get_logger
 
 log = get_logger(__name__)

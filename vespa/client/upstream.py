@@ -53,7 +53,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from vespa.client.errors import WorkerTimeout, WorkerUnavailable
 from vespa.errors import VespaError
 from vespa.http.endpoints import WorkerEndpoints, quiet_pool
-from vespa.http.relay import BytesBodyProducer, connection_error
+from vespa.http.outbound import BytesBodyProducer, connection_error
 from vespa.http.stream import BodyReader, Discard, ended_cleanly
 from vespa.log import get_logger
 

@@ -21,10 +21,8 @@ import io
 from dataclasses import dataclass
 from typing import IO, Any
 
-from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
     IReactorTime,
     IStreamClientEndpoint,
@@ -34,19 +32,16 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     FileBodyProducer,
-    RequestTransmissionFailed,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
 from vespa.http.endpoints import FixedEndpointFactory, Origin, backend_endpoint, quiet_pool
 from vespa.http.headers import copy_response_headers, request_headers
+from vespa.http.outbound import BytesBodyProducer, connection_error
 from vespa.http.stream import BodyReader, cancel_call, end_response, ended_cleanly
 from vespa.log import get_logger
 
@@ -56,7 +51,6 @@ log = get_logger(__name__)
 # file through a cooperator so one upload cannot monopolise the reactor.
 _ONE_WRITE_BODY = 256 * 1024
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-_CONNECTION_DONE = Failure(ierror.ConnectionDone())
 
 
 class RelayOutcome(enum.Enum):
@@ -105,32 +99,6 @@ class RelayTimeouts:
     first_byte: float | None = 600.0
     idle: float | None = 300.0
     total: float | None = None
-
-
-@implementer(IBodyProducer)
-class BytesBodyProducer:
-    """
-    A request body already in memory, written in one go.
-
-    :param data: the body.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class BackendRelay:
@@ -416,51 +384,3 @@ class _BodyRelay(BodyReader):
         self._exchange._expire(
             BackendTimeout(f"the backend sent nothing for {self.idle.seconds:g} s mid-response")
         )
-
-
-def connection_error(
-    reason: Failure,
-    peer: str,
-    where: str,
-    *,
-    unavailable: type[VespaError] = BackendUnavailable,
-    timeout: type[VespaError] = BackendTimeout,
-) -> VespaError:
-    """
-    The answer for a request that failed before its response headers.
-
-    :param reason: why the Agent request failed.
-    :param peer: who was called, for the message: ``backend``, ``worker``.
-    :param where: its URL, for the message.
-    :param unavailable: the error type for refused, unreachable or dropped.
-    :param timeout: the error type for a connect timeout.
-    """
-    the = f"the {peer} at {where}"
-    if reason.check(ierror.ConnectionRefusedError):
-        return unavailable(f"{the} refused the connection")
-    if reason.check(ierror.TimeoutError, ierror.TCPTimedOutError):
-        return timeout(f"connecting to {the} timed out")
-    if reason.check(ierror.DNSLookupError):
-        return unavailable(f"the {peer} host of {where} could not be resolved")
-    if reason.check(ierror.ConnectError):
-        return unavailable(f"{the} is unreachable: {reason.value}")
-    if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
-        inner = _inner_reason(reason)
-        if inner:
-            return unavailable(f"{the} failed: {inner}")
-        return unavailable(f"{the} closed the connection without a response")
-    return unavailable(f"the request to {where} failed: {reason.getErrorMessage()}")
-
-
-def _inner_reason(reason: Failure) -> str:
-    """
-    What really went wrong inside one of Agent's wrapper errors, when it is
-    more than a closed connection (a TLS verification failure, above all).
-    """
-    reasons = getattr(reason.value, "reasons", None) or []
-    for inner in reasons:
-        if isinstance(inner, Failure) and not inner.check(
-            ierror.ConnectionDone, ierror.ConnectionLost, CancelledError
-        ):
-            return inner.getErrorMessage()
-    return ""

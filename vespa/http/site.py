@@ -66,30 +66,6 @@ class _NullFile(io.RawIOBase):
         return len(data)
 
 
-#: Methods never relayed: a tunnel or a trace is not a model-server request;
-#: relaying either would make an open proxy or leak headers.
-REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
-
-
-def check_relayable(request: Request, verb: str) -> None:
-    """
-    Refuse what neither daemon passes on: ``CONNECT`` and ``TRACE``, and a
-    body over the limit (:class:`ProxyRequest` has not kept it).
-
-    :param request: the request.
-    :param verb: what is not done to it, for the message: ``relayed``, ``proxied``.
-    :raise MethodNotAllowed: a refused method (405).
-    :raise BodyTooLarge: the body is over the limit (413).
-    """
-    if request.method in REFUSED_METHODS:
-        raise MethodNotAllowed(
-            f"{request.method.decode('ascii', 'replace')} is not {verb}",
-            headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-        )
-    if isinstance(request, ProxyRequest) and request.body_too_large:
-        raise BodyTooLarge("the request body is over the limit")
-
-
 class ProxyRequest(Request):
     """
     A request that enforces its site's ``max_body_size``, never parses a form

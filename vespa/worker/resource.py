@@ -51,8 +51,7 @@ from vespa.errors import (
     write_error,
 )
 from vespa.http.relay import BackendRelay, RelayOutcome, RelayResult
-from vespa.http.site import check_relayable
-from vespa.http.target import PathBlocklist, origin_form
+from vespa.http.target import PathBlocklist, check_relayable, origin_form
 from vespa.log import get_logger
 from vespa.protocol.envelope import (
     BODY_METHODS,
