@@ -40,6 +40,8 @@ HOSTILE = {
     "http://127.0.0.1:port": "host and port",
     "http://:4000": "host and port",
     "http://bad_host!:4000": "host and port",
+    "http://[::1:4000": "host and port",
+    "http://::1]:4000": "host and port",
     "http://127.0.0.1:4000/?x=1": "query",
     "http://" + "a" * 3000: "over 2048",
 }

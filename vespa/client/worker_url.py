@@ -58,7 +58,10 @@ def check_worker_url(url: str) -> str:
         raise UnusableURL(
             f"the worker url {shown_url(url)} holds spaces, control or non-ASCII characters"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced "[" or "]" around the host
+        raise UnusableURL(f"the worker url {shown_url(url)} has no valid host and port") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise UnusableURL(f"the worker url {shown_url(url)} is not http or https")
     if "@" in parts.netloc:
