@@ -465,5 +465,5 @@ class _AttemptBody(BodyReader):
         self.stop()
         if sink is not None:
             sink.end(
-                WorkerTimeout(f"the worker sent nothing for {self.idle.seconds:g} s mid-response")
+                WorkerTimeout(f"the worker sent nothing for {self.idle_seconds:g} s mid-response")
             )

@@ -382,5 +382,5 @@ class _BodyRelay(BodyReader):
 
     def idle_expired(self) -> None:
         self._exchange._expire(
-            BackendTimeout(f"the backend sent nothing for {self.idle.seconds:g} s mid-response")
+            BackendTimeout(f"the backend sent nothing for {self.idle_seconds:g} s mid-response")
         )

@@ -7,7 +7,7 @@ response streamed to a caller, and the two trivial body readers.
 - :class:`BodyReader` is the protocol an ``IResponse`` delivers its body to.
   It is also the push producer of whoever it writes to: pausing it pauses
   the body's transport, so the sender's TCP window closes instead of our
-  memory growing. Its :class:`IdleTimer` runs only while reading, so a slow
+  memory growing. Its idle deadline runs only while reading, so a slow
   reader is never taken for a silent sender.
 - :func:`end_response` ends the response a ``twisted.web`` request streams:
   complete, a clean JSON error while nothing has been written, or else an
@@ -39,7 +39,6 @@ __all__ = [
     "BoundedBuffer",
     "Collector",
     "Discard",
-    "IdleTimer",
     "end_response",
     "ended_cleanly",
 ]
@@ -65,49 +64,6 @@ def cancel_call(call: IDelayedCall | None) -> None:
         call.cancel()
 
 
-class IdleTimer:
-    """
-    Calls ``expired`` once ``seconds`` pass without :meth:`touch`, while armed.
-
-    :param clock: runs the timer.
-    :param seconds: the allowed silence; ``None`` for no limit.
-    :param expired: called when the silence is over.
-    """
-
-    def __init__(
-        self, clock: IReactorTime, seconds: float | None, expired: Callable[[], None]
-    ) -> None:
-        self.seconds = seconds
-        self._clock = clock
-        self._expired = expired
-        self._call: IDelayedCall | None = None
-
-    def arm(self) -> None:
-        """
-        Start counting the silence, unless it is counted already.
-        """
-        if self.seconds is not None and self._call is None:
-            self._call = self._clock.callLater(self.seconds, self._fire)
-
-    def disarm(self) -> None:
-        """
-        Stop counting.
-        """
-        cancel_call(self._call)
-        self._call = None
-
-    def touch(self) -> None:
-        """
-        Something arrived: the silence starts again.
-        """
-        if self._call is not None and self._call.active():
-            self._call.reset(self.seconds)  # type: ignore[arg-type]
-
-    def _fire(self) -> None:
-        self._call = None
-        self._expired()
-
-
 @implementer(IPushProducer)
 class BodyReader(Protocol):
     """
@@ -122,7 +78,13 @@ class BodyReader(Protocol):
     """
 
     def __init__(self, clock: IReactorTime, idle: float | None) -> None:
-        self.idle = IdleTimer(clock, idle, self.idle_expired)
+        self.idle_seconds = idle
+        self._clock = clock
+        # The timer is a delayed call, not an object holding a bound method:
+        # a reader must not be a reference cycle, so that it and the request
+        # it writes to are freed by reference counting, not by the cycle
+        # collector (whose full collections set the tail latency under load).
+        self._idle_call: IDelayedCall | None = None
         self._timing = False
         self._paused = False
 
@@ -146,22 +108,24 @@ class BodyReader(Protocol):
     # Protocol, called by the response.
 
     def dataReceived(self, data: bytes) -> None:
-        self.idle.touch()
+        call = self._idle_call
+        if call is not None and call.active():
+            call.reset(self.idle_seconds)  # type: ignore[arg-type]
         self.received(data)
 
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
-        self.idle.disarm()
+        self._disarm()
         self.ended(reason)
 
     # IPushProducer, called by the reader's consumer.
 
     def pauseProducing(self) -> None:
-        self.idle.disarm()
+        self._disarm()
         self.pause_transport()
 
     def resumeProducing(self) -> None:
         if self._timing:
-            self.idle.arm()
+            self._arm()
         self.resume_transport()
 
     def stopProducing(self) -> None:
@@ -174,20 +138,20 @@ class BodyReader(Protocol):
         From now on, silence while reading counts against the idle deadline.
         """
         self._timing = True
-        self.idle.arm()
+        self._arm()
 
     def stop_timing(self) -> None:
         """
         Silence no longer counts (the body has found its end).
         """
         self._timing = False
-        self.idle.disarm()
+        self._disarm()
 
     def stop(self) -> None:
         """
         Abort the response: the sender sees its connection close.
         """
-        self.idle.disarm()
+        self._disarm()
         transport: Any = self.transport
         if transport is not None:
             transport.stopProducing()
@@ -209,6 +173,18 @@ class BodyReader(Protocol):
         if self._paused and transport is not None:
             self._paused = False
             transport.resumeProducing()
+
+    def _arm(self) -> None:
+        if self.idle_seconds is not None and self._idle_call is None:
+            self._idle_call = self._clock.callLater(self.idle_seconds, self._idle_fired)
+
+    def _disarm(self) -> None:
+        cancel_call(self._idle_call)
+        self._idle_call = None
+
+    def _idle_fired(self) -> None:
+        self._idle_call = None
+        self.idle_expired()
 
 
 def end_response(request: Request, error: VespaError | None) -> None:
