@@ -18,8 +18,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from vespa.config import Origin, WorkerConfig
-from vespa.proxy.site import ProxySite
-from vespa.proxy.target import PathBlocklist
+from vespa.http.site import ProxySite
+from vespa.http.target import PathBlocklist
 from vespa.testing.echo_backend import EchoBackend, echo_site
 from vespa.worker.admission import Admission
 from vespa.worker.ledger import Ledger
@@ -91,7 +91,7 @@ class HTTPClient:
         headers: dict[bytes, list[bytes]] | None = None,
         body: bytes | None = None,
     ) -> tuple[IResponse, bytes]:
-        from vespa.proxy.relay import BytesBodyProducer
+        from vespa.http.outbound import BytesBodyProducer
 
         producer = BytesBodyProducer(body) if body is not None else None
         response = await self.agent.request(

@@ -23,7 +23,6 @@ from vespa.client.errors import (
     WorkerUnavailable,
 )
 from vespa.client.policy import (
-    MAX_BACKOFF,
     Budget,
     Dispatcher,
     DispatchFailed,
@@ -31,7 +30,6 @@ from vespa.client.policy import (
     Outcome,
     Preferences,
     Retry,
-    backoff,
     judge,
     parse_preferences,
 )
@@ -123,15 +121,6 @@ class BudgetTests(SynchronousTestCase):
         clock.advance(10)
         self.assertTrue(budget.try_spend(0))
         self.assertEqual(budget.spent, 1)
-
-
-class BackoffTests(SynchronousTestCase):
-    def test_doubles_capped_and_jittered(self) -> None:
-        rng = random.Random(1)
-        for attempt, base in ((0, 0.1), (1, 0.2), (2, 0.4), (10, MAX_BACKOFF)):
-            for _ in range(20):
-                delay = backoff(attempt, 100, rng)
-                self.assertTrue(base / 2 <= delay <= base, (attempt, delay))
 
 
 class LimiterTests(SynchronousTestCase):

@@ -23,7 +23,7 @@ from vespa.client.errors import (
     EndpointNotFound,
     NoWorkerReady,
 )
-from vespa.client.router import ROUTE_ANSWER_LIMIT, ROUTE_ATTEMPTS, KeySource, Poller, Router
+from vespa.client.router import ROUTE_ANSWER_LIMIT, ROUTE_ATTEMPTS, KeySource, Router
 from vespa.testing.autoscaler import Autoscaler
 
 WORKER = "http://203.0.113.9:4000"
@@ -253,14 +253,6 @@ class _Huge(Resource):
             request.write(body[i : i + 65536])
         request.finish()
         return NOT_DONE_YET
-
-
-class PollerTests(SynchronousTestCase):
-    def test_jittered_exponential_capped(self) -> None:
-        poller = Poller(0.25, 5.0, random.Random(3))
-        for attempt, base in ((0, 0.25), (1, 0.5), (3, 2.0), (8, 5.0)):
-            delay = poller.delay(attempt)
-            self.assertTrue(base / 2 <= delay <= base)
 
 
 class Console(Resource):

@@ -40,8 +40,9 @@ HOSTILE = {
     "http://127.0.0.1:port": "host and port",
     "http://:4000": "host and port",
     "http://bad_host!:4000": "host and port",
+    "http://[::1:4000": "host and port",
+    "http://::1]:4000": "host and port",
     "http://127.0.0.1:4000/?x=1": "query",
-    "http://[::1:4000": "host and port",  # urlsplit raises "Invalid IPv6 URL"
     "http://]:4000": "host and port",
     "http://" + "a" * 3000: "over 2048",
 }

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`vespa.proxy.headers`: what the backend and the client see of
+Tests for :mod:`vespa.http.headers`: what the backend and the client see of
 each other's headers.
 """
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from vespa.proxy.headers import copy_response_headers, request_headers
+from vespa.http.headers import copy_response_headers, request_headers
 
 #: Property tests run in memory only: no example database left in the checkout.
 PROPERTY = settings(database=None, deadline=None)

@@ -19,8 +19,8 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from vespa.http.site import ProxySite
 from vespa.protocol.envelope import wrap_body
-from vespa.proxy.site import ProxySite
 from vespa.testing.echo_backend import EchoBackend
 
 from .support import listen, raw_connect, start_secured_worker, start_worker, until

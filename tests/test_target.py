@@ -1,5 +1,5 @@
 """
-Tests for :mod:`vespa.proxy.target`: the forwarded request target and the path
+Tests for :mod:`vespa.http.target`: the forwarded request target and the path
 blocklist.
 """
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from vespa.errors import BadRequest
-from vespa.proxy.target import PathBlocklist, normalized_path, origin_form
+from vespa.http.target import PathBlocklist, normalized_path, origin_form
 
 #: Property tests run in memory only: no example database left in the checkout.
 PROPERTY = settings(database=None, deadline=None)

@@ -13,12 +13,10 @@ works unchanged), else from the default. A value that does not parse is a
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.logger import LogLevel
 from zope.interface import implementer
@@ -26,6 +24,7 @@ from zope.interface import implementer
 from vespa.benchmarks import built_in_name
 from vespa.benchmarks.errors import SettingsError
 from vespa.benchmarks.settings import WORKER_OPTIONS, RunSettings, probe_settings
+from vespa.http.endpoints import Origin, parse_origin
 from vespa.interfaces import IStartupSettings
 from vespa.parsers import (
     parse_benchmark,
@@ -59,70 +58,6 @@ __all__ = [
     "listen_port",
     "parse_origin",
 ]
-
-
-@dataclass(frozen=True)
-class Origin:
-    """
-    A backend's origin: scheme, host and port, and nothing else.
-
-    :ivar scheme: ``http`` or ``https``.
-    :ivar host: a host name or an IP address (IPv6 without brackets).
-    :ivar port: the TCP port.
-    """
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def netloc(self) -> str:
-        """The ``Host`` header value: the port is left out when it is the default."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """The origin as a URL, without a trailing slash."""
-        return f"{self.scheme}://{self.netloc}"
-
-    @property
-    def is_ip(self) -> bool:
-        """True when the host is an IP address literal."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
-
-
-def parse_origin(text: str) -> Origin:
-    """
-    Parse an origin URL such as ``http://127.0.0.1:8000``.
-
-    A path (other than ``/``), query, fragment or user info is refused: the
-    backend receives the caller's own path, so a base path would be ambiguous.
-    """
-    try:
-        parts = urlsplit(text.strip())
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"not a URL: {text!r} ({e})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an origin like http://127.0.0.1:8000, got {text!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(
-            f"must be an origin without a path, got {text!r}: the caller's path is "
-            "appended as it is"
-        )
-    if parts.username or parts.password:
-        raise ValueError("must not carry user info")
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    elif not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range (1-65535)")
-    return Origin(parts.scheme, parts.hostname, port)
 
 
 #: The settings that only feed a derived field of :class:`WorkerConfig`.

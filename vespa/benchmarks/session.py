@@ -18,58 +18,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
+
+from vespa.http.stream import Collector
 
 __all__ = ["BackendResponse", "BackendSession"]
-
-
-class _Collector(Protocol):
-    """
-    Hands each body chunk to ``collector``; fires ``finished`` at the end.
-
-    Like ``treq.collect``'s protocol, but cancellable: :meth:`cancel` is the
-    canceller of ``finished`` and closes the connection.
-    """
-
-    def __init__(self, collector: Callable[[bytes], None]) -> None:
-        self._collector = collector
-        self.finished: Deferred[None] | None = Deferred(self.cancel)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished is None:
-            return
-        try:
-            self._collector(data)
-        except BaseException:
-            finished, self.finished = self.finished, None
-            self._close()
-            finished.errback(Failure())
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        finished, self.finished = self.finished, None
-        if finished is None:
-            return
-        # PotentialDataLoss is how twisted.web ends a body that had neither a
-        # length nor chunked framing: it is the normal end of such a body.
-        if reason.check(ResponseDone, PotentialDataLoss):
-            finished.callback(None)
-        else:
-            finished.errback(reason)
-
-    def cancel(self, _: Deferred[None]) -> None:
-        # The Deferred fails with CancelledError by itself once this returns.
-        self.finished = None
-        self._close()
-
-    def _close(self) -> None:
-        # The body's transport is twisted.web's producer proxy: stopping it
-        # closes the connection (it has no abortConnection).
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
 
 
 class BackendResponse:
@@ -110,7 +62,7 @@ class BackendResponse:
         :return: fires when the body has ended; cancelling it (or an exception
             from ``collector``) closes the connection.
         """
-        protocol = _Collector(collector)
+        protocol = Collector(collector)
         finished = protocol.finished
         assert finished is not None
         self.deliverBody(protocol)

@@ -38,9 +38,11 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.python.failure import Failure
 
 from vespa.client.errors import BatchPartFailed
-from vespa.client.policy import DispatchFailed, Limiter, Outcome, Preferences
+from vespa.client.policy import DispatchFailed, Outcome, Preferences
 from vespa.client.upstream import Answer
 from vespa.errors import VespaError
+from vespa.gate import Gate
+from vespa.http.stream import BoundedBuffer, Collector
 
 #: The split paths: path -> (shape, list fields to look for, in order).
 BATCH_PATHS: Mapping[bytes, tuple[str, tuple[str, ...]]] = {
@@ -205,38 +207,17 @@ def _merge_lists(plan: BatchPlan, answers: list[Any]) -> Any:
     return merged
 
 
-class _Collector:
-    """Reads a whole answer body into memory (bounded)."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.done: Deferred[bytes] = Deferred(lambda _: answer.discard())
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def chunk(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > MAX_PART_BODY:
-            self.answer.discard()
-            return
-        self._chunks.append(data)
-
-    def end(self, error: VespaError | None) -> None:
-        if self.done.called:
-            return
-        if error is not None:
-            self.done.errback(Failure(error))
-        elif self._size > MAX_PART_BODY:
-            self.done.errback(Failure(VespaError("a batch part's answer is too large")))
-        else:
-            self.done.callback(b"".join(self._chunks))
-
-
 def read_answer(answer: Answer) -> Deferred[bytes]:
-    """The whole body of ``answer``; cancelling it drops the answer."""
-    collector = _Collector(answer)
+    """
+    The whole body of ``answer`` (at most :data:`MAX_PART_BODY` bytes);
+    cancelling it drops the answer.
+    """
+    kept = BoundedBuffer(MAX_PART_BODY, VespaError("a batch part's answer is too large"))
+    collector = Collector(kept, abort=answer.discard)
+    finished = collector.finished
+    assert finished is not None
     answer.attach(collector)
-    return collector.done
+    return finished.addCallback(lambda _: kept.joined())
 
 
 @dataclass
@@ -274,11 +255,11 @@ def run_batch(
         :class:`BatchPartFailed` (or :class:`DispatchFailed` with one inside);
         cancelling it cancels every part.
     """
-    limiter = Limiter(prefs.max_concurrent_requests, max_queue=len(plan.parts))
+    gate = Gate(prefs.max_concurrent_requests)
     stats = BatchResult(b"")
 
     async def part(index: int) -> Any:
-        slot = await limiter.acquire()
+        slot = await gate.acquire()
         try:
             share = cost * len(plan.parts[index][1]) / max(plan.total, 1)
             try:

@@ -33,9 +33,9 @@ from vespa.client.wrapping import (
     forwarded_headers,
     read_payload,
 )
+from vespa.http.endpoints import quiet_pool
 from vespa.interfaces import IHealthDocument
 from vespa.protocol.envelope import BODY_METHODS
-from vespa.proxy.relay import quiet_pool
 
 #: No JSON body was given (``None`` is JSON ``null``).
 _UNSET: Any = object()

@@ -41,16 +41,14 @@ from vespa.client.core import ClientCore, Reply
 from vespa.client.errors import DeadlineExceeded
 from vespa.client.policy import DispatchFailed, Preferences, Slot, parse_preferences
 from vespa.client.wrapping import PREFERENCES_HEADER
-from vespa.errors import BodyTooLarge, MethodNotAllowed, VespaError, write_error
+from vespa.errors import VespaError, write_error
+from vespa.http.headers import copy_response_headers
+from vespa.http.stream import cancel_call, end_response
+from vespa.http.target import check_relayable, origin_form
 from vespa.interfaces import IHealthDocument
 from vespa.log import get_logger
-from vespa.proxy.headers import copy_response_headers
-from vespa.proxy.site import ProxyRequest
-from vespa.proxy.target import origin_form
 
 log = get_logger(__name__)
-
-_REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 
 
 def vespa_headers(request: Request, worker: str | None, attempts: int, route_ms: float) -> None:
@@ -83,13 +81,7 @@ class ClientResource(Resource):
             if request.path == b"/health" and request.method in (b"GET", b"HEAD"):
                 request.setHeader(b"content-type", b"application/json")
                 return json.dumps(self.health.health()).encode("utf-8")
-            if request.method in _REFUSED_METHODS:
-                raise MethodNotAllowed(
-                    f"{request.method.decode('ascii', 'replace')} is not proxied",
-                    headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-                )
-            if isinstance(request, ProxyRequest) and request.body_too_large:
-                raise BodyTooLarge("the request body is over the limit")
+            check_relayable(request, "proxied")
             raw = request.requestHeaders.getRawHeaders(PREFERENCES_HEADER)
             prefs = parse_preferences(raw[0] if raw else None, self.core.defaults)
             body = b""
@@ -237,16 +229,9 @@ class _Proxied:
         if self._over or self._gone:
             self._end()
             return
-        request = self._request
-        request.unregisterProducer()
-        if error is None:
-            request.finish()
-        else:
+        if error is not None:
             log.warn("the answer was cut short: {error}", error=error.message)
-            # The status line is gone: the only honest signal left is an
-            # abnormal end (no final chunk, connection closed), so the caller
-            # cannot take a truncated answer for a complete one.
-            request.loseConnection()
+        end_response(self._request, error)
         self._end()
 
     def _expired(self) -> None:
@@ -274,8 +259,7 @@ class _Proxied:
         if self._over:
             return
         self._over = True
-        if self._deadline_call is not None and self._deadline_call.active():
-            self._deadline_call.cancel()
+        cancel_call(self._deadline_call)
         self._deadline_call = None
         slot, self._slot = self._slot, None
         if slot is not None:

@@ -29,50 +29,52 @@ original client did (9.4).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-import treq
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 
+from vespa.backoff import Backoff, equal_jitter
+from vespa.client.control import (
+    INSTANCES,
+    AnswerTooLarge,
+    cancelled_by_caller,
+    excerpt,
+    json_answer,
+    with_timeout,
+)
 from vespa.client.errors import (
     AutoscalerError,
     AutoscalerUnauthorized,
     EndpointNotFound,
     NoWorkerReady,
 )
+from vespa.client.keys import KeySource
 from vespa.client.worker_url import UnusableURL, check_worker_url
-from vespa.errors import VespaError
 from vespa.log import get_logger
 from vespa.protocol.envelope import AUTH_FIELDS
 
 log = get_logger(__name__)
 
-T = TypeVar("T")
+# INSTANCES and KeySource are also reached through this module.
+__all__ = [
+    "INSTANCES",
+    "ROUTE_ANSWER_LIMIT",
+    "ROUTE_ATTEMPTS",
+    "KeySource",
+    "Route",
+    "Router",
+    "RouterStats",
+]
 
-#: The autoscaler of each Vast instance, and its console (for key look-ups).
-INSTANCES: dict[str, tuple[str, str]] = {
-    "prod": ("https://run.vast.ai", "https://console.vast.ai"),
-    "alpha": ("https://run-alpha.vast.ai", "https://alpha.vast.ai"),
-    "candidate": ("https://run-candidate.vast.ai", "https://candidate.vast.ai"),
-    "local": ("http://localhost:8080", "https://alpha.vast.ai"),
-}
 
 #: Attempts of one ``/route/`` call that fails (5xx, no connection, timeout).
 ROUTE_ATTEMPTS = 3
-#: Attempts of the console key look-up.
-KEY_ATTEMPTS = 4
 #: The largest ``/route/`` answer read (a real one is a few hundred bytes).
 ROUTE_ANSWER_LIMIT = 1 << 20
-#: The largest console answer read (it lists every endpoint of the account).
-CONSOLE_ANSWER_LIMIT = 16 << 20
-
 _KEY_HINT = (
     "use the endpoint's own API key (console.vast.ai, Serverless, the endpoint's key), "
     "not the account key; or pass the account key with --account-key (or "
@@ -112,104 +114,6 @@ class RouterStats:
     last_status: str = field(default="")
 
 
-class Poller:
-    """
-    Delays between polls: exponential from ``initial`` up to ``cap`` seconds,
-    each drawn between half and all of its value ("equal jitter", so a crowd
-    of clients spreads out instead of polling in step).
-    """
-
-    def __init__(self, initial: float, cap: float, rng: random.Random) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.rng = rng
-
-    def delay(self, attempt: int) -> float:
-        """The delay before poll number ``attempt + 1`` (0-based)."""
-        base = min(self.cap, self.initial * (2 ** min(attempt, 30)))
-        return float(base * (0.5 + self.rng.random() / 2))
-
-
-class AnswerTooLarge(Exception):
-    """An answer's body is over the limit; it was not read any further."""
-
-
-async def _json_answer(
-    http: Any, method: str, url: str, headers: dict[str, list[str]], body: Any, *, limit: int
-) -> tuple[int, Any, bytes]:
-    """
-    One HTTP exchange: status, the parsed JSON (or ``None``), the raw body.
-
-    :param limit: the most bytes of body read; past it the connection is
-        closed and :class:`AnswerTooLarge` raised, so a huge answer costs no memory.
-    """
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    response = await http.request(method, url, headers=headers, data=data, allow_redirects=False)
-    too_large = AnswerTooLarge(f"answered more than {limit} bytes")
-    if isinstance(response.length, int) and response.length > limit:
-        response.original.deliverBody(_Refuse())
-        raise too_large
-    chunks: list[bytes] = []
-    held = 0
-
-    def keep(chunk: bytes) -> None:
-        nonlocal held
-        held += len(chunk)
-        if held > limit:
-            raise too_large
-        chunks.append(chunk)
-
-    await treq.collect(response, keep)
-    raw = b"".join(chunks)
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = None
-    return int(response.code), parsed, raw
-
-
-class _Refuse(Protocol):
-    """Closes the connection of a body nobody will read."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-
-def _timeout(d: Deferred[T], seconds: float, clock: IReactorTime) -> Deferred[T]:
-    """
-    ``d``, cancelled after ``seconds``, then failing with :class:`TimeoutError`
-    whatever failure the cancellation caused (Agent reports a cancelled
-    request as ``ResponseNeverReceived``, which ``addTimeout`` lets through).
-    """
-    expired: list[bool] = []
-
-    def expire() -> None:
-        expired.append(True)
-        d.cancel()
-
-    call = clock.callLater(seconds, expire)
-
-    def done(result: Any) -> Any:
-        if call.active():
-            call.cancel()
-        if expired and isinstance(result, Failure):
-            raise TimeoutError(seconds, "Deferred")
-        return result
-
-    return d.addBoth(done)
-
-
-def _cancelled(error: Exception) -> bool:
-    """
-    Whether a failed call is our caller's cancellation: Agent reports a
-    request cancelled mid-flight as ``RequestGenerationFailed`` or
-    ``ResponseNeverReceived`` wrapping the ``CancelledError``, which must end
-    the routing, not be tried again.
-    """
-    reasons = getattr(error, "reasons", None) or ()
-    return any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons)
-
-
 def _unusable(url: Any) -> str | None:
     """Why the ``url`` of a route answer cannot be used, or ``None`` (none, or a good one)."""
     if url is None or url == "":
@@ -221,148 +125,6 @@ def _unusable(url: Any) -> str | None:
     except UnusableURL as e:
         return str(e)
     return None
-
-
-def _excerpt(parsed: Any, raw: bytes, secret: str | None) -> str:
-    """
-    What an answer says, for an error message: its error text, else the
-    start of its body; ``secret`` (the key it was asked with) masked, should
-    the answer echo it.
-    """
-    said = raw.decode("utf-8", "replace").strip()
-    if isinstance(parsed, dict):
-        for key in ("error", "msg", "message", "detail"):
-            if isinstance(parsed.get(key), str):
-                said = str(parsed[key])
-                break
-    # Masked before it is cut, so no part of the secret is left at the cut.
-    return (said.replace(secret, "***") if secret else said)[:300]
-
-
-class KeySource:
-    """
-    The endpoint key: given, or looked up once with the account key.
-
-    :param key: the endpoint key, if known.
-    :param account_key: the account key to look the endpoint key up with.
-    :param endpoint: the endpoint name.
-    :param console_url: the console API base, ``https://console.vast.ai``.
-    :param instance: the autoscaler instance named in the look-up.
-    :param http: a treq ``HTTPClient``.
-    :param clock: for timeouts and backoff.
-    :param timeout: seconds per look-up attempt.
-    """
-
-    def __init__(
-        self,
-        key: str | None,
-        *,
-        account_key: str | None = None,
-        endpoint: str = "",
-        console_url: str = INSTANCES["prod"][1],
-        instance: str = "prod",
-        http: Any = None,
-        clock: IReactorTime | None = None,
-        timeout: float = 8.0,
-    ) -> None:
-        if key is None and (account_key is None or http is None or clock is None):
-            raise ValueError("an endpoint key, or an account key with http and clock, is needed")
-        self._key = key
-        self._account_key = account_key
-        self._endpoint = endpoint
-        self._console_url = console_url.rstrip("/")
-        self._instance = instance
-        self._http = http
-        self._clock = clock
-        self._timeout = timeout
-        self._fetching: list[Deferred[str]] = []
-
-    @property
-    def known(self) -> bool:
-        """Whether the endpoint key is at hand."""
-        return self._key is not None
-
-    def get(self) -> Deferred[str]:
-        """
-        The endpoint key; the first call without one looks it up, later calls
-        share that look-up. A failed look-up is not remembered: the next call
-        tries again.
-        """
-        if self._key is not None:
-            return _succeed(self._key)
-        waiter: Deferred[str] = Deferred()
-        self._fetching.append(waiter)
-        if len(self._fetching) == 1:
-            ensureDeferred(self._fetch()).addBoth(self._fetched)
-        return waiter
-
-    def _fetched(self, result: Any) -> None:
-        waiters, self._fetching = self._fetching, []
-        if isinstance(result, str):
-            self._key = result
-        for waiter in waiters:
-            if isinstance(result, str):
-                waiter.callback(result)
-            else:
-                waiter.errback(result)
-
-    async def _fetch(self) -> str:
-        assert self._clock is not None
-        url = f"{self._console_url}/api/v0/endptjobs/?autoscaler_instance={self._instance}"
-        headers = {"Authorization": [f"Bearer {self._account_key}"], "Accept": ["application/json"]}
-        last: VespaError = AutoscalerError("the console API could not be reached")
-        for attempt in range(KEY_ATTEMPTS):
-            if attempt:
-                await deferLater(self._clock, 0.3 * attempt, lambda: None)
-            try:
-                d = ensureDeferred(
-                    _json_answer(self._http, "GET", url, headers, None, limit=CONSOLE_ANSWER_LIMIT)
-                )
-                code, parsed, raw = await _timeout(d, self._timeout, self._clock)
-            except TimeoutError:
-                last = AutoscalerError(f"the console API ({url}) did not answer in time")
-                continue
-            except AnswerTooLarge as e:
-                last = AutoscalerError(f"the console API ({url}) {e}")
-                continue
-            except CancelledError:
-                raise
-            except Exception as e:  # a connection failure of any kind: try again
-                last = AutoscalerError(f"the console API ({url}) could not be reached: {e}")
-                continue
-            if code in (401, 403):
-                raise AutoscalerUnauthorized(
-                    "the console API refused the account key "
-                    f"({code}: {_excerpt(parsed, raw, self._account_key)}); check --account-key"
-                )
-            if code != 200 or not isinstance(parsed, dict):
-                said = _excerpt(parsed, raw, self._account_key)
-                last = AutoscalerError(f"the console API answered {code}: {said}")
-                if code < 500:
-                    raise last
-                continue
-            results = parsed.get("results")
-            for item in results if isinstance(results, list) else []:
-                if isinstance(item, dict) and item.get("endpoint_name") == self._endpoint:
-                    key = item.get("api_key")
-                    if isinstance(key, str) and key:
-                        log.info(
-                            "looked up the key of endpoint {endpoint} (id {id})",
-                            endpoint=self._endpoint,
-                            id=item.get("id"),
-                        )
-                        return key
-            raise EndpointNotFound(
-                f"the account has no endpoint named {self._endpoint!r} on the "
-                f"{self._instance} instance"
-            )
-        raise last
-
-
-def _succeed(value: str) -> Deferred[str]:
-    d: Deferred[str] = Deferred()
-    d.callback(value)
-    return d
 
 
 class Router:
@@ -404,7 +166,8 @@ class Router:
         self.keys = keys
         self.route_timeout = route_timeout
         self.call_timeout = call_timeout
-        self.poller = Poller(poll_initial, poll_cap, rng or random.Random())
+        #: The delay before poll (or retry) number ``n + 1``.
+        self.poll_delay: Backoff = equal_jitter(poll_initial, poll_cap, rng or random.Random())
         self.stats = RouterStats()
 
     def route(
@@ -455,11 +218,11 @@ class Router:
             timeout = self.call_timeout if remaining is None else min(self.call_timeout, remaining)
             try:
                 call = ensureDeferred(
-                    _json_answer(
+                    json_answer(
                         self.http, "POST", self.url, headers, body, limit=ROUTE_ANSWER_LIMIT
                     )
                 )
-                code, parsed, raw = await _timeout(call, max(timeout, 0.001), self.clock)
+                code, parsed, raw = await with_timeout(call, max(timeout, 0.001), self.clock)
             except TimeoutError:
                 code, parsed, raw = 0, None, b""
                 problem = f"did not answer within {timeout:g} s"
@@ -469,12 +232,12 @@ class Router:
             except CancelledError:
                 raise
             except Exception as e:  # refused, reset, DNS: the autoscaler is unreachable
-                if _cancelled(e):
+                if cancelled_by_caller(e):
                     raise CancelledError() from None
                 code, parsed, raw = 0, None, b""
                 problem = f"unreachable ({e.__class__.__name__}: {e})"
             else:
-                problem = f"answered {code}: {_excerpt(parsed, raw, key)}"
+                problem = f"answered {code}: {excerpt(parsed, raw, key)}"
             if code == 200 and isinstance(parsed, dict):
                 url = parsed.get("url")
                 idx = parsed.get("request_idx")
@@ -499,7 +262,7 @@ class Router:
                             endpoint=self.endpoint,
                             status=status,
                         )
-                    delay = self.poller.delay(polls - 1)
+                    delay = self.poll_delay(polls - 1)
                     if end is not None and self.clock.seconds() + delay >= end:
                         self.stats.no_worker_ready += 1
                         waited = self.clock.seconds() - start
@@ -512,7 +275,7 @@ class Router:
                     await deferLater(self.clock, delay, lambda: None)
                     continue
             not_a_route = code == 200 and not isinstance(parsed, dict)
-            self._refuse(code, _excerpt(parsed, raw, key), not_a_route=not_a_route)
+            self._refuse(code, excerpt(parsed, raw, key), not_a_route=not_a_route)
             failures += 1
             self.stats.errors += 1
             now = self.clock.seconds()
@@ -522,7 +285,7 @@ class Router:
                     details={"attempts": failures},
                 )
             log.warn("route: the autoscaler {problem}; trying again", problem=problem)
-            delay = self.poller.delay(failures - 1)
+            delay = self.poll_delay(failures - 1)
             if end is not None:
                 delay = min(delay, max(0.0, end - now))
             await deferLater(self.clock, delay, lambda: None)
@@ -531,7 +294,7 @@ class Router:
         """
         Raise for the answers that no retry can fix.
 
-        :param said: what the answer says (:func:`_excerpt`).
+        :param said: what the answer says (:func:`~vespa.client.control.excerpt`).
         :param not_a_route: a 200 that is not a JSON object.
         """
         if code in (401, 403):

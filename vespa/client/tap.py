@@ -19,9 +19,9 @@ from vespa.client.config import CLIENT_SETTINGS, ClientConfig, with_backlog
 from vespa.client.core import ClientParts, build_parts
 from vespa.client.resource import ClientResource
 from vespa.client.tls import load_ca_file
+from vespa.http.site import ProxySite
 from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
-from vespa.proxy.site import ProxySite
 from vespa.service import OrderedMultiService
 from vespa.settings import ConfigError, option_lists
 

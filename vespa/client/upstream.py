@@ -37,29 +37,25 @@ from typing import Any, Protocol
 from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent
 from twisted.web.client import (
     Agent,
     RequestGenerationFailed,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 
 from vespa.client.errors import WorkerTimeout, WorkerUnavailable
-from vespa.config import Origin
 from vespa.errors import VespaError
+from vespa.http.endpoints import WorkerEndpoints, quiet_pool
+from vespa.http.outbound import BytesBodyProducer, connection_error
+from vespa.http.stream import BodyReader, Discard, ended_cleanly
 from vespa.log import get_logger
-from vespa.proxy.relay import BytesBodyProducer, backend_endpoint, connection_error, quiet_pool
 
 log = get_logger(__name__)
 
@@ -72,9 +68,6 @@ PEEK_LIMIT = 64 * 1024
 #: Seconds an idle worker connection is kept; twisted.web and aiohttp workers
 #: keep theirs far longer, so a reused connection is rarely one being closed.
 WORKER_KEEPALIVE = 20.0
-_CONNECTION_DONE = Failure(ierror.ConnectionDone())
-#: Worker endpoints cached at most; workers come and go, the cache is cleared when full.
-_ENDPOINT_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -152,11 +145,11 @@ class Answer:
 
     def pause(self) -> None:
         """Stop reading the worker's body (the caller is slow)."""
-        self._body.pause()
+        self._body.pauseProducing()
 
     def resume(self) -> None:
         """Read the worker's body again."""
-        self._body.resume()
+        self._body.resumeProducing()
 
     def discard(self) -> None:
         """
@@ -200,7 +193,7 @@ class Sender:
         # failed; whether to send a request twice is the dispatcher's call.
         self.pool.retryAutomatically = False
         self.agent = Agent.usingEndpointFactory(
-            reactor, _WorkerEndpoints(reactor, tls, connect_timeout), pool=self.pool
+            reactor, WorkerEndpoints(reactor, tls, connect_timeout), pool=self.pool
         )
 
     def send(self, request: WorkerRequest, worker: str, *, peek: bool) -> Deferred[Answer]:
@@ -220,33 +213,6 @@ class Sender:
         """Close the idle worker connections (at shutdown)."""
         closed: Deferred[None] = self.pool.closeCachedConnections()
         return closed
-
-
-@implementer(IAgentEndpointFactory)
-class _WorkerEndpoints:
-    """Endpoints per worker origin, built once: TCP with no delay, TLS for https."""
-
-    def __init__(self, reactor: Any, tls: IPolicyForHTTPS, connect_timeout: float | None) -> None:
-        self._reactor = reactor
-        self._tls = tls
-        self._timeout = connect_timeout
-        self._cache: dict[tuple[bytes, str, int], IStreamClientEndpoint] = {}
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        host = uri.host.decode("idna") if isinstance(uri.host, bytes) else str(uri.host)
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        key = (uri.scheme, host, int(uri.port))
-        endpoint = self._cache.get(key)
-        if endpoint is None:
-            if len(self._cache) >= _ENDPOINT_CACHE:
-                self._cache.clear()
-            endpoint = backend_endpoint(self._reactor, Origin("http", host, key[2]), self._timeout)
-            if uri.scheme == b"https":
-                creator = self._tls.creatorForNetloc(host.encode("idna"), key[2])
-                endpoint = wrapClientTLS(creator, endpoint)
-            self._cache[key] = endpoint
-        return endpoint
 
 
 class _Attempt:
@@ -334,7 +300,7 @@ class _Attempt:
     def _response(self, response: IResponse) -> None:
         self._pending = None
         if self._done.called:
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard(abort=True))
             return
         peek = self._peek and (response.code in PEEKED or response.code >= 500)
         self._body = _AttemptBody(self, response, peek)
@@ -397,26 +363,17 @@ def never_sent(reason: Failure) -> bool:
     )
 
 
-class _Discard(TwistedProtocol):
-    """Aborts a body nobody wants any more."""
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        pass
-
-
-class _AttemptBody(TwistedProtocol):
+class _AttemptBody(BodyReader):
     """
     A worker's body: held until the attempt is judged, then streamed to a sink.
 
     Before :meth:`attach` the transport is paused once the first byte is in,
     so an answer that loses a race or waits for its caller holds one chunk,
-    not the whole body.
+    not the whole body; the idle deadline counts from :meth:`attach` on.
     """
 
     def __init__(self, attempt: _Attempt, response: IResponse, peek: bool) -> None:
+        super().__init__(attempt._sender.clock, attempt._sender.idle_timeout)
         self._attempt: _Attempt | None = attempt
         self._response = response
         self._peek = peek
@@ -425,17 +382,9 @@ class _AttemptBody(TwistedProtocol):
         self._sink: BodySink | None = None
         self._ended: Failure | None = None
         self._stopped = False
-        self._paused = False
-        self._idle_call: IDelayedCall | None = None
-        self._clock = attempt._sender.clock
-        self._idle = attempt._sender.idle_timeout
 
-    # Twisted protocol
-
-    def dataReceived(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         if self._sink is not None:
-            if self._idle_call is not None and self._idle_call.active():
-                self._idle_call.reset(self._idle)  # type: ignore[arg-type]
             self._sink.chunk(data)
             return
         self._buffer.append(data)
@@ -448,16 +397,14 @@ class _AttemptBody(TwistedProtocol):
         # The first byte of an answer (or a peeked body too long to be an
         # error): the attempt is judged now; hold the rest until it is wanted.
         self._attempt = None
-        self._pause_transport()
+        self.pause_transport()
         attempt.first_byte(self._response, self._take(), False)
 
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._disarm()
-        clean = reason.check(ResponseDone, PotentialDataLoss) is not None
+    def ended(self, reason: Failure) -> None:
         attempt = self._attempt
         if attempt is not None:
             self._attempt = None
-            if clean:
+            if ended_cleanly(reason):
                 attempt.first_byte(self._response, self._take(), True)
             else:
                 attempt.body_failed(reason)
@@ -482,31 +429,20 @@ class _AttemptBody(TwistedProtocol):
         if self._ended is not None:
             self._finish(self._ended)
             return
-        self._arm()
-        self._resume_transport()
-
-    def pause(self) -> None:
-        self._disarm()
-        self._pause_transport()
-
-    def resume(self) -> None:
-        self._arm()
-        self._resume_transport()
+        self.start_timing()
+        self.resume_transport()
 
     def stop(self) -> None:
         """Abort the response: the worker sees its connection close."""
         self._stopped = True
-        self._disarm()
-        transport = self.transport
-        if transport is not None:
-            transport.stopProducing()  # type: ignore[attr-defined]
+        super().stop()
 
     def _finish(self, reason: Failure) -> None:
         sink, self._sink = self._sink, None
         if sink is None:
             return
-        self._disarm()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        self.stop_timing()
+        if ended_cleanly(reason):
             sink.end(None)
         elif self._stopped:
             sink.end(WorkerUnavailable("the worker's response was abandoned"))
@@ -523,28 +459,11 @@ class _AttemptBody(TwistedProtocol):
         self._buffered = 0
         return data
 
-    def _pause_transport(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def _resume_transport(self) -> None:
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
-
-    def _arm(self) -> None:
-        if self._idle is not None and self._idle_call is None and self._sink is not None:
-            self._idle_call = self._clock.callLater(self._idle, self._idle_expired)
-
-    def _disarm(self) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
-
-    def _idle_expired(self) -> None:
-        self._idle_call = None
+    def idle_expired(self) -> None:
         sink, self._sink = self._sink, None
+        self.stop_timing()
         self.stop()
         if sink is not None:
-            sink.end(WorkerTimeout(f"the worker sent nothing for {self._idle:g} s mid-response"))
+            sink.end(
+                WorkerTimeout(f"the worker sent nothing for {self.idle_seconds:g} s mid-response")
+            )

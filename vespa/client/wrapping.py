@@ -41,8 +41,8 @@ from twisted.web.http_headers import Headers
 from vespa.client.errors import UnsupportedBody
 from vespa.client.upstream import WorkerRequest
 from vespa.errors import BadRequest
+from vespa.http.headers import request_headers
 from vespa.protocol.envelope import AUTH_FIELDS, BODY_METHODS, auth_query, wrap_body
-from vespa.proxy.headers import request_headers
 
 #: The header that sets a request's cost (workload) explicitly.
 COST_HEADER = b"x-serverless-cost"

@@ -28,11 +28,11 @@ The module does no I/O and reads no clock: the caller passes the figures in.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 
 from vespa.errors import VespaError
+from vespa.gate import Gate, Slot
 
 __all__ = ["Admission", "Slot", "TooBusy"]
 
@@ -58,40 +58,6 @@ class TooBusy(VespaError):
     status = 429
 
 
-class Slot:
-    """
-    One concurrency slot, held from :meth:`Admission.acquire` until
-    :meth:`release`.
-
-    The holder must release it exactly when the request ends, however it
-    ends; releasing again is harmless.
-    """
-
-    __slots__ = ("_admission", "_released")
-
-    def __init__(self, admission: Admission) -> None:
-        self._admission = admission
-        self._released = False
-
-    @property
-    def released(self) -> bool:
-        """
-        Whether :meth:`release` has been called.
-        """
-        return self._released
-
-    def release(self) -> None:
-        """
-        Give the slot back; the longest-waiting request, if any, gets it now.
-
-        Idempotent: only the first call frees the slot.
-        """
-        if self._released:
-            return
-        self._released = True
-        self._admission._release()
-
-
 class Admission:
     """
     The worker's admission gates: the wait-time check and the concurrency slots.
@@ -111,32 +77,28 @@ class Admission:
         if slots is not None and slots < 1:
             raise ValueError(f"slots must be >= 1 or None, not {slots!r}")
         self.max_wait_time = max_wait_time
-        self._slots = slots
-        self._running = 0
-        # Insertion-ordered, with O(1) removal from anywhere (a cancel) and
-        # from the front (a hand-off): a deque would make cancelling O(n).
-        self._waiters: OrderedDict[Deferred[Slot], None] = OrderedDict()
+        self._gate = Gate(slots)
 
     @property
     def slots(self) -> int | None:
         """
         The concurrency limit; ``None`` for none.
         """
-        return self._slots
+        return self._gate.limit
 
     @property
     def running(self) -> int:
         """
         How many slots are held.
         """
-        return self._running
+        return self._gate.held
 
     @property
     def queued(self) -> int:
         """
         How many requests are waiting for a slot.
         """
-        return len(self._waiters)
+        return self._gate.queued
 
     def estimate_wait(self, in_flight_workload: float, max_perf: float) -> float:
         """
@@ -193,36 +155,4 @@ class Admission:
             :class:`~twisted.internet.defer.CancelledError`. Cancelling it
             after it fired does nothing: the holder must release the slot.
         """
-        if self._slots is None or self._running < self._slots:
-            # A free slot means nobody is waiting: a release hands its slot to
-            # the next waiter rather than freeing it, so no one can be passed.
-            self._running += 1
-            return succeed(Slot(self))
-        waiter: Deferred[Slot] = Deferred(self._cancel)
-        self._waiters[waiter] = None
-        return waiter
-
-    def _cancel(self, waiter: Deferred[Slot]) -> None:
-        """
-        Take a cancelled waiter off the queue; :class:`Deferred` then fails it
-        with :class:`~twisted.internet.defer.CancelledError`.
-
-        A :class:`Deferred` calls its canceller only if it has not fired, and
-        a waiter is fired only after it leaves the queue, so a waiter that is
-        handed a slot can no longer be cancelled and a cancelled one is never
-        handed a slot.
-        """
-        self._waiters.pop(waiter, None)
-
-    def _release(self) -> None:
-        """
-        Free a slot, or pass it straight on to the longest waiter.
-        """
-        if self._waiters:
-            # The slot changes hands, so ``running`` stays as it is. The state
-            # is complete before the callback runs, so the new holder may
-            # release, acquire or cancel from inside it.
-            waiter, _ = self._waiters.popitem(last=False)
-            waiter.callback(Slot(self))
-        else:
-            self._running -= 1
+        return self._gate.acquire()

@@ -62,12 +62,12 @@ import treq.client
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from vespa.http.stream import Discard
 from vespa.interfaces import IReportFailures
 from vespa.log import get_logger
 from vespa.protocol import reports
@@ -141,28 +141,10 @@ def _root_disk_used() -> float:
     return float(psutil.disk_usage("/").used)
 
 
-class _Discard(Protocol):
-    """Reads a response body to its end and throws it away."""
-
-    def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred(self._cancel)
-
-    def _cancel(self, _: Deferred[None]) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(None)
-
-
 def _discard_body(response: IResponse) -> Deferred[None]:
     if response.length == 0:
         return succeed(None)
-    protocol = _Discard()
+    protocol = Discard()
     response.deliverBody(protocol)
     return protocol.done
 

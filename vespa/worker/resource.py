@@ -45,12 +45,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 from vespa import __version__
 from vespa.errors import (
     BodyTooLarge,
-    MethodNotAllowed,
     PathBlocked,
     ServiceUnavailable,
     VespaError,
     write_error,
 )
+from vespa.http.relay import BackendRelay, RelayOutcome, RelayResult
+from vespa.http.target import PathBlocklist, check_relayable, origin_form
 from vespa.log import get_logger
 from vespa.protocol.envelope import (
     BODY_METHODS,
@@ -60,9 +61,6 @@ from vespa.protocol.envelope import (
     parse_envelope,
 )
 from vespa.protocol.signing import SignatureVerifier
-from vespa.proxy.relay import BackendRelay, RelayOutcome, RelayResult
-from vespa.proxy.site import ProxyRequest
-from vespa.proxy.target import PathBlocklist, origin_form
 from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.metrics import WorkerMetrics
@@ -71,10 +69,6 @@ from vespa.worker.state import Phase, WorkerState
 from vespa.worker.workload import Workload
 
 log = get_logger(__name__)
-
-# A tunnel or a trace is not a model-server request; relaying either would
-# turn the worker into an open proxy or leak headers.
-_REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 
 # The endpoint key the official client sends in the query: for the
 # autoscaler, never for the model server.
@@ -268,13 +262,7 @@ class WorkerResource(Resource):
         }
 
     def _check(self, request: Request, target: bytes) -> None:
-        if request.method in _REFUSED_METHODS:
-            raise MethodNotAllowed(
-                f"{request.method.decode('ascii', 'replace')} is not relayed",
-                headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-            )
-        if isinstance(request, ProxyRequest) and request.body_too_large:
-            raise BodyTooLarge("the request body is over the limit")
+        check_relayable(request, "relayed")
         if self.blocklist.blocks(target):
             raise PathBlocked("this path is blocked on this worker")
 

@@ -64,9 +64,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from vespa.errors import BadRequest, BodyTooLarge, MethodNotAllowed, VespaError, write_error
+from vespa.http.site import ProxyRequest
 from vespa.log import get_logger
 from vespa.protocol.envelope import AuthData, Envelope
-from vespa.proxy.site import ProxyRequest
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.session_fields import control_fields, create_settings, same_auth
 

@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from vespa.backoff import equal_jitter
 from vespa.benchmarks import (
     BenchmarkError,
     built_in_name,
@@ -245,7 +246,8 @@ class Startup(Service):
     async def _fetch_public_key(self) -> None:
         assert self._verifier is not None and self._pubkey_url is not None
         log.info("fetching the autoscaler public key: GET {url}", url=self._pubkey_url)
-        delay, failures = 1.0, 0
+        delays = equal_jitter(1.0, self.PUBKEY_MAX_DELAY)
+        failures = 0
         while True:
             try:
                 d: Deferred[Any] = self._http.get(self._pubkey_url)
@@ -267,8 +269,7 @@ class Startup(Service):
                     log.warn("{why}; retrying", why=why)
                 if failures == self.PUBKEY_ATTEMPTS_BEFORE_ERROR:
                     self._state.errored(why)
-                await self._sleep(delay)
-                delay = min(delay * 2, self.PUBKEY_MAX_DELAY)
+                await self._sleep(delays(failures - 1))
                 continue
             if failures >= self.PUBKEY_ATTEMPTS_BEFORE_ERROR:
                 self._state.recovered()

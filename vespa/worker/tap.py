@@ -22,13 +22,14 @@ from vespa import __version__
 from vespa.benchmarks import BenchmarkError, built_in_name, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.fdlimit import connection_budget, raise_fd_limit
+from vespa.http.endpoints import quiet_pool
+from vespa.http.relay import BackendRelay, RelayTimeouts
+from vespa.http.site import ProxySite
+from vespa.http.target import PathBlocklist
 from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
 from vespa.protocol.signing import SignatureVerifier
-from vespa.proxy.relay import BackendRelay, RelayTimeouts, quiet_pool
-from vespa.proxy.site import ProxySite
-from vespa.proxy.target import PathBlocklist
 from vespa.service import OrderedMultiService
 from vespa.settings import option_lists
 from vespa.tls import server_options

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.test_worker_relay -*-
 """
 The streaming relay: one request from a ``twisted.web`` client to one backend.
 
@@ -21,47 +21,29 @@ import io
 from dataclasses import dataclass
 from typing import IO, Any
 
-from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
-    IProtocolFactory,
-    IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
-    ITCPTransport,
 )
-from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     FileBodyProducer,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
 )
-from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
-from zope.interface import implementer
 
-from vespa.config import Origin
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
+from vespa.http.endpoints import FixedEndpointFactory, Origin, backend_endpoint, quiet_pool
+from vespa.http.headers import copy_response_headers, request_headers
+from vespa.http.outbound import BytesBodyProducer, connection_error
+from vespa.http.stream import BodyReader, cancel_call, end_response, ended_cleanly
 from vespa.log import get_logger
-from vespa.proxy.headers import copy_response_headers, request_headers
 
 log = get_logger(__name__)
 
@@ -69,7 +51,6 @@ log = get_logger(__name__)
 # file through a cooperator so one upload cannot monopolise the reactor.
 _ONE_WRITE_BODY = 256 * 1024
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-_CONNECTION_DONE = Failure(ierror.ConnectionDone())
 
 
 class RelayOutcome(enum.Enum):
@@ -120,111 +101,6 @@ class RelayTimeouts:
     total: float | None = None
 
 
-@implementer(IBodyProducer)
-class BytesBodyProducer:
-    """
-    A request body already in memory, written in one go.
-
-    :param data: the body.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per backend connection."""
-
-    noisy = False
-
-
-def quiet_pool(
-    reactor: Any, *, keepalive: float | None, max_connections: int
-) -> HTTPConnectionPool:
-    """
-    A connection pool that keeps ``max_connections`` idle connections for
-    ``keepalive`` seconds (none when ``None``) and logs nothing per connection.
-
-    Twisted's default of 2 idle connections per host halves throughput under
-    concurrency; keep ``keepalive`` below the server's own keep-alive timeout,
-    because a POST on a connection the server has just closed cannot be
-    retried safely.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=keepalive is not None)
-    pool._factory = _QuietClientFactory
-    pool.maxPersistentPerHost = max_connections
-    # Typed int in Twisted, but it only goes to callLater: fractions work.
-    pool.cachedConnectionTimeout = keepalive or 0  # type: ignore[assignment]
-    pool.retryAutomatically = True  # idempotent methods only, once
-    return pool
-
-
-@implementer(IStreamClientEndpoint)
-class _NoDelayEndpoint:
-    """Sets ``TCP_NODELAY`` on each new connection: small SSE events must not wait."""
-
-    def __init__(self, inner: IStreamClientEndpoint) -> None:
-        self._inner = inner
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
-        def no_delay(protocol: Any) -> Any:
-            transport = protocol.transport
-            if ITCPTransport.providedBy(transport):
-                transport.setTcpNoDelay(True)
-            return protocol
-
-        return self._inner.connect(factory).addCallback(no_delay)
-
-
-@implementer(IAgentEndpointFactory)
-class _FixedEndpointFactory:
-    """Every URI maps to the one backend endpoint, built once (no per-request IDNA work)."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        return self._endpoint
-
-
-def backend_endpoint(
-    reactor: Any, origin: Origin, connect_timeout: float | None
-) -> IStreamClientEndpoint:
-    """
-    The endpoint for ``origin``: TCP (TLS for https), with ``TCP_NODELAY``.
-
-    :param reactor: the reactor to connect with.
-    :param origin: the backend.
-    :param connect_timeout: seconds to connect, or ``None`` for an hour.
-    """
-    timeout = connect_timeout or 3600.0
-    tcp: IStreamClientEndpoint
-    if origin.is_ip and ":" in origin.host:
-        tcp = TCP6ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
-    elif origin.is_ip:
-        tcp = TCP4ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
-    else:
-        tcp = HostnameEndpoint(reactor, origin.host, origin.port, timeout=timeout)
-    endpoint: IStreamClientEndpoint = _NoDelayEndpoint(tcp)
-    if origin.scheme == "https":
-        endpoint = wrapClientTLS(optionsForClientTLS(origin.host), endpoint)
-    return endpoint
-
-
 class BackendRelay:
     """
     Relays requests to one backend over a pool of kept-alive connections.
@@ -269,7 +145,7 @@ class BackendRelay:
         if endpoint is None:
             endpoint = backend_endpoint(reactor, origin, timeouts.connect)
         self.agent = Agent.usingEndpointFactory(
-            reactor, _FixedEndpointFactory(endpoint), pool=self.pool
+            reactor, FixedEndpointFactory(endpoint), pool=self.pool
         )
         self._base = origin.url.encode("ascii")
         self._host = origin.netloc.encode("ascii")
@@ -403,7 +279,7 @@ class _Exchange:
 
     def _response_received(self, response: IResponse) -> None:
         self._pending = None
-        _cancel(self._first_byte_call)
+        cancel_call(self._first_byte_call)
         self._headers_at = self._relay.clock.seconds()
         request = self._request
         self._status = response.code
@@ -426,25 +302,14 @@ class _Exchange:
         if self._client_gone:
             self._end(RelayOutcome.CANCELLED)
             return
-        request.unregisterProducer()
-        if self._timeout is None and reason.check(ResponseDone, PotentialDataLoss):
-            request.finish()
-            self._end(RelayOutcome.SERVED)
-            return
-        error = self._timeout or BackendUnavailable(
-            "the backend closed the connection before the response was complete"
-        )
-        self._log_failure(error)
-        if not request.startedWriting:
-            # Nothing reached the client yet: it can still get a clean error.
-            request.responseHeaders = Headers()
-            self._answer_error(error)
-            return
-        # The status line is gone; the only honest signal left is to end the
-        # stream abnormally (no terminating chunk, connection closed) so the
-        # client cannot take a truncated body for a complete one.
-        request.loseConnection()
-        self._end(RelayOutcome.ERRORED, error)
+        error: VespaError | None = None
+        if self._timeout is not None or not ended_cleanly(reason):
+            error = self._timeout or BackendUnavailable(
+                "the backend closed the connection before the response was complete"
+            )
+            self._log_failure(error)
+        end_response(request, error)
+        self._end(RelayOutcome.SERVED if error is None else RelayOutcome.ERRORED, error)
 
     # Helpers
 
@@ -458,8 +323,8 @@ class _Exchange:
         if self._finished:
             return
         self._finished = True
-        _cancel(self._first_byte_call)
-        _cancel(self._total_call)
+        cancel_call(self._first_byte_call)
+        cancel_call(self._total_call)
         # Break the exchange <-> body cycle now, so the request and its headers
         # are freed by reference counting instead of waiting for the cycle
         # collector (full collections set the tail latency under load).
@@ -490,126 +355,32 @@ class _Exchange:
         return self._url[len(self._relay._base) :][:200].decode("ascii", "replace")
 
 
-@implementer(IPushProducer)
-class _BodyRelay(Protocol):
+class _BodyRelay(BodyReader):
     """
     Receives the backend's body and writes each chunk to the client.
 
-    It is the client connection's producer: when the client's send buffer
-    fills, twisted.web pauses it and it pauses the backend transport, so the
-    backend's TCP window closes instead of Vespa's memory growing. The idle
-    timer only runs while reading, so a slow client is never taken for a
-    silent backend.
+    It is the client connection's producer (see :class:`BodyReader`): a
+    slow client pauses the backend read.
     """
 
     def __init__(
         self, exchange: _Exchange, request: Request, clock: IReactorTime, idle: float | None
     ) -> None:
+        super().__init__(clock, idle)
         self._exchange = exchange
         self._request = request
-        self._clock = clock
-        self._idle = idle
-        self._idle_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self, True)
-        self._arm_idle_timer()
+        self.start_timing()
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle)  # type: ignore[arg-type]
+    def received(self, data: bytes) -> None:
         self._request.write(data)
 
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._disarm_idle_timer()
+    def ended(self, reason: Failure) -> None:
         self._exchange.body_ended(reason)
 
-    # IPushProducer, called by the client's connection.
-
-    def pauseProducing(self) -> None:
-        self._disarm_idle_timer()
-        if self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def resumeProducing(self) -> None:
-        self._arm_idle_timer()
-        if self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
-
-    def stopProducing(self) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """
-        Abort the backend response (client gone, or a deadline passed).
-        """
-        self._disarm_idle_timer()
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def _arm_idle_timer(self) -> None:
-        if self._idle is not None and self._idle_call is None:
-            self._idle_call = self._clock.callLater(self._idle, self._idle_expired)
-
-    def _disarm_idle_timer(self) -> None:
-        _cancel(self._idle_call)
-        self._idle_call = None
-
-    def _idle_expired(self) -> None:
-        self._idle_call = None
+    def idle_expired(self) -> None:
         self._exchange._expire(
-            BackendTimeout(f"the backend sent nothing for {self._idle:g} s mid-response")
+            BackendTimeout(f"the backend sent nothing for {self.idle_seconds:g} s mid-response")
         )
-
-
-def connection_error(
-    reason: Failure,
-    peer: str,
-    where: str,
-    *,
-    unavailable: type[VespaError] = BackendUnavailable,
-    timeout: type[VespaError] = BackendTimeout,
-) -> VespaError:
-    """
-    The answer for a request that failed before its response headers.
-
-    :param reason: why the Agent request failed.
-    :param peer: who was called, for the message: ``backend``, ``worker``.
-    :param where: its URL, for the message.
-    :param unavailable: the error type for refused, unreachable or dropped.
-    :param timeout: the error type for a connect timeout.
-    """
-    the = f"the {peer} at {where}"
-    if reason.check(ierror.ConnectionRefusedError):
-        return unavailable(f"{the} refused the connection")
-    if reason.check(ierror.TimeoutError, ierror.TCPTimedOutError):
-        return timeout(f"connecting to {the} timed out")
-    if reason.check(ierror.DNSLookupError):
-        return unavailable(f"the {peer} host of {where} could not be resolved")
-    if reason.check(ierror.ConnectError):
-        return unavailable(f"{the} is unreachable: {reason.value}")
-    if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
-        inner = _inner_reason(reason)
-        if inner:
-            return unavailable(f"{the} failed: {inner}")
-        return unavailable(f"{the} closed the connection without a response")
-    return unavailable(f"the request to {where} failed: {reason.getErrorMessage()}")
-
-
-def _inner_reason(reason: Failure) -> str:
-    """
-    What really went wrong inside one of Agent's wrapper errors, when it is
-    more than a closed connection (a TLS verification failure, above all).
-    """
-    reasons = getattr(reason.value, "reasons", None) or []
-    for inner in reasons:
-        if isinstance(inner, Failure) and not inner.check(
-            ierror.ConnectionDone, ierror.ConnectionLost, CancelledError
-        ):
-            return inner.getErrorMessage()
-    return ""
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_target -*-
 """
-Request targets: what path is forwarded, and whether a path is blocked.
+Request targets: what path is forwarded, whether a path is blocked, and
+what is never forwarded (:func:`check_relayable`).
 
 The forwarded target is always origin-form (``/path?query``), taken byte for
 byte from the request line, so the backend sees exactly what the client sent.
@@ -16,7 +17,10 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from urllib.parse import unquote_to_bytes
 
-from vespa.errors import BadRequest
+from twisted.web.server import Request
+
+from vespa.errors import BadRequest, BodyTooLarge, MethodNotAllowed
+from vespa.http.site import ProxyRequest
 
 _ABSOLUTE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
@@ -90,3 +94,27 @@ class PathBlocklist:
         return any(
             fnmatchcase(path, pattern) or fnmatchcase(bare, pattern) for pattern in self.patterns
         )
+
+
+#: Methods never relayed: a tunnel or a trace is not a model-server request;
+#: relaying either would make an open proxy or leak headers.
+REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+
+
+def check_relayable(request: Request, verb: str) -> None:
+    """
+    Refuse what neither daemon passes on: ``CONNECT`` and ``TRACE``, and a
+    body over the limit (:class:`ProxyRequest` has not kept it).
+
+    :param request: the request.
+    :param verb: what is not done to it, for the message: ``relayed``, ``proxied``.
+    :raise MethodNotAllowed: a refused method (405).
+    :raise BodyTooLarge: the body is over the limit (413).
+    """
+    if request.method in REFUSED_METHODS:
+        raise MethodNotAllowed(
+            f"{request.method.decode('ascii', 'replace')} is not {verb}",
+            headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+        )
+    if isinstance(request, ProxyRequest) and request.body_too_large:
+        raise BodyTooLarge("the request body is over the limit")

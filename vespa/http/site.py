@@ -56,7 +56,7 @@ log = get_logger(__name__)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-class _Discard(io.RawIOBase):
+class _NullFile(io.RawIOBase):
     """Accepts and drops what is written: the body of a refused request."""
 
     def writable(self) -> bool:
@@ -173,7 +173,7 @@ class ProxyRequest(Request):
         Over HTTP/2 the stream cannot be answered here: the body is dropped as
         it arrives and the resource answers once the request is complete.
         """
-        content: IO[bytes] = _Discard()  # type: ignore[assignment]
+        content: IO[bytes] = _NullFile()  # type: ignore[assignment]
         self.content = content
         channel = self.channel
         if isinstance(channel, ProxyChannel):

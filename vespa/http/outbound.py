@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.test_worker_relay,tests.test_client_upstream -*-
+"""
+What the worker's relay and the client's attempts both send out: a request
+body already in memory, and the error for a request that got no response.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer
+from twisted.python.failure import Failure
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from vespa.errors import BackendTimeout, BackendUnavailable, VespaError
+
+
+@implementer(IBodyProducer)
+class BytesBodyProducer:
+    """
+    A request body already in memory, written in one go.
+
+    :param data: the body.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def connection_error(
+    reason: Failure,
+    peer: str,
+    where: str,
+    *,
+    unavailable: type[VespaError] = BackendUnavailable,
+    timeout: type[VespaError] = BackendTimeout,
+) -> VespaError:
+    """
+    The answer for a request that failed before its response headers.
+
+    :param reason: why the Agent request failed.
+    :param peer: who was called, for the message: ``backend``, ``worker``.
+    :param where: its URL, for the message.
+    :param unavailable: the error type for refused, unreachable or dropped.
+    :param timeout: the error type for a connect timeout.
+    """
+    the = f"the {peer} at {where}"
+    if reason.check(ierror.ConnectionRefusedError):
+        return unavailable(f"{the} refused the connection")
+    if reason.check(ierror.TimeoutError, ierror.TCPTimedOutError):
+        return timeout(f"connecting to {the} timed out")
+    if reason.check(ierror.DNSLookupError):
+        return unavailable(f"the {peer} host of {where} could not be resolved")
+    if reason.check(ierror.ConnectError):
+        return unavailable(f"{the} is unreachable: {reason.value}")
+    if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
+        inner = _inner_reason(reason)
+        if inner:
+            return unavailable(f"{the} failed: {inner}")
+        return unavailable(f"{the} closed the connection without a response")
+    return unavailable(f"the request to {where} failed: {reason.getErrorMessage()}")
+
+
+def _inner_reason(reason: Failure) -> str:
+    """
+    What really went wrong inside one of Agent's wrapper errors, when it is
+    more than a closed connection (a TLS verification failure, above all).
+    """
+    reasons = getattr(reason.value, "reasons", None) or []
+    for inner in reasons:
+        if isinstance(inner, Failure) and not inner.check(
+            ierror.ConnectionDone, ierror.ConnectionLost, CancelledError
+        ):
+            return inner.getErrorMessage()
+    return ""
