@@ -93,11 +93,13 @@ def chat_both_ways(client: Any, model: str) -> tuple[str, str, list[str], Any]:
     return whole, "".join(pieces), pieces, raw.headers
 
 
-def sequential_throughput(server: LlamaServer, requests: int = 5) -> float:
+def sequential_throughput(server: LlamaServer, requests: int = 3) -> float:
     """
     Tokens per second of streamed chat completions sent one after another,
     straight to the server, shaped as the benchmark's (256 tokens, a 250-word
-    prompt), each token one content event; the best of ``requests``. Runs in
+    prompt), each token one content event; the best of ``requests``, the
+    same statistic as the benchmark's (the best of its three runs at
+    concurrency 1), so noise from a busy machine biases neither side. Runs in
     a thread.
     """
     best = 0.0
