@@ -111,7 +111,7 @@ class OpenAIProbeTests(SynchronousTestCase):
         settings = OpenAISettings(concurrency=4, runs=2, max_tokens=50)
         message = failure_of(server, openai_chat.benchmark, settings)
         self.assertIn("the warm-up request failed", message)
-        self.assertIn("the stream was cut short after 16 tokens", message)
+        self.assertIn("the stream was cut short after 50 tokens", message)
 
     def test_latency_before_the_first_token(self) -> None:
         """Per request: 0.5 s to the first token, then 50 tokens at 100/s."""

@@ -28,8 +28,6 @@ from vespa.benchmarks.runner import (
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import OllamaSettings
 
-WARMUP_TOKENS = 16
-
 
 async def discover_model(session: BackendSession, timeout: float) -> str:
     """
@@ -88,7 +86,6 @@ async def benchmark(
         lambda i: _request(settings, model, settings.max_tokens, base + i),
         count_tokens,
         settings,
-        warmup=_request(settings, model, min(WARMUP_TOKENS, settings.max_tokens), base),
         unit="tokens",
         name="ollama",
     )

@@ -42,10 +42,6 @@ Kind = Literal["chat", "completions"]
 
 PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
-#: The warm-up's length: enough to run the decode loop, short enough not to
-#: matter.
-WARMUP_TOKENS = 16
-
 
 async def discover_model(session: BackendSession, timeout: float) -> str:
     """
@@ -216,13 +212,11 @@ async def run_openai(kind: Kind, session: BackendSession, settings: OpenAISettin
     # A fresh base for the prompts of each benchmark: a worker restarted in
     # front of a running server must not hit its prefix cache.
     base = random.randrange(1 << 30)
-    warmup = _request(kind, settings, model, min(WARMUP_TOKENS, settings.max_tokens), base)
     return await measure(
         session,
         lambda i: _request(kind, settings, model, settings.max_tokens, base + i),
         count_tokens,
         settings,
-        warmup=warmup,
         unit="tokens",
         name=f"openai_{kind}",
     )

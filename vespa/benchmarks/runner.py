@@ -6,9 +6,11 @@ A probe gives two functions: one that builds request number ``i``
 (:class:`Request`), one that counts the workload units in a response. The
 loop does the rest:
 
-1. one warm-up request (its result is not timed: first requests compile
-   kernels, fill caches and load weights lazily), which must succeed, so a
-   backend that cannot answer at all fails in one request's time;
+1. one warm-up request as long as a measured one (its result is not timed:
+   first requests compile kernels, fill caches and load weights lazily; with
+   llama.cpp a 16-token warm-up left the first full generation 2x slower
+   inside the measurement), which must succeed, so a backend that cannot
+   answer at all fails in one request's time;
 2. a ramp of concurrency levels, 1, 2, 4, ... up to ``concurrency``
    (:func:`concurrency_levels`): at each level ``runs`` runs of that many
    requests sent together, each run timed on ``session.clock`` from the first

@@ -23,8 +23,6 @@ from vespa.benchmarks.runner import Request, measure, read_json, snippet
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import TGISettings
 
-WARMUP_TOKENS = 16
-
 
 def _request(settings: TGISettings, max_new_tokens: int, seed: int) -> Request:
     parameters = {
@@ -73,7 +71,6 @@ async def benchmark(
         lambda i: _request(settings, settings.max_tokens, base + i),
         count_tokens,
         settings,
-        warmup=_request(settings, min(WARMUP_TOKENS, settings.max_tokens), base),
         unit="tokens",
         name="tgi",
     )
