@@ -21,9 +21,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from vespa._typing import Resource
 from vespa.interfaces import IReportFailures
 from vespa.worker.admission import Admission
 from vespa.worker.health import HealthChecker
