@@ -46,9 +46,7 @@ def imported_names(path: Path) -> Iterator[str]:
 
 def rooms_imported(path: Path) -> set[str]:
     """The rooms of :mod:`vespa` (``vespa.<room>``) that ``path`` imports."""
-    return {
-        name.split(".")[1] for name in imported_names(path) if name.startswith("vespa.")
-    }
+    return {name.split(".")[1] for name in imported_names(path) if name.startswith("vespa.")}
 
 
 def room_of(relative: str) -> str:
@@ -86,9 +84,7 @@ class ImportRulesTests(SynchronousTestCase):
     def test_production_never_imports_the_fakes(self) -> None:
         """Only vespa.testing itself and vespa.demo import vespa.testing."""
         importers = {
-            room_of(relative)
-            for relative, path in modules()
-            if "testing" in rooms_imported(path)
+            room_of(relative) for relative, path in modules() if "testing" in rooms_imported(path)
         }
         self.assertEqual(importers - {"testing"}, {"demo"})
 
@@ -97,8 +93,7 @@ class ImportRulesTests(SynchronousTestCase):
         joining = {
             room_of(relative)
             for relative, path in modules()
-            if "client" in rooms_imported(path)
-            and rooms_imported(path) & {"worker", "config"}
+            if "client" in rooms_imported(path) and rooms_imported(path) & {"worker", "config"}
         }
         self.assertEqual(joining, {"demo"})
 
