@@ -35,21 +35,15 @@ class Service(service.Service):
         super().setServiceParent(parent)
 
 
-class MultiService(service.MultiService):
-    """:class:`twisted.application.service.MultiService`, annotated."""
+class MultiService(Service, service.MultiService):
+    """
+    :class:`twisted.application.service.MultiService`, annotated: the
+    lifecycle methods come from :class:`Service` above, whose ``super()``
+    calls reach ``MultiService``'s own (they follow the method resolution order).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-
-    def startService(self) -> None:
-        super().startService()
-
-    def stopService(self) -> Deferred[None] | None:
-        result: Deferred[None] | None = super().stopService()
-        return result
-
-    def setServiceParent(self, parent: service.IServiceCollection) -> None:
-        super().setServiceParent(parent)
 
 
 class Resource(resource.Resource):
