@@ -6,6 +6,7 @@ The import rules of ``docs/architecture.md``, read from the source with
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,29 @@ def modules() -> Iterator[tuple[str, Path]]:
         yield path.relative_to(PACKAGE).as_posix(), path
 
 
+def packages() -> set[str]:
+    """The rooms that are packages: ``worker``, ``client``, ..."""
+    return {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+
+
+#: One arrow of the document's drawing: ``worker/  ──► protocol/, http/  why``.
+ARROW = re.compile(r"^(?P<source>[\w/.]+)\s+(?:──►|┄►)\s+(?P<targets>.+?)(?:\s{2,}.*)?$")
+
+
+def drawn_arrows() -> set[tuple[str, str]]:
+    """The arrows between rooms that the document draws, as (room, room)."""
+    section = DOCUMENT.read_text().split("## Who may import whom")[1]
+    drawing = section.split("```")[1]
+    arrows = set()
+    for line in drawing.splitlines():
+        match = ARROW.match(line)
+        if match is None or match["targets"].startswith("("):
+            continue
+        for target in match["targets"].split(","):
+            arrows.add((room_of(match["source"]), target.strip().removesuffix("/")))
+    return arrows
+
+
 class ImportRulesTests(SynchronousTestCase):
     """Each room imports only what the architecture allows it."""
 
@@ -97,11 +121,26 @@ class ImportRulesTests(SynchronousTestCase):
         }
         self.assertEqual(joining, {"demo"})
 
+    def test_the_document_draws_every_arrow(self) -> None:
+        """
+        The arrows drawn in docs/architecture.md are exactly those between the
+        packages (and to the worker's config) in the source: no arrow missing,
+        none stale.
+        """
+        rooms = packages()
+        actual = {
+            (room_of(relative), target)
+            for relative, path in modules()
+            if room_of(relative) in rooms
+            for target in rooms_imported(path) & (rooms | {"config"})
+            if target != room_of(relative)
+        }
+        self.assertEqual(drawn_arrows(), actual)
+
     def test_the_rules_name_real_rooms(self) -> None:
         """Every room the rules and the document name exists in the tree (no stale rule)."""
         tree = {room_of(relative) for relative, _ in modules()}
         named = set(FORBIDDEN).union(*FORBIDDEN.values(), SHARED_FORBIDDEN)
         self.assertEqual(named - tree, set())
         text = DOCUMENT.read_text()
-        packages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
-        self.assertEqual({p for p in packages if f"`{p}/`" not in text}, set())
+        self.assertEqual({p for p in packages() if f"`{p}/`" not in text}, set())
