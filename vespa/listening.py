@@ -10,7 +10,6 @@ tests can ask :meth:`Listener.listening` for the bound address (``tcp:0``).
 
 from __future__ import annotations
 
-from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import (
@@ -20,6 +19,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.python.failure import Failure
 
+from vespa._typing import Service
 from vespa.log import get_logger
 
 log = get_logger(__name__)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+
+from vespa._typing import MultiService
 
 
 class OrderedMultiService(MultiService):

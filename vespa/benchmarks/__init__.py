@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from vespa.benchmarks.errors import BenchmarkError, SettingsError
+from vespa.benchmarks.errors import BenchmarkError, SettingsError, positive_number
 from vespa.benchmarks.runner import Request, RunResult, measure, measure_runs, read_json, send
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import (
@@ -218,14 +217,10 @@ def run_benchmark(
         return result
 
     def check(value: Any) -> float:
-        if isinstance(value, bool):
-            raise BenchmarkError(f"the benchmark returned {value!r}, not a number")
-        try:
-            throughput = float(value)
-        except (TypeError, ValueError):
-            raise BenchmarkError(f"the benchmark returned {value!r}, not a number") from None
-        if not (throughput > 0 and math.isfinite(throughput)):
-            raise BenchmarkError(f"the benchmark measured {value!r}, not a positive throughput")
-        return throughput
+        return positive_number(
+            value,
+            f"the benchmark returned {value!r}, not a number",
+            f"the benchmark measured {value!r}, not a positive throughput",
+        )
 
     return maybeDeferred(call).addCallback(check)

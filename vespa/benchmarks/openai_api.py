@@ -7,6 +7,12 @@ Ollama's ``/v1``, LM Studio...) measured in generated tokens per second.
 Workload unit: one generated token. The autoscaler's ``cost`` for a request
 must then be its expected output tokens (its ``max_tokens``).
 
+A warm-up request, then ``VESPA_BENCHMARK_RUNS`` runs of
+``VESPA_BENCHMARK_CONCURRENCY`` requests for ``VESPA_BENCHMARK_MAX_TOKENS``
+tokens each; the result is the best run's counted tokens per second. The model
+is ``VESPA_BENCHMARK_MODEL`` (or ``MODEL_NAME``), else the first one
+``/v1/models`` lists.
+
 Tokens are counted, not assumed: from ``usage.completion_tokens``, or, in a
 stream without usage, one token per content delta (how these servers stream:
 one token per event, the reasoning models' ``reasoning_content`` included).

@@ -3,14 +3,7 @@
 ``--benchmark openai_chat``: an OpenAI-compatible server's
 ``/v1/chat/completions`` (vLLM, SGLang, llama.cpp, TGI's Messages API, ...).
 
-Workload unit: one generated token, so the autoscaler's ``cost`` of a request
-is its expected output tokens (its ``max_tokens``).
-
-A warm-up request, then ``VESPA_BENCHMARK_RUNS`` runs of
-``VESPA_BENCHMARK_CONCURRENCY`` requests for ``VESPA_BENCHMARK_MAX_TOKENS``
-tokens each; the result is the best run's counted tokens per second. The model
-is ``VESPA_BENCHMARK_MODEL`` (or ``MODEL_NAME``), else the first one
-``/v1/models`` lists. See :mod:`vespa.benchmarks.openai_api`.
+Workload unit (a generated token), runs and model: :mod:`vespa.benchmarks.openai_api`.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,7 +39,7 @@ from typing import Any, cast
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
 from twisted.python.failure import Failure
 
-from vespa.benchmarks.errors import BenchmarkError
+from vespa.benchmarks.errors import BenchmarkError, positive_number
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import RunSettings
 from vespa.log import get_logger
@@ -178,13 +177,11 @@ async def _attempt(session: BackendSession, request: Request, count: Count) -> f
     units = count(response, request)
     if inspect.isawaitable(units):
         units = await units
-    try:
-        value = float(units)
-    except (TypeError, ValueError):
-        raise BenchmarkError(f"{request}: counted {units!r}, not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise BenchmarkError(f"{request}: counted {units!r} units in a successful answer")
-    return value
+    return positive_number(
+        units,
+        f"{request}: counted {units!r}, not a number",
+        f"{request}: counted {units!r} units in a successful answer",
+    )
 
 
 async def send(session: BackendSession, request: Request, count: Count, timeout: float) -> float:

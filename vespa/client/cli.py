@@ -97,8 +97,8 @@ def run(options: Options, reactor: Any = None) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from vespa.client.tap import build_client
-    from vespa.config import ConfigError
     from vespa.log import set_log_level
+    from vespa.settings import ConfigError
 
     if reactor is None:
         from twisted.internet import reactor as global_reactor

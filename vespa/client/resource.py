@@ -33,10 +33,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from vespa._typing import Resource
 from vespa.client.core import ClientCore, Reply
 from vespa.client.errors import DeadlineExceeded
 from vespa.client.policy import DispatchFailed, Preferences, Slot, parse_preferences

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from vespa import _typing
+from vespa._typing import Service
 from vespa.client.config import CLIENT_SETTINGS, ClientConfig, with_backlog
 from vespa.client.core import ClientParts, build_parts
 from vespa.client.resource import ClientResource
@@ -28,7 +30,7 @@ from vespa.settings import ConfigError, option_lists
 log = get_logger(__name__)
 
 
-class Options(usage.Options):
+class Options(_typing.Options):
     """Command-line options of ``twistd vespa-client``; each also reads its environment names."""
 
     synopsis = "--endpoint NAME --api-key KEY [options]  (or VAST_ENDPOINT, VAST_API_KEY)"

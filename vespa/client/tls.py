@@ -30,8 +30,8 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from vespa.config import ConfigError
 from vespa.log import get_logger
+from vespa.settings import ConfigError
 
 log = get_logger(__name__)
 

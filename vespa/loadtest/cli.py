@@ -27,7 +27,6 @@ from typing import Any, TextIO
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 
-from vespa.config import ConfigError
 from vespa.errors import VespaError
 from vespa.loadtest.config import SETTINGS, LoadtestConfig
 from vespa.loadtest.html import html_report
@@ -37,6 +36,7 @@ from vespa.loadtest.report import text_summary, write_file, write_json
 from vespa.loadtest.runner import LoadRun
 from vespa.loadtest.schedule import arrival_offsets
 from vespa.loadtest.target import DirectTarget, EndpointTarget, Target, fetch_json
+from vespa.settings import ConfigError
 
 __all__ = ["main", "parse", "run"]
 

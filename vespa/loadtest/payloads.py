@@ -34,7 +34,7 @@ from vespa.benchmarks import BUILT_IN, SETTINGS
 from vespa.benchmarks.errors import SettingsError
 from vespa.benchmarks.runner import Request as ProbeRequest
 from vespa.benchmarks.settings import ComfyUISettings, OllamaSettings, OpenAISettings, TGISettings
-from vespa.config import ConfigError
+from vespa.settings import ConfigError
 
 __all__ = [
     "MODEL_LISTINGS",

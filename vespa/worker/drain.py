@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
+from vespa._typing import Service
 from vespa.log import get_logger
 from vespa.worker.ledger import Ledger
 from vespa.worker.state import Phase, WorkerState

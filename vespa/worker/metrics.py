@@ -21,9 +21,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from vespa._typing import Resource
 from vespa.interfaces import IReportFailures
 from vespa.worker.admission import Admission
 from vespa.worker.health import HealthChecker
@@ -32,6 +32,11 @@ from vespa.worker.state import Phase, WorkerState
 
 # Model-server latencies run from milliseconds to minutes.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+def _latency(registry: CollectorRegistry, name: str, documentation: str) -> Histogram:
+    """A histogram of seconds over :data:`_BUCKETS`, in ``registry``."""
+    return Histogram(name, documentation, buckets=_BUCKETS, registry=registry)
 
 
 class WorkerMetrics:
@@ -54,23 +59,20 @@ class WorkerMetrics:
         reporter: IReportFailures | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.queue_wait = Histogram(
+        self.queue_wait = _latency(
+            self.registry,
             "vespa_queue_wait_seconds",
             "Time admitted requests waited for a concurrency slot",
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
-        self.first_byte = Histogram(
+        self.first_byte = _latency(
+            self.registry,
             "vespa_time_to_first_byte_seconds",
             "Time from sending a request to the backend to its response headers",
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
-        self.backend_time = Histogram(
+        self.backend_time = _latency(
+            self.registry,
             "vespa_backend_seconds",
             "Duration of backend exchanges, streaming included",
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
         # Every refusal, by status: the only place a request refused before its
         # signature verified is counted (it never reaches the reports).

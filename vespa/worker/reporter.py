@@ -59,7 +59,6 @@ from typing import Any
 
 import psutil
 import treq.client
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -67,6 +66,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from vespa._typing import Service
 from vespa.http.stream import Discard
 from vespa.interfaces import IReportFailures
 from vespa.log import get_logger

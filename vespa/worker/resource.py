@@ -39,10 +39,10 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from vespa import __version__
+from vespa._typing import Resource
 from vespa.errors import (
     BodyTooLarge,
     PathBlocked,

@@ -56,13 +56,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from vespa._typing import Resource, Service
 from vespa.errors import BadRequest, BodyTooLarge, MethodNotAllowed, VespaError, write_error
 from vespa.http.site import ProxyRequest
 from vespa.log import get_logger

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from vespa._typing import Service
 from vespa.backoff import equal_jitter
 from vespa.benchmarks import (
     BenchmarkError,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import treq
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -18,7 +18,8 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from vespa import __version__
+from vespa import __version__, _typing
+from vespa._typing import Service
 from vespa.benchmarks import BenchmarkError, built_in_name, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.fdlimit import connection_budget, raise_fd_limit
@@ -52,7 +53,7 @@ DEFAULT_AUTOSCALER = "https://run.vast.ai"
 
 VERSION = f"vespa-{__version__}"
 
-class Options(usage.Options):
+class Options(_typing.Options):
     """Command-line options of ``twistd vespa``; each also reads ``VESPA_*``/``PYWORKER_*``."""
 
     synopsis = "[options]  (e.g. twistd -n vespa --backend-url http://127.0.0.1:8000)"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from vespa._typing import Resource
 from vespa.testing.autoscaler.standin import Autoscaler, InjectedFailure, abort, log
 from vespa.testing.autoscaler.wire import PATHS, parse_object, report_problem
 

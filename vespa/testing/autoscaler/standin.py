@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from Crypto.PublicKey import RSA
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime, ITCPTransport
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from vespa._typing import Resource
 from vespa.log import get_logger
 from vespa.testing.autoscaler.wire import (
     FAILURE_MODES,

@@ -13,8 +13,9 @@ from typing import Any, ClassVar, Literal, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+
+from vespa._typing import Resource
 
 FailureMode = Literal["error", "hang", "wrong_shape", "job_failed"]
 FailurePolicy = FailureMode | None | Callable[[int], "FailureMode | None"]
