@@ -1,7 +1,7 @@
 """
 TLS to workers, with a private CA that has the Vast root's quirk: a path
 length in its basic constraints and no key usage (with ``keyCertSign``), which
-OpenSSL's strict mode refuses (``reference/vast-protocol.md`` 9.4).
+OpenSSL's strict mode refuses.
 """
 
 from __future__ import annotations

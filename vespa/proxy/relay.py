@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.test_worker_relay -*-
 """
 The streaming relay: one request from a ``twisted.web`` client to one backend.
 
