@@ -24,7 +24,7 @@ from twisted.web.client import Agent, ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tests.test_client_support import start_chain, vespa_headers
+from tests.support_client import start_chain, vespa_headers
 from vespa.client.policy import Preferences
 from vespa.client.tls import PlatformPlusCAs, WorkerTLSPolicy, load_ca_file, worker_tls_policy
 from vespa.config import ConfigError, WorkerConfig

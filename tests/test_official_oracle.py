@@ -23,7 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from tests.support import HTTPClient, start_echo_backend, until
-from tests.test_worker_protocol import ProtocolTestCase
+from tests.support_worker import ProtocolTestCase
 from vespa.protocol.envelope import wrap_body
 
 OFFICIAL_ID = 8

@@ -26,7 +26,7 @@ from tests.support import (
     until,
     wake_startup,
 )
-from tests.test_worker_protocol import Harness
+from tests.support_worker import Harness
 from vespa.config import ConfigError, WorkerConfig
 from vespa.log import _JSONLinesObserver
 from vespa.tls import make_self_signed

@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.logcapture import capture_log
 from tests.support import BENCHMARK_CALLS, start_secured_worker, until, wake_startup
-from tests.test_worker_protocol import Harness
+from tests.support_worker import Harness
 from vespa.worker import health
 from vespa.worker.ledger import Outcome
 from vespa.worker.state import Phase

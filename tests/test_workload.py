@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import until
-from tests.test_worker_protocol import ProtocolTestCase
+from tests.support_worker import ProtocolTestCase
 from vespa.benchmarks.comfyui import JOB_UNITS
 from vespa.benchmarks.settings import OpenAISettings
 from vespa.worker.workload import (
