@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import PUBLIC_URL, HTTPClient, shared_key, start_secured_worker, until
+from tests.support import PUBLIC_URL, HTTPClient, shared_key, start_secured_worker
 from vespa.protocol.envelope import auth_query, wrap_body
 from vespa.testing.autoscaler import sign_auth
 from vespa.worker.ledger import Outcome
@@ -75,11 +75,8 @@ class ProtocolTestCase(TestCase):
     async def start(self, **kw: Any) -> Harness:
         self.env = await start_secured_worker(self, **kw)
         self.env.testcase = self
-        self.env.autoscaler_port = (
-            int(self.env.worker.reporter._settings.addresses[0].rsplit(":", 1)[1])
-            if self.env.worker.reporter
-            else None
-        )
+        addresses = self.env.config.vast.report_addresses
+        self.env.autoscaler_port = int(addresses[0].rsplit(":", 1)[1]) if addresses else None
         self.ledger = self.env.worker.ledger
         self.h = Harness(self.env)
         return self.h
@@ -109,7 +106,7 @@ class ProtocolTestCase(TestCase):
         seen = len(reports)
         for _ in range(20):
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy, 5)
+            await self.env.worker.reporter.flush()
             for report in reports[seen:]:
                 if predicate(report):
                     return report

@@ -152,7 +152,7 @@ class OfficialOracleTests(ProtocolTestCase):
             if statuses <= set(self.records(VESPA_ID)):
                 return self.records(VESPA_ID)
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.fail(f"Vespa deleted {sorted(self.records(VESPA_ID))}, not {sorted(statuses)}")
 
     async def traffic(self, post: Any) -> None:

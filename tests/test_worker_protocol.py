@@ -343,7 +343,7 @@ class ReportTests(ProtocolTestCase):
                 bad["cost"] = 4
                 await h.post(b"/echo", {}, auth=bad)
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.assertEqual(len(self.env.autoscaler.status_reports), accepted_before)
         self.env.autoscaler.fail(None)
         report = await self.report(lambda r: r["cur_perf"] > 0)
@@ -352,7 +352,7 @@ class ReportTests(ProtocolTestCase):
         self.assertEqual(report["rej_load"], 0.0)
         for _ in range(3):
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         deletes = self.deleted()
         self.assertEqual(len(deletes), 6)
         self.assertEqual(len(set(deletes)), 6)
@@ -474,7 +474,7 @@ class UnverifiedRequestTests(ProtocolTestCase):
         before = len(self.env.autoscaler.status_reports)
         for _ in range(21):
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.assertGreaterEqual(len(self.env.autoscaler.status_reports) - before, 2)
         self.assertEqual(self.env.autoscaler.refused_reports, [])
         self.assertEqual(self.deleted(), [signed["request_idx"]])
@@ -512,7 +512,7 @@ class UnverifiedRequestTests(ProtocolTestCase):
         await self.report(lambda r: r["cur_perf"] > 0)
         for _ in range(3):
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.assertEqual(self.deleted(), [signed["request_idx"]])
         report = self.env.autoscaler.status_reports[-1]
         self.assertEqual(report["working_request_idxs"], [victim["request_idx"]])
