@@ -158,7 +158,7 @@ class AdmissionTests(ProtocolTestCase):
         """
         h = await self.start(throughput=10.0)
         first = ensureDeferred(h.post(b"/hang", {}, cost=350))
-        await until(lambda: self.ledger.in_flight_count == 1)
+        await self.env.backend.wait_for_request(b"/hang")
         auth = h.auth(1)
         response, body = await h.post(b"/echo", {}, auth=auth)
         self.assertEqual(response.code, 429)
@@ -201,7 +201,7 @@ class AdmissionTests(ProtocolTestCase):
             self.env.clock.advance(1)
             await until(lambda: True)
         await clients[0].wait_for(b"\r\n0\r\n\r\n")
-        await until(lambda: any(b"k=2" in uri for _, uri in self.env.backend.received))
+        await self.env.backend.wait_for_request(b"/stream?n=2&interval=1&k=2")
         self.env.clock.advance(1)
         await clients[2].wait_for(b"\r\n0\r\n\r\n")
         streams = [uri for _, uri in self.env.backend.received if uri.startswith(b"/stream")]
@@ -318,7 +318,7 @@ class ReportTests(ProtocolTestCase):
         h = await self.start()
         auth = h.auth(25)
         pending = ensureDeferred(h.post(b"/hang", {}, auth=auth))
-        await until(lambda: self.ledger.in_flight_count == 1)
+        await self.env.backend.wait_for_request(b"/hang")
         report = await self.report(lambda r: r["cur_load"] > 0)
         self.assertEqual(report["cur_load"], 25.0)
         self.assertEqual(report["working_request_idxs"], [auth["request_idx"]])
@@ -423,7 +423,7 @@ class LifecycleTests(ProtocolTestCase):
                 await until(lambda: self.ledger.in_flight_count == 1)
                 client.transport.loseConnection()
                 disconnects += 1
-                await until(lambda: self.ledger.in_flight_count == 0)
+                await self.ledger.when_idle()
             self.assert_invariant()
         totals = self.ledger.totals
         self.assertEqual(totals[Outcome.CANCELLED].requests, disconnects)
@@ -488,7 +488,7 @@ class UnverifiedRequestTests(ProtocolTestCase):
         h = await self.start()
         victim = h.auth(5)
         pending = ensureDeferred(h.post(b"/hang", {}, auth=victim))
-        await until(lambda: self.ledger.in_flight_count == 1)
+        await self.env.backend.wait_for_request(b"/hang")
         client = HTTPClient(self, self.env.port, pooled=True)
         client.pool.maxPersistentPerHost = 10
         someone_elses = h.auth(1)["signature"]
