@@ -256,6 +256,40 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual(chain.state.error, "")
 
 
+class HealthCheckTests(SynchronousTestCase):
+    """Once loaded, the backend is probed every ``healthcheck_interval`` seconds."""
+
+    def test_consecutive_failures_make_an_error_the_next_success_clears(self) -> None:
+        """Three failed checks in a row make the worker errored, with the
+        reason; the first check that passes clears it (no sticky errors)."""
+        chain = Chain(self)
+        chain.start()
+        self.assertTrue(chain.state.is_loaded)
+        probes = chain.probes()
+        chain.backend.health_status = 503
+        for _ in range(2):
+            chain.advance(chain.config.healthcheck_interval)
+        self.assertEqual((chain.probes(), chain.state.error), (probes + 2, ""))
+        chain.advance(chain.config.healthcheck_interval)
+        self.assertIs(chain.state.phase, Phase.ERRORED)
+        self.assertIn("3 consecutive", chain.state.error)
+        self.assertIn("answered 503", chain.state.error)
+        chain.backend.health_status = 200
+        chain.advance(chain.config.healthcheck_interval)
+        self.assertTrue(chain.state.is_loaded)
+        self.assertEqual(chain.state.error, "")
+
+    def test_a_failure_between_successes_is_forgotten(self) -> None:
+        """Failures must be consecutive: one passing check starts the count again."""
+        chain = Chain(self)
+        chain.start()
+        for status in (503, 503, 200, 503, 503):
+            chain.backend.health_status = status
+            chain.advance(chain.config.healthcheck_interval)
+        self.assertTrue(chain.state.is_loaded)
+        self.assertEqual(chain.state.error, "")
+
+
 class WhileStartingTests(TestCase):
     """What a client and the autoscaler see of startup: the whole worker, over loopback."""
 
