@@ -362,7 +362,8 @@ class ReportTests(ProtocolTestCase):
         h = await self.start()
         self.env.autoscaler.fail("hang")
         self.env.clock.advance(1)
-        await until(lambda: self.env.autoscaler.hanging > 0)
+        await self.env.autoscaler.wait_for_failure()
+        self.assertEqual(self.env.autoscaler.hanging, 1)
         for _ in range(5):
             response, _ = await h.post(b"/echo", {}, cost=2)
             self.assertEqual(response.code, 200)
