@@ -12,13 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 import treq
-from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.logcapture import capture_log
-from tests.support import listen, until
 from vespa.benchmarks import (
     BUILT_IN,
     BenchmarkError,
@@ -42,7 +40,7 @@ from vespa.benchmarks.runner import concurrency_levels
 from vespa.benchmarks.session import BackendSession
 from vespa.benchmarks.settings import ComfyUISettings, OpenAISettings, TGISettings
 from vespa.config import Origin, WorkerConfig
-from vespa.testing.model_servers import InMemoryBackend, OpenAIServer, TGIServer, fake_site
+from vespa.testing.model_servers import InMemoryBackend, OpenAIServer, TGIServer
 from vespa.worker.health import HealthChecker
 from vespa.worker.startup import BenchmarkCache, Startup
 from vespa.worker.state import Phase, WorkerState
@@ -569,29 +567,25 @@ async def flaky_benchmark(backend_url: str, session: BackendSession) -> float:
     return FLAKY["value"]
 
 
-class CacheTests(TestCase):
+class CacheTests(SynchronousTestCase):
     """
-    Through the startup chain (real sockets, timers on a Clock): a failed
-    benchmark is reported with its reason and never cached; a measured value
-    is; a corrupt cache is measured again.
+    Through the startup chain, in memory (its timers and the fake's on one
+    ``Clock``): a failed benchmark is reported with its reason and never
+    cached; a measured value is; a corrupt cache is measured again.
     """
 
-    timeout = 20
-
-    def start(self, cache_path: str) -> tuple[WorkerState, Clock]:
-        server = TGIServer(reactor, failure="error")
-        port = listen(self, fake_site(server, reactor))
-        clock = Clock()
-        config = replace(WorkerConfig(backend=Origin("http", "127.0.0.1", port)), startup_retry=30)
-        session = BackendSession.create(reactor, config.backend.url)
-        self.addCleanup(session.close)
-        state = WorkerState(clock)
-        health = HealthChecker(clock, state, lambda: succeed(None))
+    def start(self, cache_path: str) -> tuple[WorkerState, InMemoryBackend]:
+        backend = InMemoryBackend(TGIServer(Clock(), failure="error"))
+        config = replace(
+            WorkerConfig(backend=Origin("http", "backend.invalid", 80)), startup_retry=30
+        )
+        state = WorkerState(backend.clock)
+        health = HealthChecker(backend.clock, state, lambda: succeed(None))
         startup = Startup(
-            clock,
+            backend.clock,
             state,
-            session.http,
-            config.backend.url,
+            backend.session.http,
+            InMemoryBackend.URL,
             health,
             benchmark="tests.test_benchmarks:flaky_benchmark",
             cache=BenchmarkCache(cache_path),
@@ -601,25 +595,27 @@ class CacheTests(TestCase):
         )
         startup.startService()
         self.addCleanup(startup.stopService)
-        return state, clock
+        backend.settle()
+        return state, backend
 
-    async def test_failure_is_reported_and_not_cached(self) -> None:
+    def test_failure_is_reported_and_not_cached(self) -> None:
         """The reason reaches the state; no file; a later success is cached."""
         FLAKY.update(fail=True, value=123.0)
         path = self.mktemp()
-        state, clock = self.start(path)
-        await until(lambda: state.phase is Phase.ERRORED)
+        state, backend = self.start(path)
+        self.assertIs(state.phase, Phase.ERRORED)
         self.assertIn("Benchmark failed: tgi: the warm-up request failed", state.error)
         self.assertIn("POST /generate answered 500", state.error)
         self.assertFalse(os.path.exists(path))
         self.assertEqual(os.listdir(os.path.dirname(os.path.abspath(path))), [])
         FLAKY["fail"] = False
-        clock.advance(30)
-        await until(lambda: state.is_loaded)
+        backend.clock.advance(30)
+        backend.settle()
+        self.assertTrue(state.is_loaded)
         self.assertEqual(state.max_perf, 123.0)
         self.assertEqual(BenchmarkCache(path).read(), 123.0)
 
-    async def test_corrupt_cache_is_measured_again(self) -> None:
+    def test_corrupt_cache_is_measured_again(self) -> None:
         """A cache file that is not a positive number is ignored, then replaced."""
         FLAKY.update(fail=False, value=77.0)
         path = self.mktemp()
@@ -629,6 +625,6 @@ class CacheTests(TestCase):
                 f.write(corrupt)
             self.assertIsNone(BenchmarkCache(path).read())
         state, _ = self.start(path)
-        await until(lambda: state.is_loaded)
+        self.assertTrue(state.is_loaded)
         self.assertEqual(state.max_perf, 77.0)
         self.assertEqual(BenchmarkCache(path).read(), 77.0)

@@ -11,7 +11,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from tests.support import until
-from tests.test_client_support import ENDPOINT, advance_until, start_chain
+from tests.support_client import ENDPOINT, advance_until, start_chain
 from vespa.client.api import VespaClient, VespaHTTPError
 from vespa.client.policy import MAX_BACKOFF
 

@@ -15,7 +15,7 @@ import sys
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_worker_tap import free_port, http, wait_for_port
+from tests.support_process import free_port, http, spawn, stop, wait_for_port
 from vespa.client.cli import parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,26 +93,23 @@ class ScriptTests(SynchronousTestCase):
         self.assertNotIn("Traceback", result.stderr + result.stdout)
 
     def test_interactive_start_then_serves(self) -> None:
+        """Asks, serves, and stops on Ctrl-C (``SIGINT``) without a traceback."""
         port = free_port()
-        process = subprocess.Popen(
+        process = spawn(
+            self,
             [sys.executable, "-m", "vespa.client.cli", "-i", "--port", str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
             env=_env(),
+            stdin=subprocess.PIPE,
         )
-        try:
-            assert process.stdin is not None
-            process.stdin.write("typed-endpoint\ntyped-key\n")
-            process.stdin.flush()
-            wait_for_port(port, process)
-            status, _, body = http("GET", f"http://127.0.0.1:{port}/health")
-            self.assertEqual(status, 200)
-            self.assertEqual(json.loads(body)["endpoint"], "typed-endpoint")
-        finally:
-            process.send_signal(signal.SIGINT)
-            output, _ = process.communicate(timeout=20)
+        assert process.stdin is not None
+        process.stdin.write("typed-endpoint\ntyped-key\n")
+        process.stdin.flush()
+        wait_for_port(port, process)
+        status, _, body = http("GET", f"http://127.0.0.1:{port}/health")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["endpoint"], "typed-endpoint")
+        output = stop(process, signal.SIGINT)
+        self.assertEqual(process.returncode, 0, output)
         self.assertIn("Endpoint name:", output)
         self.assertNotIn("typed-key", output)
         self.assertNotIn("Traceback", output)

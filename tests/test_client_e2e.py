@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import listen, raw_connect, until
-from tests.test_client_support import advance_until, start_chain, vespa_headers
+from tests.support_client import advance_until, start_chain, vespa_headers
 from vespa.client.policy import MAX_BACKOFF, Preferences
 from vespa.worker.ledger import Outcome
 

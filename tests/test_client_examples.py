@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.test_client_support import API_KEY, ENDPOINT, start_chain
+from tests.support_client import API_KEY, ENDPOINT, start_chain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

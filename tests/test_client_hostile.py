@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from tests.support import listen
-from tests.test_client_support import advance_until, start_chain
+from tests.support_client import advance_until, start_chain
 from vespa.client.core import Reply
 from vespa.client.router import ROUTE_ANSWER_LIMIT
 

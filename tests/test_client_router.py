@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tests.support import shared_key
+from tests.support_client import Console
 from vespa.client.errors import (
     AutoscalerError,
     AutoscalerUnauthorized,
@@ -255,31 +256,6 @@ class _Huge(Resource):
         return NOT_DONE_YET
 
 
-class Console(Resource):
-    """The console API's ``/api/v0/endptjobs/``, as far as the key look-up uses it."""
-
-    isLeaf = True
-
-    def __init__(self, account_key: str = "acct", keys: dict[str, str] | None = None) -> None:
-        super().__init__()
-        self.account_key = account_key
-        self.keys = keys or {"other": "other-key", "demo-endpoint": "the-key"}
-        self.requests: list[bytes] = []
-        self.status = 200
-
-    def render_GET(self, request: Request) -> bytes:
-        self.requests.append(request.uri)
-        request.setHeader(b"content-type", b"application/json")
-        auth = request.getHeader(b"authorization")
-        if auth != b"Bearer " + self.account_key.encode():
-            request.setResponseCode(401)
-            return b'{"error": "bad key"}'
-        request.setResponseCode(self.status)
-        results = [
-            {"endpoint_name": name, "api_key": key, "id": i}
-            for i, (name, key) in enumerate(self.keys.items())
-        ]
-        return json.dumps({"results": results}).encode()
 
 
 class KeySourceTests(SynchronousTestCase):

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -23,15 +21,12 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from tests.support import HTTPClient, listen, until
-from tests.test_client_router import Console
-from tests.test_client_support import start_chain
-from tests.test_worker_tap import free_port, http, wait_for_port
+from tests.support_client import Console, start_chain
+from tests.support_process import TWISTD, free_port, http, spawn, stop, wait_for_port
 from vespa.client.config import LISTEN_BACKLOG, ClientConfig
 from vespa.client.tap import Options, build_client, makeService
 from vespa.demo import demo_client
 from vespa.listening import Listener
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
 def parse(*argv: str, environ: dict[str, str] | None = None) -> Options:
@@ -248,7 +243,8 @@ class TwistdTests(SynchronousTestCase):
         key_file = self.mktemp()
         with open(key_file, "w") as f:
             f.write("secret-from-file\n")
-        process = subprocess.Popen(
+        process = spawn(
+            self,
             [
                 TWISTD,
                 "-n",
@@ -263,18 +259,12 @@ class TwistdTests(SynchronousTestCase):
                 "--autoscaler-url",
                 "http://127.0.0.1:9",
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
             env=_env(),
         )
-        try:
-            wait_for_port(port, process)
-            status, _, body = http("GET", f"http://127.0.0.1:{port}/health")
-            self.assertEqual(status, 200)
-            self.assertEqual(json.loads(body)["endpoint"], "ep")
-            self.assertNotIn("secret-from-file", " ".join(process.args))  # type: ignore[arg-type]
-        finally:
-            process.send_signal(signal.SIGTERM)
-            output, _ = process.communicate(timeout=20)
+        wait_for_port(port, process)
+        status, _, body = http("GET", f"http://127.0.0.1:{port}/health")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["endpoint"], "ep")
+        self.assertNotIn("secret-from-file", " ".join(process.args))  # type: ignore[arg-type]
+        output = stop(process)
         self.assertNotIn("Traceback", output)

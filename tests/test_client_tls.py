@@ -1,7 +1,7 @@
 """
 TLS to workers, with a private CA that has the Vast root's quirk: a path
 length in its basic constraints and no key usage (with ``keyCertSign``), which
-OpenSSL's strict mode refuses (``reference/vast-protocol.md`` 9.4).
+OpenSSL's strict mode refuses.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from twisted.web.client import Agent, ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tests.test_client_support import start_chain, vespa_headers
+from tests.support_client import start_chain, vespa_headers
 from vespa.client.policy import Preferences
 from vespa.client.tls import PlatformPlusCAs, WorkerTLSPolicy, load_ca_file, worker_tls_policy
 from vespa.config import ConfigError, WorkerConfig

@@ -17,8 +17,7 @@ from twisted.trial.unittest import TestCase
 from vespa.fdlimit import connection_budget
 
 from .support import HTTPClient, raw_connect
-from .test_fdlimit import limit_child
-from .test_worker_tap import TWISTD, _clean_env, free_port
+from .support_process import TWISTD, clean_env, free_port, limit_child
 
 #: Connections the attacker holds open, each trickling its headers.
 ATTACKERS = 1100
@@ -37,7 +36,7 @@ class DaemonAttackTests(TestCase):
         cwd = self.mktemp()
         os.makedirs(cwd)
         env = {
-            **_clean_env(),
+            **clean_env(),
             "VESPA_BACKEND_URL": f"http://127.0.0.1:{free_port()}",
             "REPORT_ADDR": "",
         }
@@ -147,7 +146,7 @@ class DaemonAttackTests(TestCase):
         the worker's peak memory by at most three times its size while it is
         received and relayed.
         """
-        from .test_site import FORM_SIZE, URLENCODED, exchange, parse, post_head, urlencoded_form
+        from .support_raw import FORM_SIZE, URLENCODED, exchange, parse, post_head, urlencoded_form
 
         port = await self.start_worker()
         body = urlencoded_form(FORM_SIZE)

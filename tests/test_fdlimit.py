@@ -5,13 +5,12 @@ The open-file limit: raised at start; the client connections it allows.
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support_process import limit_child
 from vespa.fdlimit import MIN_RESERVE, connection_budget
 
 
@@ -28,13 +27,6 @@ class BudgetTests(SynchronousTestCase):
 
     def test_no_limit_no_budget(self) -> None:
         self.assertIsNone(connection_budget(None))
-
-
-def limit_child(soft: int, hard: int) -> Any:
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-    return limit
 
 
 class RaiseTests(SynchronousTestCase):

@@ -23,7 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from tests.support import HTTPClient, start_echo_backend, until
-from tests.test_worker_protocol import ProtocolTestCase
+from tests.support_worker import ProtocolTestCase
 from vespa.protocol.envelope import wrap_body
 
 OFFICIAL_ID = 8
@@ -152,7 +152,7 @@ class OfficialOracleTests(ProtocolTestCase):
             if statuses <= set(self.records(VESPA_ID)):
                 return self.records(VESPA_ID)
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.fail(f"Vespa deleted {sorted(self.records(VESPA_ID))}, not {sorted(statuses)}")
 
     async def traffic(self, post: Any) -> None:

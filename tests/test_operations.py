@@ -26,7 +26,7 @@ from tests.support import (
     until,
     wake_startup,
 )
-from tests.test_worker_protocol import Harness
+from tests.support_worker import Harness
 from vespa.config import ConfigError, WorkerConfig
 from vespa.log import _JSONLinesObserver
 from vespa.tls import make_self_signed
@@ -56,7 +56,7 @@ class HealthAndReadinessTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["phase"], "loading")
         # The first probe must have had its 503 before the backend recovers.
-        await until(lambda: env.worker.startup.sleeping_until is not None)
+        await env.backend.wait_for_request(b"/health")
         env.backend.health_status = 200
         await wake_startup(env.worker, env.clock)
         await until(lambda: env.worker.state.is_loaded)

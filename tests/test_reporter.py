@@ -843,7 +843,8 @@ class RobustnessTests(SynchronousTestCase):
         for _ in range(5):
             clock.advance(1)
         self.assertEqual(len(calls), 6)
-        self.assertTrue(reporter._loop is not None and reporter._loop.running)
+        clock.advance(1)  # the loop goes on
+        self.assertEqual(len(calls), 7)
         d = reporter.stopService()
         self.successResultOf(d)
 
@@ -926,7 +927,7 @@ class SlowAutoscalerTests(SynchronousTestCase):
         would have sent it again).
         """
         h = Harness(self)
-        self.assertEqual(h.reporter._settings.timeout, 60.0)
+        self.assertEqual(ReportSettings(addresses=()).timeout, 60.0)
         h.state.loaded(10.0)
         h.start()
         h.autoscaler.modes["a.test"] = "hang"

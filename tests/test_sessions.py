@@ -395,7 +395,12 @@ class SessionsTests(SynchronousTestCase):
             def post(self, *args: Any, **kwargs: Any) -> Any:
                 return fail(ConnectionRefusedError())
 
-        self.sessions._http = _Down()
+        self.sessions = Sessions(
+            self.clock,
+            self.ledger,
+            _Down(),  # type: ignore[arg-type]
+            "http://127.0.0.1:8000",
+        )
         warnings = _warnings(self)
         self.create({"lifetime": 1, "on_close_route": "/closed"})
         self.clock.advance(1)

@@ -26,7 +26,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.support import PUBLIC_URL, HTTPClient, shared_key, start_secured_worker, until
+from tests.support import PUBLIC_URL, HTTPClient, shared_key, start_secured_worker
 from vespa.testing.autoscaler import sign_auth
 from vespa.worker.drain import Drain
 from vespa.worker.ledger import Outcome
@@ -237,7 +237,7 @@ class OfficialClientSessionTests(TestCase):
         outcome = await self.official(script)
         self.assertIn(outcome, ("ConnectionError", "ValueError"))
         await env.backend.wait_for_disconnect(b"/hang").addTimeout(10, reactor)
-        await until(lambda: env.worker.ledger.in_flight_count == 0)
+        await env.worker.ledger.when_idle()
         self.assertEqual(env.worker.ledger.totals[Outcome.CANCELLED].requests, 1)
         self.assertEqual(len(env.worker.sessions), 0)
 

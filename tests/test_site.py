@@ -6,7 +6,6 @@ connections than file descriptors.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from typing import Any
@@ -15,7 +14,6 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
-from twisted.web.client import FileBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -24,9 +22,17 @@ from vespa.protocol.envelope import wrap_body
 from vespa.testing.echo_backend import EchoBackend
 
 from .support import listen, raw_connect, start_secured_worker, start_worker, until
+from .support_raw import (
+    FORM_SIZE,
+    MULTIPART,
+    URLENCODED,
+    exchange,
+    multipart_form,
+    parse,
+    post_head,
+    urlencoded_form,
+)
 
-#: A form body of this size froze a worker for 9 s (urlencoded) to 25 s (multipart).
-FORM_SIZE = 60 << 20
 #: The stream's events are this far apart; a stall shows as a longer gap.
 EVENT_INTERVAL = 0.01
 #: The longest gap between a stream's events that counts as not stalled.
@@ -38,31 +44,6 @@ MAX_GAP = 0.05
 #: Longer than any pause of a working reactor; parsing a 60 MB form took 9 to 25 s.
 NOT_FROZEN = 1.0
 
-URLENCODED = b"application/x-www-form-urlencoded"
-
-
-def urlencoded_form(size: int) -> bytes:
-    """An ``application/x-www-form-urlencoded`` body of about ``size`` bytes, many fields."""
-    field = b"field%07d=" + b"v" * 100
-    return b"&".join(field % (i,) for i in range(size // (len(field) + 2)))
-
-
-BOUNDARY = b"vespa-attack-boundary"
-MULTIPART = b"multipart/form-data; boundary=" + BOUNDARY
-
-
-def multipart_form(size: int) -> bytes:
-    """A ``multipart/form-data`` body of about ``size`` bytes, many parts."""
-    part = (
-        b"--"
-        + BOUNDARY
-        + b'\r\nContent-Disposition: form-data; name="f%07d"\r\n\r\n'
-        + b"v" * 100
-        + b"\r\n"
-    )
-    return b"".join(part % (i,) for i in range(size // len(part))) + b"--" + BOUNDARY + b"--\r\n"
-
-
 class _UploadBackend(EchoBackend):
     """The echo backend, keeping the body of ``/upload`` (unread) for the test to check."""
 
@@ -73,42 +54,6 @@ class _UploadBackend(EchoBackend):
         self.upload, request.content = request.content, None
         request.setHeader(b"content-type", b"application/json")
         return b'{"stored": true}'
-
-
-def post_head(target: bytes, content_type: bytes, length: int) -> bytes:
-    """The head of a raw HTTP/1.1 POST that closes the connection."""
-    return (
-        b"POST %s HTTP/1.1\r\nHost: worker\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n" % (target, content_type, length)
-    )
-
-
-async def exchange(port: int, head: bytes, body: bytes = b"") -> bytes:
-    """
-    Send ``head`` then ``body`` on a new connection; return all that comes
-    back until it closes. The body is sent as fast as the peer reads it, in
-    pieces (one 60 MB write would stall this process copying it).
-    """
-    client = await raw_connect(port)
-    client.transport.write(head)
-    if body:
-        producer = FileBodyProducer(io.BytesIO(body), readSize=1 << 18)
-        client.transport.registerProducer(producer, True)
-        await producer.startProducing(client.transport)
-        client.transport.unregisterProducer()
-    await client.closed
-    return client.data
-
-
-def parse(answer: bytes) -> tuple[bytes, dict[bytes, list[bytes]], bytes]:
-    """The status line, headers (lower-case names) and body of a raw response."""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status, *lines = head.split(b"\r\n")
-    headers: dict[bytes, list[bytes]] = {}
-    for line in lines:
-        name, _, value = line.partition(b":")
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
-    return status, headers, body
 
 
 class FormBodyTests(TestCase):
@@ -191,7 +136,7 @@ class FormBodyTests(TestCase):
         """
         from twisted.internet.task import LoopingCall
 
-        from tests.test_worker_protocol import Harness
+        from tests.support_worker import Harness
 
         env = await start_secured_worker(self)
         # The echo backend paces its stream on the worker's Clock: run it in real time.
@@ -480,7 +425,7 @@ class WorkerAnswerTests(TestCase):
         routes as usual, none with twisted.web's ``Server`` header; a relayed
         answer keeps the backend's own ``Server`` header.
         """
-        from tests.test_worker_protocol import Harness
+        from tests.support_worker import Harness
 
         env = await start_secured_worker(self)
         unsigned = await exchange(env.port, post_head(b"/echo", b"application/json", 2) + b"{}")

@@ -7,123 +7,19 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
-from urllib.parse import urlencode
 
 from twisted.internet.defer import ensureDeferred, gatherResults
-from twisted.trial.unittest import TestCase
 
 from tests.support import (
     PUBLIC_URL,
     HTTPClient,
     raw_connect,
-    shared_key,
-    start_secured_worker,
     until,
 )
-from vespa.protocol.envelope import auth_query, wrap_body
+from tests.support_worker import ProtocolTestCase
+from vespa.protocol.envelope import wrap_body
 from vespa.protocol.reports import WORKER_STATUS_FIELDS
-from vespa.testing.autoscaler import sign_auth
 from vespa.worker.ledger import Outcome
-
-AUTH_KEYS = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
-
-
-class Harness:
-    """Signs requests like the autoscaler and sends them to the worker."""
-
-    def __init__(self, env: Any) -> None:
-        self.env = env
-        self.reqnum = 1000
-        self.request_idx = 5000
-
-    def auth(
-        self, cost: Any = 10, *, url: str = PUBLIC_URL, mode: str = "full", **fields: Any
-    ) -> dict[str, Any]:
-        self.reqnum += 1
-        self.request_idx += 1
-        auth = {
-            "cost": cost,
-            "endpoint": "demo-endpoint",
-            "reqnum": self.reqnum,
-            "request_idx": self.request_idx,
-            "url": url,
-            **fields,
-        }
-        auth["signature"] = sign_auth(shared_key(), auth, mode)
-        return auth
-
-    async def post(
-        self, path: bytes, payload: Any, auth: dict[str, Any] | None = None, **kw: Any
-    ) -> tuple[Any, bytes]:
-        body = wrap_body(auth if auth is not None else self.auth(**kw), payload)
-        return await self.env.client.request(b"POST", path, body=body)
-
-    async def get(
-        self, path: bytes, auth: dict[str, Any] | None = None, **kw: Any
-    ) -> tuple[Any, bytes]:
-        query = urlencode(auth_query(auth if auth is not None else self.auth(**kw))).encode()
-        separator = b"&" if b"?" in path else b"?"
-        return await self.env.client.request(b"GET", path + separator + query)
-
-    async def routed(self, cost: Any) -> dict[str, Any]:
-        """Ask the stand-in for a worker, as a client would."""
-        client = HTTPClient(self.env.testcase, self.env.autoscaler_port)
-        _, body = await client.request(
-            b"POST",
-            b"/route/",
-            headers={b"Authorization": [b"Bearer demo-key"]},
-            body=json.dumps({"endpoint": "demo-endpoint", "cost": cost}).encode(),
-        )
-        return {k: v for k, v in json.loads(body).items() if k in AUTH_KEYS}
-
-
-class ProtocolTestCase(TestCase):
-    timeout = 30
-
-    async def start(self, **kw: Any) -> Harness:
-        self.env = await start_secured_worker(self, **kw)
-        self.env.testcase = self
-        self.env.autoscaler_port = (
-            int(self.env.worker.reporter._settings.addresses[0].rsplit(":", 1)[1])
-            if self.env.worker.reporter
-            else None
-        )
-        self.ledger = self.env.worker.ledger
-        self.h = Harness(self.env)
-        return self.h
-
-    def refused(self, status: str) -> float:
-        """The worker's local count of refusals with ``status``."""
-        registry = self.env.worker.resource.metrics.registry
-        return registry.get_sample_value("vespa_refused_requests_total", {"status": status}) or 0.0
-
-    def deleted(self) -> list[int]:
-        """Every request_idx in the accepted /delete_requests/ records, in order."""
-        return [r["request_idx"] for d in self.env.autoscaler.delete_reports for r in d["requests"]]
-
-    def assert_invariant(self) -> None:
-        totals = self.ledger.totals
-        self.assertEqual(
-            totals.received.requests,
-            totals[Outcome.SERVED].requests
-            + totals[Outcome.ERRORED].requests
-            + totals[Outcome.CANCELLED].requests
-            + self.ledger.in_flight_count,
-        )
-
-    async def report(self, predicate: Any = lambda r: True) -> dict[str, Any]:
-        """Advance the clock one report interval and wait for a matching report."""
-        reports = self.env.autoscaler.status_reports
-        seen = len(reports)
-        for _ in range(20):
-            self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy, 5)
-            for report in reports[seen:]:
-                if predicate(report):
-                    return report
-            seen = len(reports)
-        raise AssertionError("no matching report within 20 simulated seconds")
 
 
 class SignedRequestTests(ProtocolTestCase):
@@ -262,7 +158,7 @@ class AdmissionTests(ProtocolTestCase):
         """
         h = await self.start(throughput=10.0)
         first = ensureDeferred(h.post(b"/hang", {}, cost=350))
-        await until(lambda: self.ledger.in_flight_count == 1)
+        await self.env.backend.wait_for_request(b"/hang")
         auth = h.auth(1)
         response, body = await h.post(b"/echo", {}, auth=auth)
         self.assertEqual(response.code, 429)
@@ -305,7 +201,7 @@ class AdmissionTests(ProtocolTestCase):
             self.env.clock.advance(1)
             await until(lambda: True)
         await clients[0].wait_for(b"\r\n0\r\n\r\n")
-        await until(lambda: any(b"k=2" in uri for _, uri in self.env.backend.received))
+        await self.env.backend.wait_for_request(b"/stream?n=2&interval=1&k=2")
         self.env.clock.advance(1)
         await clients[2].wait_for(b"\r\n0\r\n\r\n")
         streams = [uri for _, uri in self.env.backend.received if uri.startswith(b"/stream")]
@@ -422,7 +318,7 @@ class ReportTests(ProtocolTestCase):
         h = await self.start()
         auth = h.auth(25)
         pending = ensureDeferred(h.post(b"/hang", {}, auth=auth))
-        await until(lambda: self.ledger.in_flight_count == 1)
+        await self.env.backend.wait_for_request(b"/hang")
         report = await self.report(lambda r: r["cur_load"] > 0)
         self.assertEqual(report["cur_load"], 25.0)
         self.assertEqual(report["working_request_idxs"], [auth["request_idx"]])
@@ -447,7 +343,7 @@ class ReportTests(ProtocolTestCase):
                 bad["cost"] = 4
                 await h.post(b"/echo", {}, auth=bad)
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.assertEqual(len(self.env.autoscaler.status_reports), accepted_before)
         self.env.autoscaler.fail(None)
         report = await self.report(lambda r: r["cur_perf"] > 0)
@@ -456,7 +352,7 @@ class ReportTests(ProtocolTestCase):
         self.assertEqual(report["rej_load"], 0.0)
         for _ in range(3):
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         deletes = self.deleted()
         self.assertEqual(len(deletes), 6)
         self.assertEqual(len(set(deletes)), 6)
@@ -466,7 +362,8 @@ class ReportTests(ProtocolTestCase):
         h = await self.start()
         self.env.autoscaler.fail("hang")
         self.env.clock.advance(1)
-        await until(lambda: self.env.autoscaler.hanging > 0)
+        await self.env.autoscaler.wait_for_failure()
+        self.assertEqual(self.env.autoscaler.hanging, 1)
         for _ in range(5):
             response, _ = await h.post(b"/echo", {}, cost=2)
             self.assertEqual(response.code, 200)
@@ -527,7 +424,7 @@ class LifecycleTests(ProtocolTestCase):
                 await until(lambda: self.ledger.in_flight_count == 1)
                 client.transport.loseConnection()
                 disconnects += 1
-                await until(lambda: self.ledger.in_flight_count == 0)
+                await self.ledger.when_idle()
             self.assert_invariant()
         totals = self.ledger.totals
         self.assertEqual(totals[Outcome.CANCELLED].requests, disconnects)
@@ -578,7 +475,7 @@ class UnverifiedRequestTests(ProtocolTestCase):
         before = len(self.env.autoscaler.status_reports)
         for _ in range(21):
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.assertGreaterEqual(len(self.env.autoscaler.status_reports) - before, 2)
         self.assertEqual(self.env.autoscaler.refused_reports, [])
         self.assertEqual(self.deleted(), [signed["request_idx"]])
@@ -592,7 +489,7 @@ class UnverifiedRequestTests(ProtocolTestCase):
         h = await self.start()
         victim = h.auth(5)
         pending = ensureDeferred(h.post(b"/hang", {}, auth=victim))
-        await until(lambda: self.ledger.in_flight_count == 1)
+        await self.env.backend.wait_for_request(b"/hang")
         client = HTTPClient(self, self.env.port, pooled=True)
         client.pool.maxPersistentPerHost = 10
         someone_elses = h.auth(1)["signature"]
@@ -616,7 +513,7 @@ class UnverifiedRequestTests(ProtocolTestCase):
         await self.report(lambda r: r["cur_perf"] > 0)
         for _ in range(3):
             self.env.clock.advance(1)
-            await until(lambda: not self.env.worker.reporter._busy)
+            await self.env.worker.reporter.flush()
         self.assertEqual(self.deleted(), [signed["request_idx"]])
         report = self.env.autoscaler.status_reports[-1]
         self.assertEqual(report["working_request_idxs"], [victim["request_idx"]])

@@ -13,18 +13,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support_process import TWISTD, clean_env, free_port, http, spawn, wait_for_port
 
 
 def run_twistd(
@@ -36,43 +28,8 @@ def run_twistd(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**_clean_env(), **(env or {})},
+        env={**clean_env(), **(env or {})},
     )
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VESPA_", "PYWORKER_"))}
-    env["VESPA_METRICS_LISTEN"] = "none"  # the default port may be taken on this machine
-    env["VESPA_CLIENT_PORT"] = str(free_port())  # the demo's client, likewise
-    return env
-
-
-def wait_for_port(port: int, process: subprocess.Popen[str], deadline: float = 20.0) -> None:
-    """Poll until ``port`` accepts connections, or fail if the process exits or time runs out."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"twistd exited with {process.returncode}: {output}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listened on {port} within {deadline} s")
-
-
-def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, str], bytes]:
-    """A plain HTTP request; returns status, headers and body, errors included."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
 
 
 class UsageErrorTests(SynchronousTestCase):
@@ -153,7 +110,8 @@ class DaemonTests(SynchronousTestCase):
         port = free_port()
         self.cwd = self.mktemp()
         os.makedirs(self.cwd)
-        process = subprocess.Popen(
+        process = spawn(
+            self,
             [
                 TWISTD,
                 "-n",
@@ -163,10 +121,7 @@ class DaemonTests(SynchronousTestCase):
                 f"tcp:{port}:interface=127.0.0.1",
                 *args,
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**_clean_env(), **(env or {})},
+            env={**clean_env(), **(env or {})},
             cwd=self.cwd,
         )
         self.process = process

@@ -15,8 +15,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import until
-from tests.test_worker_protocol import ProtocolTestCase
+from tests.support_worker import ProtocolTestCase
 from vespa.benchmarks.comfyui import JOB_UNITS
 from vespa.benchmarks.settings import OpenAISettings
 from vespa.worker.workload import (
@@ -231,11 +230,11 @@ class ExclusiveWorkerTests(ProtocolTestCase):
         """One request in flight, even at a huge throughput: the next is 429; then admitted."""
         h = await self.start(max_wait_time=0.0, throughput=1e9)
         first = ensureDeferred(h.post(b"/hang", {}, cost=1))
-        await until(lambda: self.ledger.in_flight_count == 1)
+        await self.env.backend.wait_for_request(b"/hang")
         response, _ = await h.post(b"/echo", {}, cost=1)
         self.assertEqual(response.code, 429)
         first.cancel()
         first.addErrback(lambda f: None)  # the client gave up, as intended
-        await until(lambda: self.ledger.in_flight_count == 0)
+        await self.ledger.when_idle()
         response, _ = await h.post(b"/echo", {}, cost=1)
         self.assertEqual(response.code, 200)

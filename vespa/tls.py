@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.test_operations -*-
 """
 TLS for the worker: the server context, and self-signed pairs for local use.
 

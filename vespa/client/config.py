@@ -11,7 +11,7 @@ their ``PYWORKER_`` aliases), and ``VESPA_*`` for the rest, with ``CLIENT_``
 in the name where a worker setting already has the plain one (so one
 environment can hold both daemons' settings).
 
-Keys (``reference/vast-protocol.md`` 9.4): the endpoint key is
+Keys: the endpoint key is
 ``--api-key``, else the file ``--api-key-file`` (which keeps the key out of
 the process list), else ``VAST_API_KEY``, else the file
 ``VESPA_API_KEY_FILE``. Without one, an account key (``--account-key``, else

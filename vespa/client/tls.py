@@ -8,7 +8,7 @@ trusts; the original client told users to append it to certifi's bundle by
 hand. ``--ca-file`` adds the certificates of a PEM file to the platform's
 trust store instead.
 
-The root has a known quirk (``reference/vast-protocol.md`` 9.4): its basic
+The root has a known quirk: its basic
 constraints set a path length while its key usage lacks ``keyCertSign``,
 which OpenSSL's strict mode (``X509_V_FLAG_X509_STRICT``, the default of
 Python's ``ssl.create_default_context`` since 3.13) rejects; the Vast SDK

@@ -4,7 +4,7 @@ What a caller's request becomes on its way to a worker.
 
 A caller sends plain HTTP (``POST /v1/chat/completions`` with a JSON body);
 a Vast worker wants the same request carrying the autoscaler's signed routing
-data (``reference/vast-protocol.md`` 2.6, 2.7 and 9.2):
+data:
 
 * ``POST``, ``PUT``, ``PATCH``: the JSON body becomes
   ``{"auth_data": {...}, "payload": <the body>}``. A body that is not JSON is

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_loadtest_live -*-
+# -*- test-case-name: tests.test_loadtest_report -*-
 """
 The live view while a load test runs, refreshed each ``--interval``: in
 flight (still routing or waiting for a first byte, or answering), done,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_loadtest_stats -*-
+# -*- test-case-name: tests.test_loadtest_report -*-
 """
 The figures of a load test: one :class:`Sample` per request, gathered by
 :class:`Stats`, summed up by :meth:`Stats.summary` into the one document

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_loadtest_stats -*-
+# -*- test-case-name: tests.test_loadtest_runner,tests.test_loadtest_e2e -*-
 """
 Telling tokens in a streamed answer as its chunks arrive, for time to first
 token and the gaps between tokens.

@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.test_reports -*-
 """
 The worker's messages to the autoscaler: ``/worker_status/`` and
-``/delete_requests/`` bodies, as vastai 1.9.1 sends them (``vast-2026.md``
-sections 2 and 3). Pure builders, no I/O.
+``/delete_requests/`` bodies, as vastai 1.9.1 sends them. Pure builders, no I/O.
 
 The field set of ``/worker_status/`` is exactly :data:`WORKER_STATUS_FIELDS`
 (18 fields), with the wire's misspelling ``num_requests_recieved``, and each

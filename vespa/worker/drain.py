@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_drain -*-
+# -*- test-case-name: tests.test_operations,tests.test_sessions_e2e -*-
 """
 Graceful drain: on SIGTERM the worker stops admitting, lets what is in flight
 finish (up to a deadline), and only then lets the rest of it stop.

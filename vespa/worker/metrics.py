@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.test_operations -*-
 """
 Prometheus metrics of the worker, served on their own listener
 (``--metrics-listen``, default ``tcp:9464:interface=127.0.0.1``).

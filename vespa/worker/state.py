@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_worker_state -*-
+# -*- test-case-name: tests.test_startup,tests.test_operations -*-
 """
 The worker's lifecycle state: what phase it is in, its error, its capacity.
 

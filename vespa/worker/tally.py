@@ -18,7 +18,7 @@ class Outcome(enum.Enum):
 
     #: The backend answered.
     SERVED = "served"
-    #: The relay or the backend failed (a backend 5xx counts here, per DESIGN.md).
+    #: The relay or the backend failed (a backend 5xx counts here).
     ERRORED = "errored"
     #: The client went away first.
     CANCELLED = "cancelled"

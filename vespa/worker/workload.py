@@ -3,8 +3,8 @@
 Each request's workload, computed by the worker from its payload.
 
 The autoscaler compares a worker's load with its ``max_perf``, so a request's
-workload must be in the unit of the benchmark that measured ``max_perf``
-(``vast-2026.md`` 5). The autoscaler's ``cost`` is no longer signed (only the
+workload must be in the unit of the benchmark that measured ``max_perf``.
+The autoscaler's ``cost`` is no longer signed (only the
 url is), so the worker computes the workload itself, as the official worker
 does. ``--workload`` chooses how:
 

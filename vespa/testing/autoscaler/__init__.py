@@ -5,7 +5,7 @@ A stand-in for the Vast.ai autoscaler (``run.vast.ai``): a real HTTP server.
 It is the other side of the wire from the worker and the client, written
 independently of :mod:`vespa.protocol` so that it can serve as a test oracle.
 It signs with pycryptodome directly, exactly as the real autoscaler does
-(``reference/vast-protocol.md`` sections 2, 5 and 9.1):
+(as vastai 1.9.1's client and worker expect):
 
 ==========================  =================================================
 ``GET /pubkey/``            the PEM public key, ``text/plain`` (``/pubkey``
@@ -34,7 +34,7 @@ Which workers can be routed to is decided in two ways, and both apply:
   and leaves a known one as it is.  A report without ``url`` applies to the url
   its ``id`` reported last.
 
-Reports are checked as today's autoscaler reads them (``vast-2026.md`` 2, 3):
+Reports are checked as today's autoscaler reads them:
 by default a status has the 18 fields of vastai 1.9.1 and a deletion is one
 body of per-request records; with ``report_format="legacy"`` the 17 fields and
 the two-POST ``request_idxs`` body of 2024-2025 are expected instead. A report
