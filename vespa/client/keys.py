@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.test_client_router -*-
 """
 The endpoint key: given, or looked up with the account key at
-``https://console.vast.ai/api/v0/endptjobs/``, as the original client did
-(``reference/vast-protocol.md`` 9.4).
+``https://console.vast.ai/api/v0/endptjobs/``, as the original client did.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 How hard the client tries: preferences, retries, hedging, budgets, deadlines.
 
 Two rules make retries safe. **Nothing is retried once a byte of the answer
-has reached the caller** (``reference/peers.md`` 5.4). And **a request is
+has reached the caller** (a partial answer cannot be taken back). And **a request is
 sent again only if it provably never reached a model server**, unless it is
 idempotent (the ``idempotent`` preference, or a safe method: ``GET``,
 ``HEAD``, ``OPTIONS``). A retry goes to a freshly routed worker, with the

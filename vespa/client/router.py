@@ -5,8 +5,7 @@ Asking the Vast autoscaler for a worker: ``POST /route/``, keys, instances.
 :meth:`Router.route` sends ``{"endpoint", "cost"}`` (plus ``request_idx`` on a
 retry, so the autoscaler counts one request, not two) with the endpoint key as
 ``Authorization: Bearer``, and answers with a :class:`Route`: the worker's URL
-and the signed routing fields. The autoscaler's other answers
-(``reference/vast-protocol.md`` 9.1):
+and the signed routing fields. The autoscaler's other answers:
 
 * no ``url`` ("no worker ready": scaling from zero, all workers loading) is
   polled again with the ``request_idx`` it returned, with jittered

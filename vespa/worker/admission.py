@@ -7,15 +7,15 @@ Two independent gates, applied in this order by the resource:
 
 1. :meth:`Admission.check` refuses a request (:class:`TooBusy`, 429) when the
    work already in flight would take longer than ``max_wait_time`` to drain at
-   the measured throughput (``vast-protocol.md`` 4.2). As in the official
-   worker (``vast-2026.md`` 6), the limit defaults to 30 s; ``0`` refuses
+   the measured throughput, as Vast's worker estimates it. As in the official
+   worker (vastai 1.9.1), the limit defaults to 30 s; ``0`` refuses
    while anything at all is in flight (an exclusive worker); ``None`` never
    refuses. The incoming request's
    own cost is not counted, so a lone request is always admitted, however
    large. Requests still queued for a slot are part of the in-flight workload
    (the caller counts them), so the slot queue is bounded by time, not by a
    count: the lesson of Knative's ``10 x containerConcurrency`` queue, which
-   rejects long requests and floods short ones (``peers.md`` 2.7).
+   rejects long requests and floods short ones.
 2. :meth:`Admission.acquire` waits for a concurrency slot (4.3): none for
    unlimited concurrency, one for ``--allow-parallel false``, ``N`` for
    ``--max-concurrency N``. Waiters are served strictly first in, first out;
