@@ -3,7 +3,8 @@
 Batching: a list input larger than ``batch_size`` is split, its parts sent
 concurrently to routed workers, and the answers merged in the original order.
 
-The shapes (those the Baseten performance client and proxy split), all ``POST`` with a JSON object body:
+The shapes (those the Baseten performance client and proxy split), all ``POST``
+with a JSON object body:
 
 =====================  ============  =========================================
 path                   list field    merged answer
