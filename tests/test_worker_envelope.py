@@ -145,7 +145,8 @@ class LargeEnvelopeTests(TestCase):
         """
         While a 60 MB envelope with a forged signature is read, parsed and
         refused (401), the reactor never stalls 50 ms: a timer due every 5 ms
-        is never that late. The payload is a million small objects, the shape
+        is never that much later than it is at worst on the same machine just
+        before. The payload is a million small objects, the shape
         that took 3 s on the reactor thread.
         """
         env = await start_secured_worker(
@@ -173,11 +174,16 @@ class LargeEnvelopeTests(TestCase):
             if worst < 0.050:
                 break
         worst, elapsed = min(runs)
-        print(f"\n60 MB envelope: {elapsed:.2f} s, worst reactor gap {worst * 1000:.1f} ms")
+        print(f"\n60 MB envelope: {elapsed:.2f} s, reactor delay added {worst * 1000:.1f} ms")
         self.assertLess(worst, 0.050)
 
     async def timed_post(self, env: Any, body: bytes) -> tuple[Any, bytes, float, float]:
-        """POST ``body``; the response, the seconds it took, and the worst 5 ms timer delay."""
+        """
+        POST ``body``; the response, the seconds it took, and how much later
+        than its worst over the half second before a timer due every 5 ms was
+        at worst meanwhile: the stall the request caused, apart from what a
+        busy machine adds to any timer.
+        """
         gaps: list[float] = []
         last = [time.perf_counter()]
 
@@ -190,12 +196,15 @@ class LargeEnvelopeTests(TestCase):
         ticker.clock = reactor
         ticker.start(0.005)
         try:
+            await deferLater(reactor, 0.5, lambda: None)
+            baseline = max(gaps)
+            del gaps[:]
             started = time.perf_counter()
             response, answer = await env.client.request(b"POST", b"/echo", body=body)
             elapsed = time.perf_counter() - started
         finally:
             ticker.stop()
-        return response, answer, elapsed, max(gaps)
+        return response, answer, elapsed, max(max(gaps) - baseline, 0.0)
 
     async def test_caller_gone_while_parsing_is_never_admitted(self) -> None:
         """
