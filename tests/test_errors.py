@@ -9,6 +9,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from vespa.client.errors import NoWorkerReady, WorkerTimeout
 from vespa.errors import (
     BadRequest,
     RequestTimeout,
@@ -68,3 +69,28 @@ class ErrorResponseTests(SynchronousTestCase):
         self.assertTrue(
             error_response(RequestTimeout("x")).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
         )
+
+
+class DeclarationTests(SynchronousTestCase):
+    """An error states its status and origin in its class line; what it omits it inherits."""
+
+    def test_class_line_sets_status_and_origin(self) -> None:
+        class Upstream(VespaError, status=502, origin="worker"):
+            """A worker failed."""
+
+        class Late(Upstream, status=504):
+            """A worker was late."""
+
+        self.assertEqual(
+            json.loads(write_error(DummyRequest([b""]), Late("slow"))),
+            {
+                "error": "slow",
+                "origin": "worker",
+            },
+        )
+        self.assertEqual((Upstream.status, Late.status, Late.origin), (502, 504, "worker"))
+        self.assertEqual((VespaError.status, VespaError.origin), (500, "vespa"))
+
+    def test_client_errors_keep_their_statuses(self) -> None:
+        self.assertEqual((NoWorkerReady.status, NoWorkerReady.origin), (503, "autoscaler"))
+        self.assertEqual((WorkerTimeout.status, WorkerTimeout.origin), (504, "worker"))

@@ -29,6 +29,18 @@ class VespaError(Exception):
     status: ClassVar[int] = 500
     origin: ClassVar[str] = "vespa"
 
+    def __init_subclass__(cls, *, status: int | None = None, origin: str | None = None) -> None:
+        """
+        Let a subclass state its status and origin in its ``class`` line,
+        ``class Gone(VespaError, status=410)``, so each error is its header
+        and docstring; what it leaves out it inherits.
+        """
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if origin is not None:
+            cls.origin = origin
+
     def __init__(
         self,
         message: str,
@@ -48,52 +60,36 @@ class VespaError(Exception):
         return {"error": self.message, "origin": self.origin, **self.details}
 
 
-class BadRequest(VespaError):
+class BadRequest(VespaError, status=400):
     """The request is malformed (400)."""
 
-    status = 400
 
-
-class PathBlocked(VespaError):
+class PathBlocked(VespaError, status=403):
     """The path matches ``--blocked-paths`` (403)."""
 
-    status = 403
 
-
-class MethodNotAllowed(VespaError):
+class MethodNotAllowed(VespaError, status=405):
     """The method cannot be relayed, such as ``CONNECT`` (405)."""
 
-    status = 405
 
-
-class RequestTimeout(VespaError):
+class RequestTimeout(VespaError, status=408):
     """The request's headers did not arrive within ``--header-timeout`` (408)."""
 
-    status = 408
 
-
-class BodyTooLarge(VespaError):
+class BodyTooLarge(VespaError, status=413):
     """The request body is over ``--max-body-size`` (413)."""
 
-    status = 413
 
-
-class BackendUnavailable(VespaError):
+class BackendUnavailable(VespaError, status=502):
     """The backend refused, was unreachable, or failed before answering (502)."""
 
-    status = 502
 
-
-class ServiceUnavailable(VespaError):
+class ServiceUnavailable(VespaError, status=503):
     """Vespa cannot serve now (503); ``Retry-After`` says when to try again."""
 
-    status = 503
 
-
-class BackendTimeout(VespaError):
+class BackendTimeout(VespaError, status=504):
     """The backend did not connect, answer, or send data in time (504)."""
-
-    status = 504
 
 
 #: RFC 9110 names where Python's table still has the older ones (before 3.13).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_operations -*-
+# -*- test-case-name: tests.test_operations,tests.test_client_tls -*-
 """
 TLS for the worker: the server context, and self-signed pairs for local use.
 
@@ -16,7 +16,7 @@ import datetime
 import ipaddress
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,6 +29,20 @@ class TLSFilesError(ValueError):
     """A certificate or key file is missing, unreadable or not what it should be."""
 
 
+def read_file(path: str, refusal: Callable[[str], Exception]) -> bytes:
+    """
+    The bytes of a certificate or key file.
+
+    :param refusal: makes the error to raise from the reason the file could
+        not be read (the system's words), so each caller names its option.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise refusal(e.strerror or str(e)) from None
+
+
 def read_pem(path: str, what: str) -> bytes:
     """
     Read a PEM file, with an error that names the path.
@@ -36,11 +50,7 @@ def read_pem(path: str, what: str) -> bytes:
     :param what: ``certificate`` or ``key``, for the message.
     :raise TLSFilesError: when it cannot be read or is not PEM.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise TLSFilesError(f"cannot read the TLS {what} {path}: {e.strerror}") from None
+    data = read_file(path, lambda why: TLSFilesError(f"cannot read the TLS {what} {path}: {why}"))
     if b"-----BEGIN" not in data:
         raise TLSFilesError(f"the TLS {what} {path} is not a PEM file")
     return data

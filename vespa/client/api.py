@@ -38,7 +38,7 @@ import json as jsonlib
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -169,6 +169,7 @@ def _succeed(value: Any) -> Deferred[Any]:
     return d
 
 
+@dataclass(eq=False)
 class VespaResponse:
     """
     A response from the endpoint (or a failure the client produced), its
@@ -184,29 +185,20 @@ class VespaResponse:
         (``vespa``, ``autoscaler``, ``worker``); ``None`` otherwise.
     """
 
-    def __init__(
-        self,
-        code: int,
-        phrase: bytes,
-        headers: Headers,
-        body: _Body,
-        *,
-        worker: str | None,
-        attempts: int,
-        route_ms: float,
-        origin: str | None = None,
-    ) -> None:
-        self.code = code
-        self.phrase = phrase
-        self.headers = headers
-        self.worker = worker
-        self.attempts = attempts
-        self.route_ms = route_ms
-        self.origin = origin
-        self._body = body
-        headers.setRawHeaders(b"X-Vespa-Worker", [(worker or "none").encode()])
-        headers.setRawHeaders(b"X-Vespa-Attempts", [b"%d" % (attempts,)])
-        headers.setRawHeaders(b"X-Vespa-Route-Ms", [b"%d" % (round(route_ms),)])
+    code: int
+    phrase: bytes
+    headers: Headers
+    _body: _Body = field(repr=False)
+    _: KW_ONLY
+    worker: str | None
+    attempts: int
+    route_ms: float
+    origin: str | None = None
+
+    def __post_init__(self) -> None:
+        self.headers.setRawHeaders(b"X-Vespa-Worker", [(self.worker or "none").encode()])
+        self.headers.setRawHeaders(b"X-Vespa-Attempts", [b"%d" % (self.attempts,)])
+        self.headers.setRawHeaders(b"X-Vespa-Route-Ms", [b"%d" % (round(self.route_ms),)])
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name``, or ``None``."""

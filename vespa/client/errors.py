@@ -15,50 +15,35 @@ from __future__ import annotations
 from vespa.errors import VespaError
 
 
-class UnsupportedBody(VespaError):
+class UnsupportedBody(VespaError, status=415):
     """A body method carried a body that is not JSON (415): workers take JSON only."""
 
-    status = 415
 
-
-class TooManyRequests(VespaError):
+class TooManyRequests(VespaError, status=429):
     """This client's in-flight limit and its queue are both full (429)."""
 
-    status = 429
 
-
-class DeadlineExceeded(VespaError):
+class DeadlineExceeded(VespaError, status=504):
     """The request's ``timeout_s`` passed before a worker answered (504)."""
 
-    status = 504
 
-
-class AutoscalerError(VespaError):
+class AutoscalerError(VespaError, status=502, origin="autoscaler"):
     """The autoscaler answered something unusable, or not at all (502)."""
 
-    status = 502
-    origin = "autoscaler"
 
-
-class AutoscalerUnauthorized(AutoscalerError):
+class AutoscalerUnauthorized(AutoscalerError, status=401):
     """The autoscaler (or the console API) refused the key (401)."""
 
-    status = 401
 
-
-class EndpointNotFound(AutoscalerError):
+class EndpointNotFound(AutoscalerError, status=404):
     """The autoscaler or the console does not know the endpoint (404)."""
 
-    status = 404
 
-
-class NoWorkerReady(AutoscalerError):
+class NoWorkerReady(AutoscalerError, status=503):
     """No worker became ready before the routing deadline (503)."""
 
-    status = 503
 
-
-class WorkerUnavailable(VespaError):
+class WorkerUnavailable(VespaError, status=502, origin="worker"):
     """
     The worker could not be reached, or failed before its first byte (502).
 
@@ -67,9 +52,6 @@ class WorkerUnavailable(VespaError):
         sent (the connection was refused, timed out or never made), which is
         what makes a retry safe for a request that is not idempotent.
     """
-
-    status = 502
-    origin = "worker"
 
     def __init__(
         self,
@@ -83,20 +65,15 @@ class WorkerUnavailable(VespaError):
         self.maybe_delivered = maybe_delivered
 
 
-class WorkerTimeout(WorkerUnavailable):
+class WorkerTimeout(WorkerUnavailable, status=504):
     """The worker did not connect, or sent no first byte, in time (504)."""
 
-    status = 504
 
-
-class BatchPartFailed(VespaError):
+class BatchPartFailed(VespaError, status=502, origin="worker"):
     """
     One part of a split batch failed, so the whole request did (the part's
     own status for a 4xx, else 502); the body names the part.
     """
-
-    status = 502
-    origin = "worker"
 
     def __init__(
         self, message: str, *, status: int = 502, details: dict[str, object] | None = None

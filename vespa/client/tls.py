@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from vespa.log import get_logger
 from vespa.settings import ConfigError
+from vespa.tls import read_file
 
 log = get_logger(__name__)
 
@@ -42,11 +43,7 @@ def load_ca_file(path: str) -> list[x509.Certificate]:
 
     :raise ConfigError: the file cannot be read or holds no certificate.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(f"--ca-file: cannot read {path}: {e.strerror or e}") from None
+    data = read_file(path, lambda why: ConfigError(f"--ca-file: cannot read {path}: {why}"))
     try:
         if b"-----BEGIN" in data:
             certificates = x509.load_pem_x509_certificates(data)

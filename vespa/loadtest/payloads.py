@@ -28,7 +28,7 @@ import json
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from vespa.benchmarks import BUILT_IN, SETTINGS
 from vespa.benchmarks.errors import SettingsError
@@ -38,6 +38,7 @@ from vespa.settings import ConfigError
 
 __all__ = [
     "MODEL_LISTINGS",
+    "ProbeOverrides",
     "RequestSpec",
     "Source",
     "configured_model",
@@ -226,19 +227,25 @@ def file_source(path: str) -> Source:
     return lambda i: specs[i % len(specs)]
 
 
+class ProbeOverrides(TypedDict, total=False):
+    """What :func:`load_source` passes on to :func:`probe_source` (see there)."""
+
+    model: str | None
+    max_tokens: int | None
+    stream: bool | None
+    rng: random.Random | None
+
+
 def load_source(
     payload: str | None,
     requests_file: str | None,
     environ: Mapping[str, str],
-    *,
-    model: str | None = None,
-    max_tokens: int | None = None,
-    stream: bool | None = None,
-    rng: random.Random | None = None,
+    **overrides: Unpack[ProbeOverrides],
 ) -> Source:
     """
     The request source the options name: a file, a function or a probe.
 
+    :param overrides: for a probe, the keyword arguments of :func:`probe_source`.
     :raise ConfigError: none or both given, or what the source itself raises.
     """
     if (payload is None) == (requests_file is None):
@@ -248,6 +255,4 @@ def load_source(
     assert payload is not None
     if ":" in payload:
         return function_source(payload)
-    return probe_source(
-        payload, environ, model=model, max_tokens=max_tokens, stream=stream, rng=rng
-    )
+    return probe_source(payload, environ, **overrides)

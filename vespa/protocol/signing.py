@@ -56,15 +56,13 @@ _SIGNED_FIELDS = {
 VERIFIED_CACHE_SIZE = 1024
 
 
-class SignatureRejected(VespaError):
+class SignatureRejected(VespaError, status=401):
     """
     A request's routing data failed verification (401). The message says why:
     ``"invalid signature"``, ``"replayed signature"``, ``"reqnum N is too far
     behind the newest M"``, ``"signed for another worker (url ...)"`` or ``"no
     public key yet"``.
     """
-
-    status = 401
 
 
 def _message(fields: Mapping[str, Any], form: str) -> bytes:

@@ -47,15 +47,13 @@ MIN_THROUGHPUT = 1e-5
 MAX_REPORTED_WAIT = 86_400.0
 
 
-class TooBusy(VespaError):
+class TooBusy(VespaError, status=429):
     """
     The work in flight would take longer than ``max_wait_time`` (429).
 
     Carries ``Retry-After`` (whole seconds, at least 1) and the body fields
     ``estimated_wait`` and ``max_wait_time``.
     """
-
-    status = 429
 
 
 class Admission:

@@ -12,6 +12,7 @@ to the backend's response headers, and the whole backend exchange.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -103,25 +104,18 @@ class _MetricsResource(Resource):
         return generate_latest(self._registry)
 
 
+@dataclass(frozen=True)
 class _LiveCollector:
     """Reads the counters from the objects that keep them, at scrape time."""
 
-    def __init__(
-        self,
-        ledger: Ledger,
-        state: WorkerState,
-        admission: Admission,
-        health: HealthChecker,
-        reporter: IReportFailures | None,
-    ) -> None:
-        self._ledger = ledger
-        self._state = state
-        self._admission = admission
-        self._health = health
-        self._reporter = reporter
+    ledger: Ledger
+    state: WorkerState
+    admission: Admission
+    health: HealthChecker
+    reporter: IReportFailures | None
 
     def collect(self) -> Iterator[Metric]:
-        totals = self._ledger.totals
+        totals = self.ledger.totals
         requests = CounterMetricFamily(
             "vespa_requests", "Requests by how they ended", labels=["outcome"]
         )
@@ -136,34 +130,34 @@ class _LiveCollector:
         yield GaugeMetricFamily(
             "vespa_in_flight_requests",
             "Requests admitted and not finished",
-            value=self._ledger.in_flight_count,
+            value=self.ledger.in_flight_count,
         )
         yield GaugeMetricFamily(
             "vespa_in_flight_workload",
             "Workload of the requests in flight",
-            value=self._ledger.in_flight_workload,
+            value=self.ledger.in_flight_workload,
         )
         yield GaugeMetricFamily(
-            "vespa_queued_requests", "Requests waiting for a slot", value=self._admission.queued
+            "vespa_queued_requests", "Requests waiting for a slot", value=self.admission.queued
         )
         yield GaugeMetricFamily(
             "vespa_max_perf",
             "Measured throughput, workload units per second",
-            value=self._state.max_perf,
+            value=self.state.max_perf,
         )
         phase = GaugeMetricFamily("vespa_phase", "1 for the current phase", labels=["phase"])
         for each in Phase:
-            phase.add_metric([each.value], 1.0 if each is self._state.phase else 0.0)
+            phase.add_metric([each.value], 1.0 if each is self.state.phase else 0.0)
         yield phase
         yield CounterMetricFamily(
             "vespa_health_check_failures",
             "Failed backend health checks",
-            value=self._health.total_failures,
+            value=self.health.total_failures,
         )
-        if self._reporter is not None:
+        if self.reporter is not None:
             failures = CounterMetricFamily(
                 "vespa_report_failures", "Failed sends to the autoscaler", labels=["endpoint"]
             )
-            for endpoint, count in self._reporter.failed_reports.items():
+            for endpoint, count in self.reporter.failed_reports.items():
                 failures.add_metric([endpoint], count)
             yield failures

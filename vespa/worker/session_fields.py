@@ -21,10 +21,8 @@ from vespa.protocol.envelope import AuthData
 DEFAULT_LIFETIME = 60.0
 
 
-class SessionRequestInvalid(VespaError):
+class SessionRequestInvalid(VespaError, status=422):
     """A session route's body is not JSON, or lacks a field (422)."""
-
-    status = 422
 
 
 def create_settings(payload_json: bytes | None) -> tuple[float, str | None, Any]:

@@ -84,28 +84,20 @@ class SessionNotFound(BadRequest):
     """``/session/get`` or ``/session/end`` for a session that does not exist (400)."""
 
 
-class SessionAuthInvalid(VespaError):
+class SessionAuthInvalid(VespaError, status=401):
     """``session_auth`` (or a request's ``auth_data``) is not the session's (401)."""
 
-    status = 401
 
-
-class SessionGone(VespaError):
+class SessionGone(VespaError, status=410):
     """A request names a session that expired, ended or never existed (410)."""
 
-    status = 410
 
-
-class NotALocalRoute(VespaError):
+class NotALocalRoute(VespaError, status=404):
     """Anything but ``/session/end`` on the plain-HTTP listener (404)."""
 
-    status = 404
 
-
-class SessionsFull(VespaError):
+class SessionsFull(VespaError, status=429):
     """``--max-sessions`` sessions are open already (429)."""
-
-    status = 429
 
 
 @dataclass(eq=False)
