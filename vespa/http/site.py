@@ -34,6 +34,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import _GenericHTTPChannelProtocol
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -48,6 +49,7 @@ from vespa.errors import (
     status_phrase,
     write_error,
 )
+from vespa.http.eager import send_now
 from vespa.log import get_logger
 
 log = get_logger(__name__)
@@ -161,6 +163,21 @@ class ProxyRequest(Request):
         self.write(body)
         self.finish()
 
+    def write(self, data: bytes) -> None:
+        """
+        Write ``data`` (with the status line and headers, the first time) as
+        one ``send``, at once: see :mod:`vespa.http.eager`.
+        """
+        channel = self.channel
+        if not isinstance(channel, ProxyChannel) or channel.corked is not None:
+            super().write(data)
+            return
+        channel.corked = []
+        try:
+            super().write(data)
+        finally:
+            channel.uncork()
+
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         # twisted.web has no phrase for 422 or 429 ("Unknown Status").
         super().setResponseCode(code, status_phrase(code) if message is None else message)
@@ -214,10 +231,45 @@ class ProxyChannel(http.HTTPChannel):
     _tail = b""
     _kept_alive = False
     _closing: IDelayedCall | None = None
+    #: What a response write has produced so far, sent together by
+    #: :meth:`uncork`; ``None`` outside a write.
+    corked: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if ITCPTransport.providedBy(self.transport):
+            # Each write is one whole event or response: never held for an ACK.
+            self.transport.setTcpNoDelay(True)
         self._idle(self.site.header_timeout)
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        corked = self.corked
+        if corked is None or not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        corked += (version, b" ", code, b" ", reason, b"\r\n")
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                corked += (name, b": ", value, b"\r\n")
+        corked.append(b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        if self.corked is None:
+            super().write(data)
+        else:
+            self.corked.append(data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        if self.corked is None:
+            super().writeSequence(iovec)
+        else:
+            self.corked += iovec
+
+    def uncork(self) -> None:
+        """Send what the response write produced, in one ``send`` if the socket takes it."""
+        pieces, self.corked = self.corked, None
+        if pieces and self.transport is not None:
+            send_now(self.transport, pieces)
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase is _Phase.BUSY or self._handlingRequest:

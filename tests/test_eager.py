@@ -1,0 +1,74 @@
+"""
+A response write leaves at once, in one piece, over a real loopback socket;
+where it cannot (something already buffered, another transport), the bytes
+still arrive whole and in order through the transport's own buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from vespa.http.eager import send_now
+from vespa.http.site import ProxySite
+
+from .support import listen, raw_connect
+
+
+class _Stream(Resource):
+    """Writes one event per call of :meth:`event`; records the transport after each."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request: Any = None
+        self.buffered: list[int] = []
+        self.registered: list[bool] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.request = request
+        request.setHeader(b"content-type", b"text/event-stream")
+        self.event(b"data: 1\n\n")
+        return NOT_DONE_YET
+
+    def event(self, data: bytes) -> None:
+        self.request.write(data)
+        transport = self.request.channel.transport
+        self.buffered.append(len(transport.dataBuffer) + transport._tempDataLen)
+        self.registered.append(transport in reactor.getWriters())
+
+
+class EagerWriteTests(TestCase):
+    async def test_each_write_is_sent_at_once_in_one_piece(self) -> None:
+        """
+        The status line, headers and first event leave in the write's own
+        call, as one segment; so does each later event; nothing waits in the
+        transport's buffer or for the reactor's next turn.
+        """
+        resource = _Stream()
+        port = listen(self, ProxySite(resource, reactor=reactor))
+        client = await raw_connect(port)
+        self.addCleanup(client.transport.loseConnection)
+        client.transport.write(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.wait_for(b"data: 1\n\n")
+        self.assertEqual(len(client.chunks), 1)  # headers and event together
+        resource.event(b"data: 2\n\n")
+        resource.request.finish()
+        await client.wait_for(b"0\r\n\r\n")
+        self.assertEqual(resource.buffered, [0, 0])
+        self.assertEqual(resource.registered, [False, False])
+        self.assertTrue(client.data.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(client.data.endswith(b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"))
+
+    def test_behind_buffered_bytes_order_is_kept(self) -> None:
+        """With bytes already waiting, new ones queue behind them, not ahead."""
+        transport = StringTransport()
+        transport.write(b"first ")
+        send_now(transport, [b"second", b" third"])
+        self.assertEqual(transport.value(), b"first second third")
