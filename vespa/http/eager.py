@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_eager -*-
+# -*- test-case-name: tests.test_hotpath -*-
 """
 Sending bytes at once instead of on the reactor's next turn.
 

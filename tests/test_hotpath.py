@@ -1,7 +1,11 @@
 """
+The hot path's shortcuts keep the behaviour they replace.
+
 A response write leaves at once, in one piece, over a real loopback socket;
 where it cannot (something already buffered, another transport), the bytes
-still arrive whole and in order through the transport's own buffer.
+still arrive whole and in order through the transport's own buffer. A body's
+idle deadline is one timer checked when it fires, not moved per chunk, and
+still expires exactly that long after the last chunk.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -16,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from vespa.http.eager import send_now
 from vespa.http.site import ProxySite
+from vespa.http.stream import BodyReader
 
 from .support import listen, raw_connect
 
@@ -72,3 +78,35 @@ class EagerWriteTests(TestCase):
         transport.write(b"first ")
         send_now(transport, [b"second", b" third"])
         self.assertEqual(transport.value(), b"first second third")
+
+
+class _Silences(BodyReader):
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, 10.0)
+        self.silences: list[float] = []
+
+    def idle_expired(self) -> None:
+        self.silences.append(self._clock.seconds())
+
+
+class IdleDeadlineTests(TestCase):
+    def test_the_deadline_is_exact_and_chunks_do_not_move_a_timer(self) -> None:
+        """
+        Chunks 3 s apart keep one timer where it was armed; silence then
+        expires 10 s after the last chunk, not 10 s after the timer was armed.
+        """
+        clock = Clock()
+        reader = _Silences(clock)
+        reader.makeConnection(StringTransport())
+        reader.start_timing()
+        [timer] = clock.getDelayedCalls()
+        for _ in range(3):
+            clock.advance(3)
+            reader.dataReceived(b"x")
+            self.assertEqual(clock.getDelayedCalls(), [timer])
+            self.assertEqual(timer.getTime(), 10)
+        clock.advance(9.9)
+        self.assertEqual(reader.silences, [])
+        clock.advance(0.1)
+        self.assertEqual(reader.silences, [19.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
