@@ -58,6 +58,18 @@ log = get_logger(__name__)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
+_date_cache: tuple[int, bytes] = (-1, b"")
+
+
+def _date(now: float) -> bytes:
+    """The ``Date`` header for ``now``, formatted once per second."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, http.datetimeToString(second))
+    return _date_cache[1]
+
+
 class _NullFile(io.RawIOBase):
     """Accepts and drops what is written: the body of a refused request."""
 
@@ -130,7 +142,7 @@ class ProxyRequest(Request):
         answered here in JSON.
         """
         self.site = cast(Site, self.channel.site)  # type: ignore[attr-defined]
-        self.setHeader(b"Date", http.datetimeToString())
+        self.setHeader(b"Date", _date(self.site.reactor.seconds()))
         if self.path == b"*":
             self._answer_star()
             return
