@@ -181,7 +181,8 @@ class ProxyRequest(Request):
         one ``send``, at once: see :mod:`vespa.http.eager`.
         """
         channel = self.channel
-        if not isinstance(channel, ProxyChannel) or channel.corked is not None:
+        if self.startedWriting or not isinstance(channel, ProxyChannel) or channel.corked is not None:
+            # Later writes are one channel write each, sent at once by it.
             super().write(data)
             return
         channel.corked = []
@@ -267,13 +268,13 @@ class ProxyChannel(http.HTTPChannel):
 
     def write(self, data: bytes) -> None:
         if self.corked is None:
-            super().write(data)
+            send_now(self.transport, (data,))
         else:
             self.corked.append(data)
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         if self.corked is None:
-            super().writeSequence(iovec)
+            send_now(self.transport, iovec)
         else:
             self.corked += iovec
 
