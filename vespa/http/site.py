@@ -255,6 +255,19 @@ class ProxyChannel(http.HTTPChannel):
             self.transport.setTcpNoDelay(True)
         self._idle(self.site.header_timeout)
 
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        Change the connection's deadline, as twisted.web's does, by replacing
+        its delayed call: moving a call sooner (``DelayedCall.reset``) is a
+        linear search of the reactor's timer heap, which holds a call per
+        open connection, and a request moves it up to three times.
+        """
+        previous = self.timeOut
+        if period is not None:
+            super().setTimeout(None)
+        super().setTimeout(period)
+        return previous
+
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         corked = self.corked
         if corked is None or not isinstance(headers, Headers):
