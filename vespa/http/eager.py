@@ -114,7 +114,7 @@ class EagerTCPConnector:
         port: int,
         factory: ClientFactory,
         timeout: float = 30.0,
-        bindAddress: tuple[str, int] | None = None,
+        bindAddress: tuple[str, int] | None = None,  # noqa: N803 (the reactor's keyword)
     ) -> IConnector:
         connector = _Connector(host, port, factory, timeout, bindAddress, self._reactor)
         connector.connect()

@@ -23,8 +23,8 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS

@@ -181,7 +181,11 @@ class ProxyRequest(Request):
         one ``send``, at once: see :mod:`vespa.http.eager`.
         """
         channel = self.channel
-        if self.startedWriting or not isinstance(channel, ProxyChannel) or channel.corked is not None:
+        if (
+            self.startedWriting
+            or not isinstance(channel, ProxyChannel)
+            or channel.corked is not None
+        ):
             # Later writes are one channel write each, sent at once by it.
             super().write(data)
             return
