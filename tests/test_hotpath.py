@@ -51,10 +51,11 @@ class _Stream(Resource):
 
 
 class EagerWriteTests(TestCase):
-    async def test_each_write_is_sent_at_once_in_one_piece(self) -> None:
+    async def test_each_event_after_the_first_is_sent_at_once(self) -> None:
         """
-        The status line, headers and first event leave in the write's own
-        call, as one segment; so does each later event; nothing waits in the
+        The status line, headers and first event are buffered, to leave
+        together on the reactor's next turn; each later event (and the end of
+        the stream) leaves in the write's own call: nothing waits in the
         transport's buffer or for the reactor's next turn.
         """
         resource = _Stream()
@@ -67,8 +68,9 @@ class EagerWriteTests(TestCase):
         resource.event(b"data: 2\n\n")
         resource.request.finish()
         await client.wait_for(b"0\r\n\r\n")
-        self.assertEqual(resource.buffered, [0, 0])
-        self.assertEqual(resource.registered, [False, False])
+        self.assertGreater(resource.buffered[0], 0)
+        self.assertEqual(resource.buffered[1:], [0])
+        self.assertEqual(resource.registered, [True, False])
         self.assertTrue(client.data.startswith(b"HTTP/1.1 200 OK\r\n"))
         self.assertTrue(client.data.endswith(b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"))
 

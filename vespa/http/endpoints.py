@@ -24,13 +24,10 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint, ITCPTransport
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
-
-from vespa.http.eager import EagerTCPConnector
 
 #: Worker endpoints cached at most; workers come and go, the cache is cleared when full.
 _ENDPOINT_CACHE = 1024
@@ -166,14 +163,11 @@ def backend_endpoint(
     :param connect_timeout: seconds to connect, or ``None`` for an hour.
     """
     timeout = connect_timeout or 3600.0
-    # A real reactor's connections send at once (see vespa.http.eager); a
-    # test's fake reactor is used as it is.
-    connector = EagerTCPConnector(reactor) if isinstance(reactor, PosixReactorBase) else reactor
     tcp: IStreamClientEndpoint
     if origin.is_ip and ":" in origin.host:
-        tcp = TCP6ClientEndpoint(connector, origin.host, origin.port, timeout=timeout)
+        tcp = TCP6ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
     elif origin.is_ip:
-        tcp = TCP4ClientEndpoint(connector, origin.host, origin.port, timeout=timeout)
+        tcp = TCP4ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
     else:
         tcp = HostnameEndpoint(reactor, origin.host, origin.port, timeout=timeout)
     endpoint: IStreamClientEndpoint = _NoDelayEndpoint(tcp)

@@ -34,7 +34,6 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import _GenericHTTPChannelProtocol
-from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -175,26 +174,6 @@ class ProxyRequest(Request):
         self.write(body)
         self.finish()
 
-    def write(self, data: bytes) -> None:
-        """
-        Write ``data`` (with the status line and headers, the first time) as
-        one ``send``, at once: see :mod:`vespa.http.eager`.
-        """
-        channel = self.channel
-        if (
-            self.startedWriting
-            or not isinstance(channel, ProxyChannel)
-            or channel.corked is not None
-        ):
-            # Later writes are one channel write each, sent at once by it.
-            super().write(data)
-            return
-        channel.corked = []
-        try:
-            super().write(data)
-        finally:
-            channel.uncork()
-
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         # twisted.web has no phrase for 422 or 429 ("Unknown Status").
         super().setResponseCode(code, status_phrase(code) if message is None else message)
@@ -248,14 +227,11 @@ class ProxyChannel(http.HTTPChannel):
     _tail = b""
     _kept_alive = False
     _closing: IDelayedCall | None = None
-    #: What a response write has produced so far, sent together by
-    #: :meth:`uncork`; ``None`` outside a write.
-    corked: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         if ITCPTransport.providedBy(self.transport):
-            # Each write is one whole event or response: never held for an ACK.
+            # A streamed event is sent alone: it must not wait for an ACK.
             self.transport.setTcpNoDelay(True)
         self._idle(self.site.header_timeout)
 
@@ -272,34 +248,16 @@ class ProxyChannel(http.HTTPChannel):
         super().setTimeout(period)
         return previous
 
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        corked = self.corked
-        if corked is None or not isinstance(headers, Headers):
-            super().writeHeaders(version, code, reason, headers)
-            return
-        corked += (version, b" ", code, b" ", reason, b"\r\n")
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                corked += (name, b": ", value, b"\r\n")
-        corked.append(b"\r\n")
+    # A response's writes, sent at once when nothing is buffered: each event
+    # of a stream leaves as it is written (see vespa.http.eager). The first
+    # write follows the headers, which twisted.web buffers, so it and a
+    # whole unary response still leave on the reactor's next turn, batched.
 
     def write(self, data: bytes) -> None:
-        if self.corked is None:
-            send_now(self.transport, (data,))
-        else:
-            self.corked.append(data)
+        send_now(self.transport, (data,))
 
     def writeSequence(self, iovec: list[bytes]) -> None:
-        if self.corked is None:
-            send_now(self.transport, iovec)
-        else:
-            self.corked += iovec
-
-    def uncork(self) -> None:
-        """Send what the response write produced, in one ``send`` if the socket takes it."""
-        pieces, self.corked = self.corked, None
-        if pieces and self.transport is not None:
-            send_now(self.transport, pieces)
+        send_now(self.transport, iovec)
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase is _Phase.BUSY or self._handlingRequest:
