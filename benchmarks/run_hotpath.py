@@ -53,7 +53,8 @@ from processes import (
 from run_relay import sse_load
 from wrk import post_script, run_wrk, wrk_available
 
-from vespa.testing.autoscaler import load_or_create_key, sign_auth
+from vespa.testing.autoscaler.cli import load_or_create_key
+from vespa.testing.autoscaler.wire import sign_auth
 
 OFFICIAL_PEER = HERE / "official_peer.py"
 JSON_ROUTE = "/bench"

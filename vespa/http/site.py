@@ -48,12 +48,25 @@ from vespa.errors import (
     status_phrase,
     write_error,
 )
+from vespa.http.eager import send_now
 from vespa.log import get_logger
 
 log = get_logger(__name__)
 
 #: A line feed without its carriage return, in a request line or header.
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+_date_cache: tuple[int, bytes] = (-1, b"")
+
+
+def _date(now: float) -> bytes:
+    """The ``Date`` header for ``now``, formatted once per second."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, http.datetimeToString(second))
+    return _date_cache[1]
 
 
 class _NullFile(io.RawIOBase):
@@ -128,7 +141,7 @@ class ProxyRequest(Request):
         answered here in JSON.
         """
         self.site = cast(Site, self.channel.site)  # type: ignore[attr-defined]
-        self.setHeader(b"Date", http.datetimeToString())
+        self.setHeader(b"Date", _date(self.site.reactor.seconds()))
         if self.path == b"*":
             self._answer_star()
             return
@@ -217,7 +230,34 @@ class ProxyChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if ITCPTransport.providedBy(self.transport):
+            # A streamed event is sent alone: it must not wait for an ACK.
+            self.transport.setTcpNoDelay(True)
         self._idle(self.site.header_timeout)
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        Change the connection's deadline, as twisted.web's does, by replacing
+        its delayed call: moving a call sooner (``DelayedCall.reset``) is a
+        linear search of the reactor's timer heap, which holds a call per
+        open connection, and a request moves it up to three times.
+        """
+        previous = self.timeOut
+        if period is not None:
+            super().setTimeout(None)
+        super().setTimeout(period)
+        return previous
+
+    # A response's writes, sent at once when nothing is buffered: each event
+    # of a stream leaves as it is written (see vespa.http.eager). The first
+    # write follows the headers, which twisted.web buffers, so it and a
+    # whole unary response still leave on the reactor's next turn, batched.
+
+    def write(self, data: bytes) -> None:
+        send_now(self.transport, (data,))
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        send_now(self.transport, iovec)
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase is _Phase.BUSY or self._handlingRequest:

@@ -70,7 +70,8 @@ class EchoBackend(Resource):
 
     def wait_for_request(self, prefix: bytes) -> Deferred[None]:
         """
-        Fires when a request whose target starts with ``prefix`` arrives.
+        Fires when a request whose target starts with ``prefix`` has arrived
+        and its handler has run (a stream's timers are set).
         """
         return self._wait("request", prefix, self.received)
 
@@ -97,14 +98,18 @@ class EchoBackend(Resource):
 
     def render(self, request: Request) -> bytes | int:
         self.received.append((request.method, request.uri))
-        self._notify("request", request.uri)
         name = request.path.split(b"/")[1].decode("ascii", "replace")
         handler = getattr(self, "_" + name.replace("-", "_"), None)
         if name.startswith("echo") or handler is None:
-            return self._echo(request)
+            answer = self._echo(request)
+            self._notify("request", request.uri)
+            return answer
         result: bytes | int = handler(request)
         # After the handler's own clean-up, so a waiter sees the backend stopped.
         request.notifyFinish().addErrback(self._lost, request.uri)
+        # Once the handler has run: a waiter that then advances the clock
+        # finds the handler's timers (a stream's next event) in place.
+        self._notify("request", request.uri)
         return result
 
     def _lost(self, reason: Failure, uri: bytes) -> None:

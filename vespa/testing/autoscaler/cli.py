@@ -208,3 +208,5 @@ def main(argv: list[str] | None = None) -> None:
         f' -d \'{{"endpoint": "{config.endpoint}", "cost": 1}}\'',
     ]
     print("\n".join(lines), flush=True)
+    reactor.addSystemEventTrigger("before", "shutdown", autoscaler.close)
+    reactor.run()

@@ -1,0 +1,114 @@
+"""
+The hot path's shortcuts keep the behaviour they replace.
+
+A response write leaves at once, in one piece, over a real loopback socket;
+where it cannot (something already buffered, another transport), the bytes
+still arrive whole and in order through the transport's own buffer. A body's
+idle deadline is one timer checked when it fires, not moved per chunk, and
+still expires exactly that long after the last chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from vespa.http.eager import send_now
+from vespa.http.site import ProxySite
+from vespa.http.stream import BodyReader
+
+from .support import listen, raw_connect
+
+
+class _Stream(Resource):
+    """Writes one event per call of :meth:`event`; records the transport after each."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request: Any = None
+        self.buffered: list[int] = []
+        self.registered: list[bool] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.request = request
+        request.setHeader(b"content-type", b"text/event-stream")
+        self.event(b"data: 1\n\n")
+        return NOT_DONE_YET
+
+    def event(self, data: bytes) -> None:
+        self.request.write(data)
+        transport = self.request.channel.transport
+        self.buffered.append(len(transport.dataBuffer) + transport._tempDataLen)
+        self.registered.append(transport in reactor.getWriters())
+
+
+class EagerWriteTests(TestCase):
+    async def test_each_event_after_the_first_is_sent_at_once(self) -> None:
+        """
+        The status line, headers and first event are buffered, to leave
+        together on the reactor's next turn; each later event (and the end of
+        the stream) leaves in the write's own call: nothing waits in the
+        transport's buffer or for the reactor's next turn.
+        """
+        resource = _Stream()
+        port = listen(self, ProxySite(resource, reactor=reactor))
+        client = await raw_connect(port)
+        self.addCleanup(client.transport.loseConnection)
+        client.transport.write(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.wait_for(b"data: 1\n\n")
+        self.assertEqual(len(client.chunks), 1)  # headers and event together
+        resource.event(b"data: 2\n\n")
+        resource.request.finish()
+        await client.wait_for(b"0\r\n\r\n")
+        self.assertGreater(resource.buffered[0], 0)
+        self.assertEqual(resource.buffered[1:], [0])
+        self.assertEqual(resource.registered, [True, False])
+        self.assertTrue(client.data.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(client.data.endswith(b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"))
+
+    def test_behind_buffered_bytes_order_is_kept(self) -> None:
+        """With bytes already waiting, new ones queue behind them, not ahead."""
+        transport = StringTransport()
+        transport.write(b"first ")
+        send_now(transport, [b"second", b" third"])
+        self.assertEqual(transport.value(), b"first second third")
+
+
+class _Silences(BodyReader):
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, 10.0)
+        self.silences: list[float] = []
+
+    def idle_expired(self) -> None:
+        self.silences.append(self._clock.seconds())
+
+
+class IdleDeadlineTests(TestCase):
+    def test_the_deadline_is_exact_and_chunks_do_not_move_a_timer(self) -> None:
+        """
+        Chunks 3 s apart keep one timer where it was armed; silence then
+        expires 10 s after the last chunk, not 10 s after the timer was armed.
+        """
+        clock = Clock()
+        reader = _Silences(clock)
+        reader.makeConnection(StringTransport())
+        reader.start_timing()
+        [timer] = clock.getDelayedCalls()
+        for _ in range(3):
+            clock.advance(3)
+            reader.dataReceived(b"x")
+            self.assertEqual(clock.getDelayedCalls(), [timer])
+            self.assertEqual(timer.getTime(), 10)
+        clock.advance(9.9)
+        self.assertEqual(reader.silences, [])
+        clock.advance(0.1)
+        self.assertEqual(reader.silences, [19.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
