@@ -28,6 +28,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 
+from tests.support_process import free_port, http, spawn, stop, wait_for_port
 from vespa.testing.autoscaler import (
     PATHS,
     STATUS_FIELDS,
@@ -806,3 +807,21 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         for option in ("--port", "--worker", "--key-file", "--signing-mode"):
             self.assertIn(option, result.stdout)
+
+    def test_serves_until_stopped(self) -> None:
+        """
+        ``python -m vespa.testing.autoscaler --port P`` serves (``/pubkey/``
+        answers its key) until SIGTERM, then exits cleanly.
+        """
+        port = free_port()
+        process = spawn(
+            self,
+            [sys.executable, "-m", "vespa.testing.autoscaler", "--port", str(port)],
+            env=dict(os.environ),
+        )
+        wait_for_port(port, process)
+        status, _, body = http("GET", f"http://127.0.0.1:{port}/pubkey/")
+        self.assertEqual(status, 200)
+        self.assertIn(b"BEGIN PUBLIC KEY", body)
+        stop(process)
+        self.assertEqual(process.returncode, 0)
