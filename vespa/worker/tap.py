@@ -16,6 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 from vespa import __version__, _typing
@@ -23,6 +24,7 @@ from vespa._typing import Service
 from vespa.benchmarks import BenchmarkError, built_in_name, load_benchmark
 from vespa.config import WORKER_SETTINGS, ConfigError, WorkerConfig, listen_port
 from vespa.fdlimit import connection_budget, raise_fd_limit
+from vespa.http.authorized import AuthorizedAgent
 from vespa.http.endpoints import quiet_pool
 from vespa.http.relay import BackendRelay, RelayTimeouts
 from vespa.http.site import ProxySite
@@ -106,9 +108,21 @@ class _PoolCloser(Service):
         return DeferredList([pool.closeCachedConnections() for pool in self.pools])
 
 
-def _http(reactor: Any, connections: int) -> tuple[Any, HTTPConnectionPool]:
+def _http(
+    reactor: Any, connections: int, authorization: bytes | None = None
+) -> tuple[Any, HTTPConnectionPool]:
     pool = quiet_pool(reactor, keepalive=4.0, max_connections=connections)
-    return treq.client.HTTPClient(Agent(reactor, pool=pool)), pool
+    agent: IAgent = Agent(reactor, pool=pool)
+    if authorization is not None:
+        agent = AuthorizedAgent(agent, authorization)
+    return treq.client.HTTPClient(agent), pool
+
+
+def _backend_authorization(config: WorkerConfig) -> bytes | None:
+    """``Authorization`` for the model server: ``--backend-api-key`` as a bearer key."""
+    if config.backend_api_key is None:
+        return None
+    return b"Bearer " + config.backend_api_key.encode()
 
 
 @dataclass
@@ -160,9 +174,7 @@ def build_relay(config: WorkerConfig, reactor: Any, clock: Any = None) -> Backen
         clock=clock,
         # The caller's key is the endpoint's, for the autoscaler: never the model server's.
         drop_authorization=not config.unsecured,
-        authorization=(
-            None if config.backend_api_key is None else b"Bearer " + config.backend_api_key.encode()
-        ),
+        authorization=_backend_authorization(config),
     )
 
 
@@ -200,7 +212,9 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
             bind_url=config.url_binding,
         )
     relay = build_relay(config, reactor, clock)
-    backend_http, backend_pool = _http(reactor, 32)
+    # The worker's own calls (health, benchmark, on_close) carry the model
+    # server's key as the relayed requests do.
+    backend_http, backend_pool = _http(reactor, 32, _backend_authorization(config))
     report_http, report_pool = _http(reactor, 4)
     _PoolCloser(relay.pool, backend_pool, report_pool).setServiceParent(root)
 
