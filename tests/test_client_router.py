@@ -295,12 +295,14 @@ class KeySourceTests(SynchronousTestCase):
         self.assertIn("'nope'", self.failureResultOf(d, EndpointNotFound).value.message)
 
     def test_bad_account_key_then_a_new_attempt(self) -> None:
-        keys = self.keys(account="wrong")
+        """A refused look-up is not remembered: the next one asks again."""
+        keys = self.keys(account="acct")
+        self.console.account_key = "rotated"  # the console refuses the key for now
         d = keys.get()
         self.stub.flush()
         self.failureResultOf(d, AutoscalerUnauthorized)
         self.assertFalse(keys.known)
-        keys._account_key = "acct"
+        self.console.account_key = "acct"
         d = keys.get()
         self.stub.flush()
         self.assertEqual(self.successResultOf(d), "the-key")
