@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from typing import Any
 
 from vespa.benchmarks.errors import BenchmarkError, SettingsError
-from vespa.benchmarks.prompts import image_prompt
+from vespa.benchmarks.prompts import fresh_seeds, image_prompt
 from vespa.benchmarks.runner import Request, measure, read_json, snippet
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import ComfyUISettings
@@ -134,10 +133,9 @@ async def benchmark(
     workflow = load_workflow(settings.workflow_file) if settings.workflow_file else None
     # Seeds must differ from those of any earlier benchmark against the same
     # ComfyUI process too (its cache outlives a restarted worker).
-    base = random.randrange(1 << 40)
     return await measure(
         session,
-        lambda i: _request(settings, workflow, base + i),
+        fresh_seeds(lambda seed: _request(settings, workflow, seed), span=1 << 40),
         count_job,
         settings,
         unit="units",

@@ -13,11 +13,10 @@ Tokens are Ollama's own ``eval_count``. The model is ``VESPA_BENCHMARK_MODEL``
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from vespa.benchmarks.errors import BenchmarkError
-from vespa.benchmarks.prompts import text_prompt
+from vespa.benchmarks.prompts import fresh_seeds, text_prompt
 from vespa.benchmarks.runner import (
     Request,
     discover_first_model,
@@ -80,10 +79,9 @@ async def benchmark(
     """
     settings = settings if settings is not None else OllamaSettings.from_env()
     model = settings.model or await discover_model(session, settings.timeout)
-    base = random.randrange(1 << 30)
     return await measure(
         session,
-        lambda i: _request(settings, model, settings.max_tokens, base + i),
+        fresh_seeds(lambda seed: _request(settings, model, settings.max_tokens, seed)),
         count_tokens,
         settings,
         unit="tokens",

@@ -24,13 +24,12 @@ its request: it is not a measurement.
 from __future__ import annotations
 
 import json
-import random
 from typing import Any, Literal
 
 from twisted.web.client import ResponseFailed
 
 from vespa.benchmarks.errors import BenchmarkError
-from vespa.benchmarks.prompts import text_prompt
+from vespa.benchmarks.prompts import fresh_seeds, text_prompt
 from vespa.benchmarks.runner import (
     Request,
     describe,
@@ -215,12 +214,9 @@ async def run_openai(kind: Kind, session: BackendSession, settings: OpenAISettin
     """
     settings = settings if settings is not None else OpenAISettings.from_env()
     model = settings.model or await discover_model(session, settings.timeout)
-    # A fresh base for the prompts of each benchmark: a worker restarted in
-    # front of a running server must not hit its prefix cache.
-    base = random.randrange(1 << 30)
     return await measure(
         session,
-        lambda i: _request(kind, settings, model, settings.max_tokens, base + i),
+        fresh_seeds(lambda seed: _request(kind, settings, model, settings.max_tokens, seed)),
         count_tokens,
         settings,
         unit="tokens",

@@ -13,8 +13,12 @@ server that kept running must not meet its own earlier prompts).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["IMAGE_PROMPTS", "INSTRUCTION", "image_prompt", "text_prompt"]
+__all__ = ["IMAGE_PROMPTS", "INSTRUCTION", "fresh_seeds", "image_prompt", "text_prompt"]
+
+_T = TypeVar("_T")
 
 #: What the model is asked to do: something long, so it rarely stops before
 #: ``max_tokens`` (which would make the run shorter, not wrong: tokens are
@@ -60,6 +64,15 @@ IMAGE_PROMPTS = (
     "an astronaut tending a greenhouse on the moon, digital art",
     "a waterfall in a tropical jungle, morning mist, photograph",
 )
+
+
+def fresh_seeds(build: Callable[[int], _T], span: int = 1 << 30) -> Callable[[int], _T]:
+    """
+    ``build``, given request ``i``'s seed: ``i`` past a random base drawn now,
+    below ``span``, so this benchmark's prompts differ from an earlier one's.
+    """
+    base = random.randrange(span)
+    return lambda i: build(base + i)
 
 
 def text_prompt(words: int, seed: int) -> str:

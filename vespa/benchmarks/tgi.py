@@ -14,11 +14,10 @@ counts as a failure.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from vespa.benchmarks.errors import BenchmarkError
-from vespa.benchmarks.prompts import text_prompt
+from vespa.benchmarks.prompts import fresh_seeds, text_prompt
 from vespa.benchmarks.runner import Request, measure, read_json, snippet
 from vespa.benchmarks.session import BackendResponse, BackendSession
 from vespa.benchmarks.settings import TGISettings
@@ -65,10 +64,9 @@ async def benchmark(
     :param settings: ``TGISettings.from_env()`` when ``None``.
     """
     settings = settings if settings is not None else TGISettings.from_env()
-    base = random.randrange(1 << 30)
     return await measure(
         session,
-        lambda i: _request(settings, settings.max_tokens, base + i),
+        fresh_seeds(lambda seed: _request(settings, settings.max_tokens, seed)),
         count_tokens,
         settings,
         unit="tokens",

@@ -256,13 +256,14 @@ class _Exchange:
 
     def _client_lost(self, reason: Failure) -> None:
         self._client_gone = True
-        if self._pending is not None:
-            self._pending.cancel()
-        elif self._body is not None:
-            self._body.stop()
+        self._abandon()
 
     def _expire(self, error: VespaError) -> None:
         self._timeout = error
+        self._abandon()
+
+    def _abandon(self) -> None:
+        # Stop whichever stage is running; its end reports the outcome.
         if self._pending is not None:
             self._pending.cancel()
         elif self._body is not None:

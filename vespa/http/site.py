@@ -33,10 +33,9 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
 
+from vespa._typing import GenericHTTPChannelProtocol, HTTPChannel, Request, Site
 from vespa.errors import (
     BadRequest,
     BodyTooLarge,
@@ -212,7 +211,7 @@ class _Phase(Enum):
     BUSY = "busy"  # the body is arriving, or the request is being answered (or refused)
 
 
-class ProxyChannel(http.HTTPChannel):
+class ProxyChannel(HTTPChannel):
     """
     An HTTP/1.x connection with deadlines for slow clients and JSON refusals.
 
@@ -371,7 +370,7 @@ def _host_problem(hosts: list[bytes] | None, version: bytes) -> str | None:
     return None
 
 
-class _Connection(_GenericHTTPChannelProtocol):
+class _Connection(GenericHTTPChannelProtocol):
     """
     One accepted connection, counted by its site: HTTP/1.x on a
     :class:`ProxyChannel` until ALPN selects HTTP/2.
