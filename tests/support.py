@@ -194,6 +194,42 @@ def shared_key() -> Any:
 PUBLIC_URL = "http://203.0.113.7:41000"
 
 
+def loopback_config(
+    testcase: TestCase,
+    backend_port: int,
+    autoscaler_port: int,
+    *,
+    container_id: int,
+    public_url: str | None = None,
+    **overrides: Any,
+) -> WorkerConfig:
+    """
+    A worker's config for tests: its backend and the autoscaler stand-in on
+    loopback, listening on an ephemeral port, loaded by
+    :func:`fixed_benchmark`, no metrics port; ``overrides`` on top (e.g.
+    ``unsecured``, ``signature_mode``).
+    """
+    from vespa.config import VastEnvironment
+
+    return replace(
+        WorkerConfig(
+            backend=Origin("http", "127.0.0.1", backend_port),
+            listen="tcp:0:interface=127.0.0.1",
+            benchmark="tests.support:fixed_benchmark",
+            benchmark_cache=testcase.mktemp(),
+            metrics_listen=None,
+            drain_timeout=1.0,
+            vast=VastEnvironment(
+                report_addresses=(f"http://127.0.0.1:{autoscaler_port}",),
+                master_token="master-token",
+                container_id=container_id,
+                public_url=public_url,
+            ),
+        ),
+        **overrides,
+    )
+
+
 async def start_secured_worker(
     testcase: TestCase,
     *,
@@ -217,7 +253,6 @@ async def start_secured_worker(
 
     from twisted.internet.task import Clock
 
-    from vespa.config import VastEnvironment
     from vespa.testing.autoscaler import Autoscaler, autoscaler_site
     from vespa.worker.tap import build_worker
 
@@ -228,23 +263,14 @@ async def start_secured_worker(
     testcase.addCleanup(autoscaler.close)
     autoscaler.register_worker(public_url)
     FIXED_THROUGHPUT["value"] = throughput
-    config = replace(
-        WorkerConfig(
-            backend=Origin("http", "127.0.0.1", backend_port),
-            listen="tcp:0:interface=127.0.0.1",
-            unsecured=unsecured,
-            signature_mode=signing_mode,
-            benchmark="tests.support:fixed_benchmark",
-            benchmark_cache=testcase.mktemp(),
-            metrics_listen=None,
-            drain_timeout=1.0,
-            vast=VastEnvironment(
-                report_addresses=(f"http://127.0.0.1:{autoscaler_port}",),
-                master_token="master-token",
-                container_id=7,
-                public_url=public_url,
-            ),
-        ),
+    config = loopback_config(
+        testcase,
+        backend_port,
+        autoscaler_port,
+        container_id=7,
+        public_url=public_url,
+        unsecured=unsecured,
+        signature_mode=signing_mode,
         **overrides,
     )
     worker = build_worker(config, reactor, clock)

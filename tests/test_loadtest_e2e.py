@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,8 +18,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from tests.support import FIXED_THROUGHPUT, listen, shared_key, until
-from vespa.config import Origin, VastEnvironment, WorkerConfig
+from tests.support import FIXED_THROUGHPUT, listen, loopback_config, shared_key, until
 from vespa.loadtest.cli import _interrupts, parse, run
 from vespa.loadtest.html import CHARTS
 from vespa.testing.autoscaler import Autoscaler, autoscaler_site
@@ -42,23 +40,12 @@ async def start_worker(
     # registers the workers at the stand-in itself, so the reports' format
     # does not matter here.
     clock = Clock()
-    config = replace(
-        WorkerConfig(
-            backend=Origin("http", "127.0.0.1", backend_port),
-            listen="tcp:0:interface=127.0.0.1",
-            unsecured=False,
-            signature_mode="full",
-            benchmark="tests.support:fixed_benchmark",
-            benchmark_cache=testcase.mktemp(),
-            metrics_listen=None,
-            drain_timeout=1.0,
-            vast=VastEnvironment(
-                report_addresses=(f"http://127.0.0.1:{autoscaler_port}",),
-                master_token="master-token",
-                container_id=200 + index,
-            ),
-        ),
-        **overrides,
+    config = loopback_config(
+        testcase,
+        backend_port,
+        autoscaler_port,
+        container_id=200 + index,
+        **{"unsecured": False, "signature_mode": "full", **overrides},
     )
     worker = build_worker(config, reactor, clock)
     worker.service.startService()
