@@ -269,9 +269,7 @@ async def start_secured_worker(
         autoscaler_port,
         container_id=7,
         public_url=public_url,
-        unsecured=unsecured,
-        signature_mode=signing_mode,
-        **overrides,
+        **{"unsecured": unsecured, "signature_mode": signing_mode, **overrides},
     )
     worker = build_worker(config, reactor, clock)
     env = SimpleNamespace(backend=backend, autoscaler=autoscaler, clock=clock, config=config)
