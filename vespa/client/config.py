@@ -121,55 +121,62 @@ _INPUTS: tuple[Setting[Any], ...] = (
         "Twisted endpoint description to listen on; overrides --host and --port",
         envs=_vespa("CLIENT_LISTEN"),
     ),
-    Setting(
-        "timeout", "", parse_seconds, None,
+)
+
+
+def _preference(
+    name: str, parse: Any, default: Any, help: str, *, legacy: bool = False
+) -> Setting[Any]:
+    """The default of a per-request preference, read from ``VESPA_<NAME>``."""
+    return Setting(
+        name, "", parse, default, help, envs=_vespa(name.upper().replace("-", "_"), legacy=legacy)
+    )
+
+
+#: The settings giving the per-request preferences' defaults, by the field of
+#: :class:`Preferences` each one sets.
+_PREFERENCES: dict[str, Setting[Any]] = {
+    "timeout_s": _preference(
+        "timeout", parse_seconds, None,
         "Seconds for a whole request, answer included (0 = no limit); preference timeout_s",
-        envs=_vespa("TIMEOUT", legacy=True),
+        legacy=True,
     ),
-    Setting(
-        "max-retries", "", parse_bounded_int(0, 10), 3,
+    "max_retries": _preference(
+        "max-retries", parse_bounded_int(0, 10), 3,
         "Retries per request, before its first byte (preference max_retries)",
-        envs=_vespa("MAX_RETRIES"),
     ),
-    Setting(
-        "retry-budget-pct", "", parse_fraction, 0.2,
+    "retry_budget_pct": _preference(
+        "retry-budget-pct", parse_fraction, 0.2,
         "Retries may add this share of recent requests, a fraction (preference retry_budget_pct)",
-        envs=_vespa("RETRY_BUDGET_PCT"),
     ),
-    Setting(
-        "initial-backoff-ms", "", parse_non_negative_float, 125.0,
+    "initial_backoff_ms": _preference(
+        "initial-backoff-ms", parse_non_negative_float, 125.0,
         "Milliseconds before the first retry; doubled per retry up to 5 s, jittered "
         "(preference initial_backoff_ms)",
-        envs=_vespa("INITIAL_BACKOFF_MS"),
     ),
-    Setting(
-        "idempotent", "", parse_bool, False,
+    "idempotent": _preference(
+        "idempotent", parse_bool, False,
         "Requests may reach a model server twice without harm: retry them also after "
         "failures that may have delivered them (preference idempotent)",
-        envs=_vespa("IDEMPOTENT"),
     ),
-    Setting(
-        "hedge-delay", "", parse_seconds, None,
+    "hedge_delay": _preference(
+        "hedge-delay", parse_seconds, None,
         "Seconds without a first byte before a second worker is raced (0 = off; "
         "preference hedge_delay)",
-        envs=_vespa("HEDGE_DELAY"),
     ),
-    Setting(
-        "hedge-budget-pct", "", parse_fraction, 0.1,
+    "hedge_budget_pct": _preference(
+        "hedge-budget-pct", parse_fraction, 0.1,
         "Hedges may add this share of recent requests, a fraction (preference hedge_budget_pct)",
-        envs=_vespa("HEDGE_BUDGET_PCT"),
     ),
-    Setting(
-        "batch-size", "", parse_bounded_int(1, 4096), 128,
+    "batch_size": _preference(
+        "batch-size", parse_bounded_int(1, 4096), 128,
         "Inputs per part when a list input is split (preference batch_size)",
-        envs=_vespa("BATCH_SIZE"),
     ),
-    Setting(
-        "max-concurrent-requests", "", parse_bounded_int(1, 1024), 32,
+    "max_concurrent_requests": _preference(
+        "max-concurrent-requests", parse_bounded_int(1, 1024), 32,
         "Parts of one split batch in flight at once (preference max_concurrent_requests)",
-        envs=_vespa("MAX_CONCURRENT_REQUESTS"),
     ),
-)
+}
 
 
 @dataclass(frozen=True)
@@ -309,17 +316,7 @@ class ClientConfig:
             listen = v["listen"]
         else:
             listen = f"tcp:{v['port']}:interface={_escape(v['host'] or DEFAULT_HOST)}"
-        defaults = Preferences(
-            timeout_s=v["timeout"],
-            max_retries=v["max-retries"],
-            retry_budget_pct=v["retry-budget-pct"],
-            hedge_delay=v["hedge-delay"],
-            hedge_budget_pct=v["hedge-budget-pct"],
-            initial_backoff_ms=v["initial-backoff-ms"],
-            max_concurrent_requests=v["max-concurrent-requests"],
-            batch_size=v["batch-size"],
-            idempotent=v["idempotent"],
-        )
+        defaults = Preferences(**{name: v[s.name] for name, s in _PREFERENCES.items()})
         ca_file = v["ca-file"] or None
         if ca_file is not None and not os.path.isfile(ca_file):
             raise ConfigError(f"--ca-file: no such file: {ca_file}")
@@ -374,4 +371,6 @@ def _home_key(home: str | None) -> str | None:
 
 
 #: Every setting of the client, in ``--help`` order.
-CLIENT_SETTINGS: tuple[Setting[Any], ...] = _INPUTS + settings_of(ClientConfig)
+CLIENT_SETTINGS: tuple[Setting[Any], ...] = (
+    _INPUTS + tuple(_PREFERENCES.values()) + settings_of(ClientConfig)
+)
