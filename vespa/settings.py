@@ -119,6 +119,14 @@ def setting(
     return field(default=default, metadata={_SETTING: declared})
 
 
+def env_name(option: str) -> str:
+    """
+    The environment name an option is read as, without prefix:
+    ``backend-url`` is ``BACKEND_URL``.
+    """
+    return option.upper().replace("-", "_")
+
+
 def setting_fields(cls: type[Any]) -> list[tuple[str, Setting[Any]]]:
     """
     The fields of the dataclass ``cls`` declared as settings, with their
@@ -201,6 +209,7 @@ __all__ = [
     "ConfigError",
     "Setting",
     "config_fields",
+    "env_name",
     "option_lists",
     "resolve",
     "setting",
