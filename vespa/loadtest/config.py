@@ -28,7 +28,7 @@ from vespa.parsers import (
     parse_text,
     parse_url,
 )
-from vespa.settings import ConfigError, Setting, config_fields, resolve, setting, settings_of
+from vespa.settings import ConfigError, config_fields, env_name, resolve, setting, settings_of
 
 __all__ = ["LOADTEST_SETTINGS", "SETTINGS", "LoadtestConfig"]
 
@@ -51,8 +51,8 @@ def _ramp(text: str) -> str:
 
 def _setting(name: str, parse: Any, default: Any, help: str, *, flag: bool = False) -> Any:
     """A load-test setting, read from ``VESPA_LOADTEST_<NAME>``."""
-    env = "VESPA_LOADTEST_" + name.upper().replace("-", "_")
-    return setting(name, "", parse, default, help, flag=flag, envs=(env,))
+    envs = ("VESPA_LOADTEST_" + env_name(name),)
+    return setting(name, "", parse, default, help, flag=flag, envs=envs)
 
 
 @dataclass(frozen=True)
@@ -152,9 +152,7 @@ class LoadtestConfig:
 
 
 #: The load test's own settings.
-LOADTEST_SETTINGS: tuple[Setting[Any], ...] = settings_of(LoadtestConfig)
+LOADTEST_SETTINGS = settings_of(LoadtestConfig)
 
 #: Every setting, in ``--help`` order.
-SETTINGS: tuple[Setting[Any], ...] = (
-    tuple(s for s in CLIENT_SETTINGS if s.name in _CLIENT_ROWS) + LOADTEST_SETTINGS
-)
+SETTINGS = tuple(s for s in CLIENT_SETTINGS if s.name in _CLIENT_ROWS) + LOADTEST_SETTINGS
