@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import subprocess
@@ -39,6 +40,7 @@ from vespa.testing.autoscaler import (
     parse_args,
     sign_auth,
 )
+from vespa.testing.autoscaler.wire import RECORD_FIELDS, report_problem
 
 #: One key for the whole module: generating RSA keys is slow.
 KEY = RSA.generate(2048)
@@ -712,6 +714,36 @@ class SigningTests(SynchronousTestCase):
         autoscaler = Autoscaler(clock, key=KEY)
         autoscaler._accept_status(report(1, None))
         self.assertEqual(autoscaler.status_times, [12.5])
+
+
+class ReportCheckTests(SynchronousTestCase):
+    """The stand-in's own reading of the report fields and their JSON types."""
+
+    def test_a_well_formed_report_passes(self) -> None:
+        self.assertIsNone(report_problem("worker_status", report(1, WORKER_A), "records"))
+        body = {"worker_id": 1, "mtoken": "t", "requests": [record(1, True)]}
+        self.assertIsNone(report_problem("delete_requests", body, "records"))
+
+    def test_every_field_is_checked(self) -> None:
+        """A value no field takes (an object) is named, in any field of either report."""
+        for field in STATUS_FIELDS:
+            problem = report_problem("worker_status", {**report(1, WORKER_A), field: {}}, "records")
+            self.assertIn(f"{field} has the wrong type", problem or "")
+        for field in RECORD_FIELDS:
+            body = {"worker_id": 1, "mtoken": "t", "requests": [{**record(1, True), field: {}}]}
+            problem = report_problem("delete_requests", body, "records")
+            self.assertIn(f"{field} must be", problem or "")
+
+    def test_near_misses_are_refused(self) -> None:
+        """An int given as a float, a bool as an int, an infinite load, a negative time."""
+        for fields in ({"id": 1.0}, {"num_requests_working": True}, {"cur_load": math.inf},
+                       {"working_request_idxs": [1.5]}, {"url": 3}):  # fmt: skip
+            body = {**report(1, WORKER_A), **fields}
+            self.assertIsNotNone(report_problem("worker_status", body, "records"), fields)
+        for fields in ({"request_idx": True}, {"success": 1}, {"work_started_at": -1.0},
+                       {"status": "Done"}):  # fmt: skip
+            body = {"worker_id": 1, "mtoken": "t", "requests": [{**record(1, True), **fields}]}
+            self.assertIsNotNone(report_problem("delete_requests", body, "records"), fields)
 
 
 class CommandLineTests(SynchronousTestCase):

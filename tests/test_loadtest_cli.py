@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sys
 
@@ -11,6 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from vespa.config import ConfigError
 from vespa.loadtest.cli import main, parse
+from vespa.loadtest.config import LOADTEST_SETTINGS, LoadtestConfig
 from vespa.loadtest.schedule import RateProfile
 
 KEYS = ["--endpoint", "ep", "--api-key", "k"]
@@ -27,9 +29,9 @@ class ParseTests(TestCase):
         self.assertEqual(config.client.endpoint, "ep")
         self.assertEqual(config.client.autoscaler_url, "http://127.0.0.1:9")
         self.assertEqual(config.profile, RateProfile.fixed(5.0))
-        self.assertEqual(config["duration"], 60.0)
-        self.assertEqual(config["arrivals"], "poisson")
-        self.assertEqual(config["max-in-flight"], 256)
+        self.assertEqual(config.duration, 60.0)
+        self.assertEqual(config.arrivals, "poisson")
+        self.assertEqual(config.max_in_flight, 256)
 
     def test_environment(self) -> None:
         """The key as vespa-client reads it, the load test's settings as VESPA_LOADTEST_*."""
@@ -43,8 +45,20 @@ class ParseTests(TestCase):
         config = parse([], environ)
         self.assertEqual(config.client.api_key, "k")
         self.assertEqual(config.profile, RateProfile(1.0, 10.0, 30.0))
-        self.assertEqual(config["requests"], 100)
-        self.assertEqual(parse(["--requests", "7"], environ)["requests"], 7)
+        self.assertEqual(config.requests, 100)
+        self.assertEqual(parse(["--requests", "7"], environ).requests, 7)
+
+    def test_one_declaration_per_setting(self) -> None:
+        """
+        Each load-test option is a typed field of the frozen config, and each
+        field of its own is an option: nothing is kept by option name.
+        """
+        own = {f.name for f in dataclasses.fields(LoadtestConfig)} - {"client", "profile"}
+        self.assertEqual({s.name.replace("-", "_") for s in LOADTEST_SETTINGS}, own)
+        config = parse([*KEYS, "--payload", "tgi", "--rate", "2", "--requests", "3",
+                        "--max-in-flight", "9", "--plain"], {})  # fmt: skip
+        self.assertEqual((config.max_in_flight, config.plain, config.timeout), (9, True, 600.0))
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, config, "requests", 4)
 
     def test_url(self) -> None:
         config = parse(["--url", "http://127.0.0.1:8010/", "--payload", "tgi", "--rate", "1",

@@ -45,7 +45,7 @@ from vespa.parsers import (
     parse_wait_limit,
     parse_workload,
 )
-from vespa.settings import ConfigError, Setting, config_fields, resolve, setting, settings_of
+from vespa.settings import ConfigError, Setting, config_fields, option, resolve, settings_of
 from vespa.vast import VastEnvironment
 
 __all__ = [
@@ -128,197 +128,201 @@ class WorkerConfig:
     slots: int | None = None
     vast: VastEnvironment = field(default_factory=lambda: VastEnvironment())
     benchmark_settings: RunSettings | None = None
-    http_port: int | None = setting(
-        "http-port", "WORKER_HTTP_PORT", parse_port_or_off, None,
+    http_port: int | None = option(
+        "http-port", parse_port_or_off, None,
         "Plain-HTTP port for local /session/end, on --listen's interface "
         "(default: the worker port + 1; 0 or off for none)",
+        env="WORKER_HTTP_PORT",
     )
-    unsecured: bool = setting(
-        "unsecured", "UNSECURED", parse_bool, False,
+    unsecured: bool = option(
+        "unsecured", parse_bool, False,
         "Forward every request as it is, without signature checks (local development)",
         flag=True,
     )
-    blocked_paths: tuple[str, ...] = setting(
-        "blocked-paths", "BLOCKED_PATHS", parse_list, (),
+    blocked_paths: tuple[str, ...] = option(
+        "blocked-paths", parse_list, (),
         "Comma-separated path patterns answered 403 (* and ? wildcards), e.g. /admin/*,/debug",
     )
-    max_body_size: int = setting(
-        "max-body-size", "MAX_BODY_SIZE", parse_size, 64 << 20,
+    max_body_size: int = option(
+        "max-body-size", parse_size, 64 << 20,
         "Largest request body accepted (bytes, or 512k, 64MB); larger gets 413",
     )
-    header_timeout: float | None = setting(
-        "header-timeout", "HEADER_TIMEOUT", parse_seconds, 15.0,
+    header_timeout: float | None = option(
+        "header-timeout", parse_seconds, 15.0,
         "Seconds for a client's request line and headers to arrive, however slowly they "
         "trickle; later gets 408 (0 = only the 60 s idle timeout)",
     )
-    keepalive_timeout: float | None = setting(
-        "keepalive-timeout", "KEEPALIVE_TIMEOUT", parse_seconds, 60.0,
+    keepalive_timeout: float | None = option(
+        "keepalive-timeout", parse_seconds, 60.0,
         "Seconds a client connection may wait between requests (0 = the 60 s idle timeout)",
     )
-    connect_timeout: float | None = setting(
-        "connect-timeout", "CONNECT_TIMEOUT", parse_seconds, 10.0,
+    connect_timeout: float | None = option(
+        "connect-timeout", parse_seconds, 10.0,
         "Seconds to connect to the backend (0 = no limit)",
     )
-    first_byte_timeout: float | None = setting(
-        "first-byte-timeout", "FIRST_BYTE_TIMEOUT", parse_seconds, 600.0,
+    first_byte_timeout: float | None = option(
+        "first-byte-timeout", parse_seconds, 600.0,
         "Seconds from sending a request to the backend's response headers (0 = no limit)",
     )
-    idle_timeout: float | None = setting(
-        "idle-timeout", "IDLE_TIMEOUT", parse_seconds, 300.0,
+    idle_timeout: float | None = option(
+        "idle-timeout", parse_seconds, 300.0,
         "Seconds the backend may stay silent mid-response (0 = no limit)",
     )
-    total_timeout: float | None = setting(
-        "total-timeout", "TOTAL_TIMEOUT", parse_seconds, None,
+    total_timeout: float | None = option(
+        "total-timeout", parse_seconds, None,
         "Seconds for a whole exchange; off by default, generations can be long",
     )
-    backend_keepalive: float | None = setting(
-        "backend-keepalive", "BACKEND_KEEPALIVE", parse_seconds, 4.0,
+    backend_keepalive: float | None = option(
+        "backend-keepalive", parse_seconds, 4.0,
         "Seconds an idle backend connection is kept; keep it below the backend's own "
         "keep-alive (uvicorn, used by vLLM, closes after 5 s)",
     )
-    max_backend_connections: int = setting(
-        "max-backend-connections", "MAX_BACKEND_CONNECTIONS", parse_positive_int, 256,
+    max_backend_connections: int = option(
+        "max-backend-connections", parse_positive_int, 256,
         "Idle backend connections kept for reuse; size it to the concurrency",
     )
-    access_log: str | None = setting(
-        "access-log", "ACCESS_LOG", str, None,
+    access_log: str | None = option(
+        "access-log", str, None,
         "Write an access log line per request to this file (- for the daemon log)",
     )
-    log_level: LogLevel = setting(
-        "log-level", "LOG_LEVEL", parse_log_level, LogLevel.info,
+    log_level: LogLevel = option(
+        "log-level", parse_log_level, LogLevel.info,
         "debug, info, warning, error or critical",
     )
-    demo: bool = setting(
-        "demo", "DEMO", parse_bool, False,
+    demo: bool = option(
+        "demo", parse_bool, False,
         "Also run the built-in demo model server on the --backend-url port "
         "(default 127.0.0.1:8000)",
         flag=True,
     )
     # Admission
-    max_sessions: int | None = setting(
-        "max-sessions", "MAX_SESSIONS", parse_count_or_off, 10,
+    max_sessions: int | None = option(
+        "max-sessions", parse_count_or_off, 10,
         "Sessions open at once; /session/create beyond is refused (429) (0 or off: no limit)",
     )
-    max_wait_time: float | None = setting(
-        "max-wait-time", "MAX_WAIT_TIME", parse_wait_limit, 30.0,
+    max_wait_time: float | None = option(
+        "max-wait-time", parse_wait_limit, 30.0,
         "Refuse (429) when the estimated wait is over this many seconds "
         "(0 = while anything is in flight, off = never)",
     )
-    default_cost: float | None = setting(
-        "default-cost", "DEFAULT_COST", parse_positive_float, None,
+    default_cost: float | None = option(
+        "default-cost", parse_positive_float, None,
         "Workload counted for a request whose signed cost is 1 or less (--workload cost)",
     )
-    workload: str = setting(
-        "workload", "WORKLOAD", parse_workload, "auto",
+    workload: str = option(
+        "workload", parse_workload, "auto",
         "Each request's workload: auto (from the payload, in the benchmark's unit), "
         "cost (the autoscaler's, unsigned today) or module:function",
     )
     # Signatures
-    signature_mode: str = setting(
-        "signature-mode", "SIGNATURE_MODE", parse_choice("auto", "url", "full"), "auto",
+    signature_mode: str = option(
+        "signature-mode", parse_choice("auto", "url", "full"), "auto",
         "What the autoscaler signs: url (today's cached signature), full (cost, endpoint, "
         "reqnum, request_idx, url), or auto for either",
     )
-    replay_window: int | None = setting(
-        "replay-window", "REPLAY_WINDOW", parse_count_or_off, 10000,
+    replay_window: int | None = option(
+        "replay-window", parse_count_or_off, 10000,
         "Refuse a reused five-field signature or a reqnum this far behind the newest (0 = off)",
     )
-    url_binding: bool = setting(
-        "url-binding", "URL_BINDING", parse_bool, True,
+    url_binding: bool = option(
+        "url-binding", parse_bool, True,
         "Refuse requests signed for another worker's url (when the public url is known)",
     )
-    backend_api_key: str | None = setting(
-        "backend-api-key", "BACKEND_API_KEY", parse_secret, None,
+    backend_api_key: str | None = option(
+        "backend-api-key", parse_secret, None,
         "Send Authorization: Bearer KEY to the model server (@/path/to/file reads the key "
         "from a file, keeping it out of the process list)",
     )
-    pubkey_timeout: float | None = setting(
-        "pubkey-timeout", "PUBKEY_TIMEOUT", parse_seconds, 10.0,
+    pubkey_timeout: float | None = option(
+        "pubkey-timeout", parse_seconds, 10.0,
         "Seconds per attempt to fetch the autoscaler's public key",
     )
     # Startup and health
-    healthcheck_endpoint: str = setting(
-        "healthcheck-endpoint", "HEALTHCHECK_ENDPOINT", str, "auto",
+    healthcheck_endpoint: str = option(
+        "healthcheck-endpoint", str, "auto",
         "Path on the backend that answers 200 when it is ready; auto: the "
         "benchmark's native route, the next one when the server answers 404",
     )
-    healthcheck_interval: float = setting(
-        "healthcheck-interval", "HEALTHCHECK_POLL_INTERVAL", parse_positive_float, 10.0,
+    healthcheck_interval: float = option(
+        "healthcheck-interval", parse_positive_float, 10.0,
         "Seconds between health checks once loaded",
+        env="HEALTHCHECK_POLL_INTERVAL",
     )
-    healthcheck_retry_interval: float = setting(
-        "healthcheck-retry-interval", "HEALTHCHECK_RETRY_INTERVAL", parse_positive_float, 5.0,
+    healthcheck_retry_interval: float = option(
+        "healthcheck-retry-interval", parse_positive_float, 5.0,
         "Seconds between readiness polls while the backend starts",
     )
-    healthcheck_timeout: float = setting(
-        "healthcheck-timeout", "HEALTHCHECK_TIMEOUT", parse_positive_float, 30.0,
+    healthcheck_timeout: float = option(
+        "healthcheck-timeout", parse_positive_float, 30.0,
         "Seconds per health check",
     )
-    healthcheck_failures: int = setting(
-        "healthcheck-failures", "HEALTHCHECK_CONSECUTIVE_FAILURES", parse_positive_int, 3,
+    healthcheck_failures: int = option(
+        "healthcheck-failures", parse_positive_int, 3,
         "Consecutive failed health checks that mark the worker errored",
+        env="HEALTHCHECK_CONSECUTIVE_FAILURES",
     )
-    ready_timeout_initial: float = setting(
-        "ready-timeout-initial", "READY_TIMEOUT_INITIAL", parse_positive_float, 1200.0,
+    ready_timeout_initial: float = option(
+        "ready-timeout-initial", parse_positive_float, 1200.0,
         "Seconds to wait for the backend on a first start",
     )
-    ready_timeout_resume: float = setting(
-        "ready-timeout-resume", "READY_TIMEOUT_RESUME", parse_positive_float, 300.0,
+    ready_timeout_resume: float = option(
+        "ready-timeout-resume", parse_positive_float, 300.0,
         "Seconds to wait for the backend when a benchmark result is cached",
     )
-    startup_retry: float = setting(
-        "startup-retry", "STARTUP_RETRY", parse_positive_float, 30.0,
+    startup_retry: float = option(
+        "startup-retry", parse_positive_float, 30.0,
         "Seconds before a failed startup is tried again",
     )
-    benchmark: str = setting(
-        "benchmark", "BENCHMARK", parse_benchmark, "openai_chat",
+    benchmark: str = option(
+        "benchmark", parse_benchmark, "openai_chat",
         "Throughput benchmark: a built-in name or module:function",
     )
-    benchmark_cache: str = setting(
-        "benchmark-cache", "BENCHMARK_CACHE_FILE", str, ".has_benchmark",
+    benchmark_cache: str = option(
+        "benchmark-cache", str, ".has_benchmark",
         "File caching the measured throughput (delete it to measure again)",
+        env="BENCHMARK_CACHE_FILE",
     )
     # Reports
-    report_interval: float = setting(
-        "report-interval", "METRICS_UPDATE_INTERVAL", parse_positive_float, 1.0,
+    report_interval: float = option(
+        "report-interval", parse_positive_float, 1.0,
         "Seconds between reports to the autoscaler when something changed",
+        env="METRICS_UPDATE_INTERVAL",
     )
-    report_heartbeat: float = setting(
-        "report-heartbeat", "REPORT_HEARTBEAT", parse_positive_float, 10.0,
+    report_heartbeat: float = option(
+        "report-heartbeat", parse_positive_float, 10.0,
         "Seconds between reports when nothing changed",
     )
-    report_timeout: float = setting(
-        "report-timeout", "METRICS_TIMEOUT", parse_positive_float, 60.0,
+    report_timeout: float = option(
+        "report-timeout", parse_positive_float, 60.0,
         "Seconds per report attempt; long, so a slow autoscaler is not sent the same counts twice",
+        env="METRICS_TIMEOUT",
     )
-    delete_requests_format: str = setting(
-        "delete-requests-format",
-        "DELETE_REQUESTS_FORMAT",
-        parse_choice("records", "legacy"),
+    delete_requests_format: str = option(
+        "delete-requests-format", parse_choice("records", "legacy"),
         "records",
         "records (one POST of per-request records, as vastai 1.9.1) or legacy (2024-2025)",
     )
     # Operation
-    use_ssl: bool = setting(
-        "use-ssl", "USE_SSL", parse_bool, False,
+    use_ssl: bool = option(
+        "use-ssl", parse_bool, False,
         "Serve HTTPS (TLS 1.2+, HTTP/2 by ALPN) with --tls-cert and --tls-key",
         flag=True,
     )
-    tls_cert: str = setting(
-        "tls-cert", "TLS_CERT", str, "/etc/instance.crt",
+    tls_cert: str = option(
+        "tls-cert", str, "/etc/instance.crt",
         "TLS certificate (chain) in PEM, as Vast's start script installs it",
     )
-    tls_key: str = setting("tls-key", "TLS_KEY", str, "/etc/instance.key", "TLS private key in PEM")
-    drain_timeout: float = setting(
-        "drain-timeout", "DRAIN_TIMEOUT", parse_positive_float, 30.0,
+    tls_key: str = option("tls-key", str, "/etc/instance.key", "TLS private key in PEM")
+    drain_timeout: float = option(
+        "drain-timeout", parse_positive_float, 30.0,
         "On SIGTERM, seconds to let in-flight requests finish before exiting",
     )
-    metrics_listen: str | None = setting(
-        "metrics-listen", "METRICS_LISTEN", parse_optional_listen, "tcp:9464:interface=127.0.0.1",
+    metrics_listen: str | None = option(
+        "metrics-listen", parse_optional_listen, "tcp:9464:interface=127.0.0.1",
         "Endpoint for Prometheus metrics, or none to disable",
     )
-    log_format: str = setting(
-        "log-format", "LOG_FORMAT", parse_choice("text", "json"), "text",
+    log_format: str = option(
+        "log-format", parse_choice("text", "json"), "text",
         "text, or json for one JSON object per line (log shippers)",
     )
 

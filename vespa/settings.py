@@ -7,6 +7,10 @@ A setting is declared once, as a field of the program's frozen config class::
     @dataclass(frozen=True)
     class Config:
         port: int = setting("port", "WORKER_PORT", parse_port, 3000, "TCP port to serve on")
+        max_queue: int = option("max-queue", parse_count, 1024, "Requests queued at most")
+
+(:func:`option` is :func:`setting` for the common case where the environment
+name is the option's own: ``MAX_QUEUE``.)
 
 From that declaration come the program's command-line options
 (:func:`option_lists`, for ``usage.Options``), the resolution of each value
@@ -119,6 +123,32 @@ def setting(
     return field(default=default, metadata={_SETTING: declared})
 
 
+def option(
+    name: str,
+    parse: Callable[[str], Any],
+    default: Any,
+    help: str,
+    *,
+    env: str = "",
+    flag: bool = False,
+) -> Any:
+    """
+    Declare a config field as a setting read from the environment under the
+    option's own name (``max-body-size``: ``VESPA_MAX_BODY_SIZE`` then
+    ``PYWORKER_MAX_BODY_SIZE``), or under ``env`` where it differs; the other
+    arguments are :func:`setting`'s.
+    """
+    return setting(name, env or env_name(name), parse, default, help, flag=flag)
+
+
+def env_name(option: str) -> str:
+    """
+    The environment name an option is read as, without prefix:
+    ``backend-url`` is ``BACKEND_URL``.
+    """
+    return option.upper().replace("-", "_")
+
+
 def setting_fields(cls: type[Any]) -> list[tuple[str, Setting[Any]]]:
     """
     The fields of the dataclass ``cls`` declared as settings, with their
@@ -201,6 +231,8 @@ __all__ = [
     "ConfigError",
     "Setting",
     "config_fields",
+    "env_name",
+    "option",
     "option_lists",
     "resolve",
     "setting",

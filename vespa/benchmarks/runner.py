@@ -206,6 +206,23 @@ async def send(session: BackendSession, request: Request, count: Count, timeout:
         raise BenchmarkError(f"{request}: {describe(e)}") from e
 
 
+def json_answer(
+    path: str, code: int, body: bytes, error: Callable[[str], Exception]
+) -> Any:
+    """
+    The parsed answer to ``GET path`` (a listing, say).
+
+    :param error: makes the exception raised, from its message, when the
+        answer is not 200 with JSON.
+    """
+    if code != 200:
+        raise error(f"GET {path} answered {code}: {_snippet(body)}")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise error(f"GET {path} answered with no JSON: {_snippet(body)}") from None
+
+
 async def fetch_json(session: BackendSession, path: str, timeout: float) -> Any:
     """
     ``GET path`` and parse the JSON answer, within ``timeout`` seconds (for
@@ -221,13 +238,7 @@ async def fetch_json(session: BackendSession, path: str, timeout: float) -> Any:
             if _cancellation(e):
                 raise CancelledError() from e
             raise
-        body = await response.content()
-        if response.code != 200:
-            raise BenchmarkError(f"GET {path} answered {response.code}: {_snippet(body)}")
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise BenchmarkError(f"GET {path} answered with no JSON: {_snippet(body)}") from None
+        return json_answer(path, response.code, await response.content(), BenchmarkError)
 
     d = Deferred.fromCoroutine(get())
     d.addTimeout(timeout, session.clock)

@@ -48,7 +48,15 @@ from vespa.parsers import (
     parse_text,
     parse_url,
 )
-from vespa.settings import ConfigError, Setting, config_fields, resolve, setting, settings_of
+from vespa.settings import (
+    ConfigError,
+    Setting,
+    config_fields,
+    env_name,
+    resolve,
+    setting,
+    settings_of,
+)
 
 #: How the usage errors for a missing endpoint and a missing key begin
 #: (the interactive start asks for what they name).
@@ -82,6 +90,18 @@ def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
 def _vespa(name: str, *, legacy: bool = False) -> tuple[str, ...]:
     """``VESPA_<name>``, and ``PYWORKER_<name>`` where the original client read that."""
     return (f"VESPA_{name}", f"PYWORKER_{name}") if legacy else (f"VESPA_{name}",)
+
+
+def _setting(
+    name: str, parse: Any, default: Any, help: str, *, env: str = "", legacy: bool = False
+) -> Any:
+    """
+    A field of :class:`ClientConfig` declared as a setting read from
+    ``VESPA_<env>`` (:func:`_vespa`); ``env`` is the option's own name
+    (``max-queue``: ``MAX_QUEUE``) unless given.
+    """
+    envs = _vespa(env or env_name(name), legacy=legacy)
+    return setting(name, "", parse, default, help, envs=envs)
 
 
 #: The settings that only feed a derived field of :class:`ClientConfig`.
@@ -121,55 +141,60 @@ _INPUTS: tuple[Setting[Any], ...] = (
         "Twisted endpoint description to listen on; overrides --host and --port",
         envs=_vespa("CLIENT_LISTEN"),
     ),
-    Setting(
-        "timeout", "", parse_seconds, None,
+)
+
+
+def _preference(
+    name: str, parse: Any, default: Any, help: str, *, legacy: bool = False
+) -> Setting[Any]:
+    """The default of a per-request preference, read from ``VESPA_<NAME>``."""
+    return Setting(name, "", parse, default, help, envs=_vespa(env_name(name), legacy=legacy))
+
+
+#: The settings giving the per-request preferences' defaults, by the field of
+#: :class:`Preferences` each one sets.
+_PREFERENCES: dict[str, Setting[Any]] = {
+    "timeout_s": _preference(
+        "timeout", parse_seconds, None,
         "Seconds for a whole request, answer included (0 = no limit); preference timeout_s",
-        envs=_vespa("TIMEOUT", legacy=True),
+        legacy=True,
     ),
-    Setting(
-        "max-retries", "", parse_bounded_int(0, 10), 3,
+    "max_retries": _preference(
+        "max-retries", parse_bounded_int(0, 10), 3,
         "Retries per request, before its first byte (preference max_retries)",
-        envs=_vespa("MAX_RETRIES"),
     ),
-    Setting(
-        "retry-budget-pct", "", parse_fraction, 0.2,
+    "retry_budget_pct": _preference(
+        "retry-budget-pct", parse_fraction, 0.2,
         "Retries may add this share of recent requests, a fraction (preference retry_budget_pct)",
-        envs=_vespa("RETRY_BUDGET_PCT"),
     ),
-    Setting(
-        "initial-backoff-ms", "", parse_non_negative_float, 125.0,
+    "initial_backoff_ms": _preference(
+        "initial-backoff-ms", parse_non_negative_float, 125.0,
         "Milliseconds before the first retry; doubled per retry up to 5 s, jittered "
         "(preference initial_backoff_ms)",
-        envs=_vespa("INITIAL_BACKOFF_MS"),
     ),
-    Setting(
-        "idempotent", "", parse_bool, False,
+    "idempotent": _preference(
+        "idempotent", parse_bool, False,
         "Requests may reach a model server twice without harm: retry them also after "
         "failures that may have delivered them (preference idempotent)",
-        envs=_vespa("IDEMPOTENT"),
     ),
-    Setting(
-        "hedge-delay", "", parse_seconds, None,
+    "hedge_delay": _preference(
+        "hedge-delay", parse_seconds, None,
         "Seconds without a first byte before a second worker is raced (0 = off; "
         "preference hedge_delay)",
-        envs=_vespa("HEDGE_DELAY"),
     ),
-    Setting(
-        "hedge-budget-pct", "", parse_fraction, 0.1,
+    "hedge_budget_pct": _preference(
+        "hedge-budget-pct", parse_fraction, 0.1,
         "Hedges may add this share of recent requests, a fraction (preference hedge_budget_pct)",
-        envs=_vespa("HEDGE_BUDGET_PCT"),
     ),
-    Setting(
-        "batch-size", "", parse_bounded_int(1, 4096), 128,
+    "batch_size": _preference(
+        "batch-size", parse_bounded_int(1, 4096), 128,
         "Inputs per part when a list input is split (preference batch_size)",
-        envs=_vespa("BATCH_SIZE"),
     ),
-    Setting(
-        "max-concurrent-requests", "", parse_bounded_int(1, 1024), 32,
+    "max_concurrent_requests": _preference(
+        "max-concurrent-requests", parse_bounded_int(1, 1024), 32,
         "Parts of one split batch in flight at once (preference max_concurrent_requests)",
-        envs=_vespa("MAX_CONCURRENT_REQUESTS"),
     ),
-)
+}
 
 
 @dataclass(frozen=True)
@@ -195,79 +220,66 @@ class ClientConfig:
     console_url: str = INSTANCES["prod"][1]
     listen: str = f"tcp:{DEFAULT_PORT}:interface={DEFAULT_HOST}"
     defaults: Preferences = field(default_factory=Preferences)
-    instance: str = setting(
-        "instance", "", parse_choice(*INSTANCES), "prod",
+    instance: str = _setting(
+        "instance", parse_choice(*INSTANCES), "prod",
         "The Vast instance: prod, alpha, candidate or local; sets the autoscaler and console",
-        envs=("VESPA_INSTANCE",),
     )
-    route_timeout: float | None = setting(
-        "route-timeout", "", parse_seconds, 120.0,
+    route_timeout: float | None = _setting(
+        "route-timeout", parse_seconds, 120.0,
         "Seconds to wait for a worker to be ready before answering 503 (0 = no limit)",
-        envs=_vespa("ROUTE_TIMEOUT"),
     )
-    connect_timeout: float | None = setting(
-        "connect-timeout", "", parse_seconds, 10.0,
-        "Seconds to connect to a worker (0 = no limit)",
-        envs=_vespa("CLIENT_CONNECT_TIMEOUT"),
+    connect_timeout: float | None = _setting(
+        "connect-timeout", parse_seconds, 10.0, "Seconds to connect to a worker (0 = no limit)",
+        env="CLIENT_CONNECT_TIMEOUT",
     )
-    first_byte_timeout: float | None = setting(
-        "first-byte-timeout", "", parse_seconds, 600.0,
+    first_byte_timeout: float | None = _setting(
+        "first-byte-timeout", parse_seconds, 600.0,
         "Seconds from sending to a worker to its first byte; then another worker "
         "is tried (0 = no limit)",
-        envs=_vespa("CLIENT_FIRST_BYTE_TIMEOUT"),
+        env="CLIENT_FIRST_BYTE_TIMEOUT",
     )
-    idle_timeout: float | None = setting(
-        "idle-timeout", "", parse_seconds, 300.0,
+    idle_timeout: float | None = _setting(
+        "idle-timeout", parse_seconds, 300.0,
         "Seconds a worker may stay silent mid-answer (0 = no limit)",
-        envs=_vespa("CLIENT_IDLE_TIMEOUT"),
+        env="CLIENT_IDLE_TIMEOUT",
     )
-    max_connections: int = setting(
-        "max-connections", "", parse_positive_int, 100,
-        "Idle worker connections kept for reuse",
-        envs=_vespa("MAX_CONNECTIONS", legacy=True),
+    max_connections: int = _setting(
+        "max-connections", parse_positive_int, 100, "Idle worker connections kept for reuse",
+        legacy=True,
     )
-    max_in_flight: int = setting(
-        "max-in-flight", "", parse_positive_int, 256,
-        "Requests handled at once; more wait in a queue",
-        envs=_vespa("MAX_IN_FLIGHT"),
+    max_in_flight: int = _setting(
+        "max-in-flight", parse_positive_int, 256, "Requests handled at once; more wait in a queue"
     )
-    max_queue: int = setting(
-        "max-queue", "", parse_count, 1024,
+    max_queue: int = _setting(
+        "max-queue", parse_count, 1024,
         "Requests waiting for a place at most; more are refused with 429",
-        envs=_vespa("MAX_QUEUE"),
     )
-    retry_budget_min: int = setting(
-        "retry-budget-min", "", parse_count, 3,
-        "Retries always allowed per 10 s, whatever the share",
-        envs=_vespa("RETRY_BUDGET_MIN"),
+    retry_budget_min: int = _setting(
+        "retry-budget-min", parse_count, 3, "Retries always allowed per 10 s, whatever the share"
     )
-    default_cost: float = setting(
-        "default-cost", "", parse_non_negative_float, 1.0,
+    default_cost: float = _setting(
+        "default-cost", parse_non_negative_float, 1.0,
         "Cost sent to /route/ when neither X-Serverless-Cost nor the body gives one",
-        envs=_vespa("CLIENT_DEFAULT_COST"),
+        env="CLIENT_DEFAULT_COST",
     )
-    ca_file: str | None = setting(
-        "ca-file", "", parse_text, None,
+    ca_file: str | None = _setting(
+        "ca-file", parse_text, None,
         "PEM file of extra CA certificates to trust for https workers (Vast's root CA: "
         "https://console.vast.ai/static/jvastai_root.cer)",
-        envs=_vespa("CA_FILE"),
     )
-    max_body_size: int = setting(
-        "max-body-size", "", parse_size, 64 << 20,
-        "Largest request body accepted; larger gets 413",
-        envs=_vespa("CLIENT_MAX_BODY_SIZE"),
+    max_body_size: int = _setting(
+        "max-body-size", parse_size, 64 << 20, "Largest request body accepted; larger gets 413",
+        env="CLIENT_MAX_BODY_SIZE",
     )
-    access_log: str | None = setting(
-        "access-log", "", parse_text, None,
+    access_log: str | None = _setting(
+        "access-log", parse_text, None,
         "Write an access log line per request to this file (- for the daemon log)",
-        envs=_vespa("CLIENT_ACCESS_LOG"),
+        env="CLIENT_ACCESS_LOG",
     )
-    log_level: LogLevel = setting(
-        "log-level", "", parse_log_level, LogLevel.info,
-        "debug, info, warning, error or critical",
-        envs=_vespa("CLIENT_LOG_LEVEL"),
+    log_level: LogLevel = _setting(
+        "log-level", parse_log_level, LogLevel.info, "debug, info, warning, error or critical",
+        env="CLIENT_LOG_LEVEL",
     )
-
 
     @classmethod
     def from_sources(
@@ -309,17 +321,7 @@ class ClientConfig:
             listen = v["listen"]
         else:
             listen = f"tcp:{v['port']}:interface={_escape(v['host'] or DEFAULT_HOST)}"
-        defaults = Preferences(
-            timeout_s=v["timeout"],
-            max_retries=v["max-retries"],
-            retry_budget_pct=v["retry-budget-pct"],
-            hedge_delay=v["hedge-delay"],
-            hedge_budget_pct=v["hedge-budget-pct"],
-            initial_backoff_ms=v["initial-backoff-ms"],
-            max_concurrent_requests=v["max-concurrent-requests"],
-            batch_size=v["batch-size"],
-            idempotent=v["idempotent"],
-        )
+        defaults = Preferences(**{name: v[s.name] for name, s in _PREFERENCES.items()})
         ca_file = v["ca-file"] or None
         if ca_file is not None and not os.path.isfile(ca_file):
             raise ConfigError(f"--ca-file: no such file: {ca_file}")
@@ -374,4 +376,6 @@ def _home_key(home: str | None) -> str | None:
 
 
 #: Every setting of the client, in ``--help`` order.
-CLIENT_SETTINGS: tuple[Setting[Any], ...] = _INPUTS + settings_of(ClientConfig)
+CLIENT_SETTINGS: tuple[Setting[Any], ...] = (
+    _INPUTS + tuple(_PREFERENCES.values()) + settings_of(ClientConfig)
+)

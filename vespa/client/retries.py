@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import random
+from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -80,39 +81,41 @@ def _workers_own(answer: Answer) -> bool:
     return isinstance(parsed, dict) and parsed.get("origin") == "vespa"
 
 
+@dataclass
 class RetryState:
     """
     The retries of one request: whether another attempt may follow, and what
     the caller gets when none does (the last relayable answer, else the last
     error).
 
-    :param prefs: the request's preferences.
-    :param clock: the time, for the deadline.
-    :param rng: the backoff's jitter.
-    :param budget: the retry budget shared by all requests.
+    :ivar prefs: the request's preferences.
+    :ivar clock: the time, for the deadline.
+    :ivar rng: the backoff's jitter.
+    :ivar budget: the retry budget shared by all requests.
+    :ivar count: the retries made.
+    :ivar answer: the last relayable answer, if any.
+    :ivar error: the last error, if any.
+    :ivar budget_spent: a retry was refused by the budget.
     """
 
-    def __init__(
-        self, prefs: Preferences, clock: IReactorTime, rng: random.Random, budget: Budget
-    ) -> None:
-        self._prefs = prefs
-        self._clock = clock
-        self._rng = rng
-        self._budget = budget
-        self.count = 0
-        self.answer: Answer | None = None
-        self.error: VespaError | None = None
-        self.budget_spent = False
-        # An attempt failed in a way that forbids another (the request may
-        # have reached a model server): racing hedges may still answer.
-        self._forbidden = False
+    prefs: Preferences
+    clock: IReactorTime
+    rng: random.Random
+    budget: Budget
+    count: int = field(default=0, init=False)
+    answer: Answer | None = field(default=None, init=False)
+    error: VespaError | None = field(default=None, init=False)
+    budget_spent: bool = field(default=False, init=False)
+    # An attempt failed in a way that forbids another (the request may
+    # have reached a model server): racing hedges may still answer.
+    _forbidden: bool = field(default=False, init=False, repr=False)
 
     def allow(self, verdict: Retry) -> bool:
         """
         Whether a failure judged ``verdict`` leaves the request free to be
         sent again; if not, no attempt after the racing ones is made.
         """
-        if verdict is Retry.SAFE or (verdict is Retry.IF_IDEMPOTENT and self._prefs.idempotent):
+        if verdict is Retry.SAFE or (verdict is Retry.IF_IDEMPOTENT and self.prefs.idempotent):
             return True
         self._forbidden = True
         return False
@@ -165,14 +168,14 @@ class RetryState:
 
         :param deadline: a ``clock.seconds()`` time the retry must start before.
         """
-        prefs = self._prefs
+        prefs = self.prefs
         if self._forbidden or self.count >= prefs.max_retries:
             return None
-        delays = equal_jitter(prefs.initial_backoff_ms / 1000.0, MAX_BACKOFF, self._rng)
+        delays = equal_jitter(prefs.initial_backoff_ms / 1000.0, MAX_BACKOFF, self.rng)
         delay = delays(self.count)
-        if deadline is not None and self._clock.seconds() + delay >= deadline:
+        if deadline is not None and self.clock.seconds() + delay >= deadline:
             return None
-        if not self._budget.try_spend(prefs.retry_budget_pct):
+        if not self.budget.try_spend(prefs.retry_budget_pct):
             log.info("not retrying: the retry budget is spent")
             self.budget_spent = True
             return None

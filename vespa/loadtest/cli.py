@@ -82,10 +82,10 @@ def _build_target(config: LoadtestConfig, reactor: Any) -> Target:
 
 async def _model(config: LoadtestConfig, target: Target, environ: Mapping[str, str]) -> str | None:
     """The model the probe's payloads name: given, configured, else listed by the endpoint."""
-    name = config["payload"]
+    name = config.payload
     if name not in MODEL_LISTINGS:
         return None
-    model = config["model"] or configured_model(name, environ)
+    model = config.model or configured_model(name, environ)
     if model:
         return str(model)
     path, list_key, name_key = MODEL_LISTINGS[name]
@@ -105,16 +105,16 @@ def _asked(config: LoadtestConfig) -> dict[str, Any]:
     else:
         rate = f"{profile.end:g}/s"
     return {
-        "payload": config["payload"] or config["requests-file"],
-        "arrivals": config["arrivals"],
+        "payload": config.payload or config.requests_file,
+        "arrivals": config.arrivals,
         "rate": rate,
         "rate_start_rps": profile.start,
         "rate_end_rps": profile.end,
         "ramp_s": profile.ramp_s,
-        "requests": config["requests"],
-        "duration_s": config["duration"],
-        "max_in_flight": config["max-in-flight"],
-        "timeout_s": config["timeout"],
+        "requests": config.requests,
+        "duration_s": config.duration,
+        "max_in_flight": config.max_in_flight,
+        "timeout_s": config.timeout,
     }
 
 
@@ -139,33 +139,33 @@ async def run(
     """
     target = _build_target(config, reactor)
     try:
-        rng = random.Random(config["seed"])
+        rng = random.Random(config.seed)
         source = load_source(
-            config["payload"],
-            config["requests-file"],
+            config.payload,
+            config.requests_file,
             environ,
             model=await _model(config, target, environ),
-            max_tokens=config["max-tokens"],
-            stream=config["stream"],
+            max_tokens=config.max_tokens,
+            stream=config.stream,
             rng=rng,
         )
         load = LoadRun(
             target,
             source,
             reactor,
-            offsets=arrival_offsets(config.profile, config["arrivals"], rng),
+            offsets=arrival_offsets(config.profile, config.arrivals, rng),
             profile=config.profile,
-            requests=config["requests"],
-            duration=config["duration"],
-            max_in_flight=config["max-in-flight"],
-            timeout=config["timeout"],
+            requests=config.requests,
+            duration=config.duration,
+            max_in_flight=config.max_in_flight,
+            timeout=config.timeout,
         )
-        view = make_view(out, f"vespa-loadtest: {target.description}", plain=config["plain"])
+        view = make_view(out, f"vespa-loadtest: {target.description}", plain=config.plain)
         ticker = LoopingCall(lambda: view.update(load.stats.snapshot(load.now())))
         ticker.clock = reactor
         started_at = datetime.now(timezone.utc)
         finished = load.start()
-        ticker.start(config["interval"], now=False)
+        ticker.start(config.interval, now=False)
         if on_start is not None:
             on_start(load)
         stats = await finished
@@ -182,12 +182,12 @@ async def run(
         **stats.summary(load.elapsed),
     }
     out.write("\n" + text_summary(doc))
-    if config["json"]:
-        write_json(config["json"], doc)
-        err.write(f"wrote {config['json']}\n")
-    if config["html"]:
-        write_file(config["html"], html_report(doc))
-        err.write(f"wrote {config['html']}\n")
+    if config.json:
+        write_json(config.json, doc)
+        err.write(f"wrote {config.json}\n")
+    if config.html:
+        write_file(config.html, html_report(doc))
+        err.write(f"wrote {config.html}\n")
     return doc
 
 

@@ -28,7 +28,7 @@ from vespa.parsers import (
     parse_text,
     parse_url,
 )
-from vespa.settings import ConfigError, Setting, resolve
+from vespa.settings import ConfigError, config_fields, env_name, resolve, setting, settings_of
 
 __all__ = ["LOADTEST_SETTINGS", "SETTINGS", "LoadtestConfig"]
 
@@ -49,70 +49,75 @@ def _ramp(text: str) -> str:
     return text.strip()
 
 
-def _row(name: str, parse: Any, default: Any, help: str, *, flag: bool = False) -> Setting[Any]:
-    env = "VESPA_LOADTEST_" + name.upper().replace("-", "_")
-    return Setting(name, "", parse, default, help, flag=flag, envs=(env,))
-
-
-#: The load test's own settings.
-LOADTEST_SETTINGS: tuple[Setting[Any], ...] = (
-    _row(
-        "url", parse_url, None, "Load this origin directly (a vespa-client, an --unsecured worker)",
-    ),
-    _row(
-        "payload",
-        parse_text,
-        None,
-        "Requests from a probe (openai_chat, openai_completions, tgi, ollama, comfyui) "
-        "or module:function returning (route, payload, cost)",
-    ),
-    _row("requests-file", parse_text, None, "Requests from a JSONL file, one per line, in turn"),
-    _row(
-        "model",
-        parse_text,
-        None,
-        "The model the probe's payloads name [default: the first listed]",
-    ),
-    _row("max-tokens", parse_positive_int, None, "Tokens each probe request asks for"),
-    _row("stream", parse_bool, None, "Ask the OpenAI probes for streamed answers (true/false)"),
-    _row("rate", parse_positive_float, None, "Requests per second to send (open loop)"),
-    _row("arrivals", parse_choice(*ARRIVALS), "fixed", "fixed (evenly spaced) or poisson"),
-    _row("ramp", _ramp, None, "Ramp the rate FROM:TO:SECONDS (10:100:60s), then hold TO"),
-    _row("requests", parse_positive_int, None, "Requests to send in all"),
-    _row("duration", parse_seconds, None, "Seconds to send for"),
-    _row("max-in-flight", parse_positive_int, 256, "At most this many in flight; more skipped"),
-    _row("timeout", parse_seconds, 600.0, "Seconds a request may take in all (0 = no limit)"),
-    _row("interval", parse_positive_float, 1.0, "Seconds between refreshes of the live view"),
-    _row("json", parse_text, None, "Write every figure to this JSON file"),
-    _row("html", parse_text, None, "Write the report with its charts to this HTML file"),
-    _row("plain", parse_bool, False, "Plain progress lines even on a terminal", flag=True),
-    _row("seed", parse_positive_int, None, "Seed of the Poisson arrivals and the prompts"),
-)
-
-#: Every setting, in ``--help`` order.
-SETTINGS: tuple[Setting[Any], ...] = (
-    tuple(s for s in CLIENT_SETTINGS if s.name in _CLIENT_ROWS) + LOADTEST_SETTINGS
-)
+def _setting(name: str, parse: Any, default: Any, help: str, *, flag: bool = False) -> Any:
+    """A load-test setting, read from ``VESPA_LOADTEST_<NAME>``."""
+    envs = ("VESPA_LOADTEST_" + env_name(name),)
+    return setting(name, "", parse, default, help, flag=flag, envs=envs)
 
 
 @dataclass(frozen=True)
 class LoadtestConfig:
     """
-    A load test's settings, validated.
+    A load test's settings, validated: one field per setting of its own,
+    declared with its option, parser, default and help (see
+    :mod:`vespa.settings`), and the fields derived from several settings.
 
     :ivar client: the client's settings (endpoint and key, or defaults for ``url``).
-    :ivar url: the origin to load directly, or ``None`` for the endpoint.
-    :ivar profile: the asked rate over time.
-    :ivar values: every other setting by option name.
+    :ivar profile: the asked rate over time (``--rate`` or ``--ramp``).
     """
 
     client: ClientConfig
-    url: str | None
     profile: RateProfile
-    values: Mapping[str, Any]
-
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
+    url: str | None = _setting(
+        "url", parse_url, None, "Load this origin directly (a vespa-client, an --unsecured worker)"
+    )
+    payload: str | None = _setting(
+        "payload", parse_text, None,
+        "Requests from a probe (openai_chat, openai_completions, tgi, ollama, comfyui) "
+        "or module:function returning (route, payload, cost)",
+    )
+    requests_file: str | None = _setting(
+        "requests-file", parse_text, None, "Requests from a JSONL file, one per line, in turn"
+    )
+    model: str | None = _setting(
+        "model", parse_text, None, "The model the probe's payloads name [default: the first listed]"
+    )
+    max_tokens: int | None = _setting(
+        "max-tokens", parse_positive_int, None, "Tokens each probe request asks for"
+    )
+    stream: bool | None = _setting(
+        "stream", parse_bool, None, "Ask the OpenAI probes for streamed answers (true/false)"
+    )
+    rate: float | None = _setting(
+        "rate", parse_positive_float, None, "Requests per second to send (open loop)"
+    )
+    arrivals: str = _setting(
+        "arrivals", parse_choice(*ARRIVALS), "fixed", "fixed (evenly spaced) or poisson"
+    )
+    ramp: str | None = _setting(
+        "ramp", _ramp, None, "Ramp the rate FROM:TO:SECONDS (10:100:60s), then hold TO"
+    )
+    requests: int | None = _setting("requests", parse_positive_int, None, "Requests to send in all")
+    duration: float | None = _setting("duration", parse_seconds, None, "Seconds to send for")
+    max_in_flight: int = _setting(
+        "max-in-flight", parse_positive_int, 256, "At most this many in flight; more skipped"
+    )
+    timeout: float | None = _setting(
+        "timeout", parse_seconds, 600.0, "Seconds a request may take in all (0 = no limit)"
+    )
+    interval: float = _setting(
+        "interval", parse_positive_float, 1.0, "Seconds between refreshes of the live view"
+    )
+    json: str | None = _setting("json", parse_text, None, "Write every figure to this JSON file")
+    html: str | None = _setting(
+        "html", parse_text, None, "Write the report with its charts to this HTML file"
+    )
+    plain: bool = _setting(
+        "plain", parse_bool, False, "Plain progress lines even on a terminal", flag=True
+    )
+    seed: int | None = _setting(
+        "seed", parse_positive_int, None, "Seed of the Poisson arrivals and the prompts"
+    )
 
     @classmethod
     def from_sources(cls, given: Mapping[str, Any], environ: Mapping[str, str]) -> LoadtestConfig:
@@ -143,4 +148,11 @@ class LoadtestConfig:
                 raise ConfigError(f"--ca-file: no such file: {client.ca_file}")
         else:
             client = ClientConfig.from_sources(given, environ)
-        return cls(client, v["url"], profile, v)
+        return cls(client, profile, **config_fields(cls, v))
+
+
+#: The load test's own settings.
+LOADTEST_SETTINGS = settings_of(LoadtestConfig)
+
+#: Every setting, in ``--help`` order.
+SETTINGS = tuple(s for s in CLIENT_SETTINGS if s.name in _CLIENT_ROWS) + LOADTEST_SETTINGS

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from vespa.benchmarks.runner import json_answer
 from vespa.client.config import ClientConfig
 from vespa.client.core import ClientParts, Reply, build_parts
 from vespa.client.policy import DispatchFailed
@@ -217,9 +218,4 @@ async def fetch_json(target: Target, path: str) -> Any:
         sink = _Collect()
         started.answer.attach(sink)
         body = await sink.done
-    if started.code != 200:
-        raise VespaError(f"GET {path} answered {started.code}: {body[:200]!r}")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise VespaError(f"GET {path} answered something other than JSON: {body[:200]!r}") from None
+    return json_answer(path, started.code, body, VespaError)

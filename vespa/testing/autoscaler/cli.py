@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interface", default=defaults.interface, help="default %(default)s")
     parser.add_argument(
         "--worker",
+        dest="workers",
         action="append",
         default=[],
         metavar="URL",
@@ -96,20 +97,11 @@ def parse_args(argv: list[str] | None = None) -> StandinConfig:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, not {args.port}")
-    for url in args.worker:
+    for url in args.workers:
         if not url.startswith(("http://", "https://")):
             parser.error(f"--worker must be an http:// or https:// url, not {url!r}")
-    return StandinConfig(
-        port=args.port,
-        interface=args.interface,
-        workers=tuple(args.worker),
-        key_file=args.key_file,
-        signing_mode=args.signing_mode,
-        endpoint=args.endpoint,
-        api_key=args.api_key,
-        report_format=args.report_format,
-        verbose=args.verbose,
-    )
+    # Each option's destination is the field it sets.
+    return StandinConfig(**{**vars(args), "workers": tuple(args.workers)})
 
 
 def load_or_create_key(path: str) -> RSA.RsaKey:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
 from Crypto.Hash import SHA256
@@ -32,58 +32,72 @@ PATHS: Mapping[str, bytes] = {
     "delete_requests": b"/delete_requests/",
 }
 
-#: The 17 fields of a 2024-2025 ``/worker_status/`` report (protocol section
-#: 5.1), with the wire's misspelling.
-LEGACY_STATUS_FIELDS = frozenset(
-    {
-        "id",
-        "mtoken",
-        "version",
-        "loadtime",
-        "cur_load",
-        "rej_load",
-        "new_load",
-        "error_msg",
-        "max_perf",
-        "cur_perf",
-        "cur_capacity",
-        "max_capacity",
-        "num_requests_working",
-        "num_requests_recieved",
-        "additional_disk_usage",
-        "working_request_idxs",
-        "url",
-    }
-)
+def is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: object) -> TypeGuard[str]:
+    return isinstance(value, str)
+
+
+def _is_ints(value: object) -> bool:
+    return isinstance(value, list) and all(_is_int(i) for i in value)
+
+
+#: The fields of a ``/worker_status/`` report from vastai 1.9.1, with the
+#: wire's misspelling, and the check of each one's JSON value (numbers are
+#: finite). This is the stand-in's own reading of the protocol, kept apart
+#: from the worker's, so that it catches the worker's mistakes.
+STATUS_TYPES: Mapping[str, Callable[[object], bool]] = {
+    "id": _is_int, "mtoken": _is_text, "version": _is_text, "loadtime": is_number,
+    "cur_load": is_number, "rej_load": is_number, "new_load": is_number,
+    "error_msg": _is_text, "max_perf": is_number, "cur_perf": is_number,
+    "cur_capacity": is_number, "max_capacity": is_number,
+    "num_requests_working": _is_int, "num_requests_recieved": _is_int,
+    "additional_disk_usage": is_number, "disk_usage": is_number,
+    "working_request_idxs": _is_ints, "url": _is_text,
+}  # fmt: skip
 
 #: The 18 fields of a ``/worker_status/`` report from vastai 1.9.1.
-STATUS_FIELDS = LEGACY_STATUS_FIELDS | {"disk_usage"}
+STATUS_FIELDS = frozenset(STATUS_TYPES)
+
+#: The 17 fields of a 2024-2025 report (protocol section 5.1): no disk_usage.
+LEGACY_STATUS_FIELDS = STATUS_FIELDS - {"disk_usage"}
 
 #: The fields of a ``/delete_requests/`` body of records (vastai 1.9.1).
 DELETE_FIELDS = frozenset({"worker_id", "mtoken", "requests"})
 
+#: The statuses a record of a ``/delete_requests/`` body may have.
+_RECORD_STATUSES = ("Success", "Error", "Cancelled", "Rejected")
+
+
+def _is_seconds(value: object) -> bool:
+    return is_number(value) and value >= 0
+
+
+#: The fields of each record of a ``/delete_requests/`` body, each with its
+#: check and what the check asks for.
+RECORD_TYPES: Mapping[str, tuple[Callable[[object], bool], str]] = {
+    "request_idx": (_is_int, "an integer"),
+    "success": (lambda value: isinstance(value, bool), "a boolean"),
+    "status": (_RECORD_STATUSES.__contains__, f"one of {', '.join(_RECORD_STATUSES)}"),
+    "entered_queue_at": (_is_seconds, "a finite number of seconds"),
+    "work_started_at": (_is_seconds, "a finite number of seconds"),
+    "work_completed_at": (_is_seconds, "a finite number of seconds"),
+}
+
 #: The fields of each record of a ``/delete_requests/`` body.
-RECORD_FIELDS = frozenset(
-    {
-        "request_idx",
-        "success",
-        "status",
-        "entered_queue_at",
-        "work_started_at",
-        "work_completed_at",
-    }
-)
+RECORD_FIELDS = frozenset(RECORD_TYPES)
 
 #: The fields of a 2024-2025 ``/delete_requests/`` body (protocol section 5.3).
 LEGACY_DELETE_FIELDS = frozenset({"worker_id", "mtoken", "request_idxs", "success"})
 
 #: The report forms the stand-in can expect: today's, or 2024-2025's.
 REPORT_FORMATS = ("records", "legacy")
-
-#: The JSON types of the status fields that are not numbers.
-_STATUS_TEXT = ("mtoken", "version", "error_msg", "url")
-_STATUS_INTS = ("id", "num_requests_working", "num_requests_recieved")
-_RECORD_STATUSES = ("Success", "Error", "Cancelled", "Rejected")
 
 _FULL_FIELDS = ("cost", "endpoint", "reqnum", "request_idx", "url")
 
@@ -161,14 +175,6 @@ def parse_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _fields_problem(
     body: dict[str, Any], required: frozenset[str], allowed: frozenset[str]
 ) -> str | None:
@@ -181,27 +187,13 @@ def _fields_problem(
 
 def _status_problem(body: dict[str, Any]) -> str | None:
     for field, value in body.items():
-        if field in _STATUS_TEXT:
-            ok = isinstance(value, str)
-        elif field in _STATUS_INTS:
-            ok = _is_int(value)
-        elif field == "working_request_idxs":
-            ok = isinstance(value, list) and all(_is_int(i) for i in value)
-        else:
-            ok = is_number(value)
-        if not ok:
+        if not STATUS_TYPES[field](value):
             return f"{field} has the wrong type or is not finite: {value!r:.40}"
     return None
 
 
 def _record_problem(record: dict[str, Any]) -> str | None:
-    if not _is_int(record["request_idx"]):
-        return "request_idx must be an integer"
-    if not isinstance(record["success"], bool):
-        return "success must be a boolean"
-    if record["status"] not in _RECORD_STATUSES:
-        return f"status must be one of {', '.join(_RECORD_STATUSES)}"
-    for field in ("entered_queue_at", "work_started_at", "work_completed_at"):
-        if not (is_number(record[field]) and record[field] >= 0):
-            return f"{field} must be a finite number of seconds"
+    for field, (check, wanted) in RECORD_TYPES.items():
+        if not check(record[field]):
+            return f"{field} must be {wanted}"
     return None

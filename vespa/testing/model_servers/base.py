@@ -163,11 +163,8 @@ class FakeModelServer(Resource):
         self.failure = failure
         self.max_output_tokens = max_output_tokens
         self.interrupt_streams = interrupt_streams
-        self.requests = 0
-        self._active = 0
-        self.max_active = 0
-        self._completed = 0
-        self._cancelled = 0
+        # The counters of the class docstring (read-only properties below).
+        self.requests = self.max_active = self._active = self._completed = self._cancelled = 0
         self.bodies: deque[Any] = deque(maxlen=1000)
         self._queue: deque[Job] = deque()
         self._clients: set[Any] = set()
