@@ -40,7 +40,6 @@ from vespa.worker.admission import Admission
 from vespa.worker.drain import Drain
 from vespa.worker.health import HealthChecker, HealthRoute
 from vespa.worker.ledger import Ledger
-from vespa.worker.metrics import WorkerMetrics
 from vespa.worker.reporter import Reporter, ReportSettings
 from vespa.worker.resource import WorkerResource
 from vespa.worker.sessions import SessionEndResource, Sessions
@@ -268,8 +267,13 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     reporter.setServiceParent(root)
 
     admission = Admission(max_wait_time=config.max_wait_time, slots=config.slots)
-    metrics = WorkerMetrics(ledger, state, admission, health, reporter)
+    metrics = None
     if config.metrics_listen is not None:
+        # Imported only here: without a metrics port, no prometheus_client in
+        # memory and no histogram observed per request.
+        from vespa.worker.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(ledger, state, admission, health, reporter)
         # Not through strports: a busy metrics port is logged, never fatal.
         Listener(
             serverFromString(reactor, config.metrics_listen),
