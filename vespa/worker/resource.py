@@ -285,7 +285,9 @@ class WorkerResource(Resource):
         except VespaError as error:
             # Unverified: its claimed request_idx and cost never reach the reports.
             return self._refuse(request, error)
-        workload = self.workload.of(envelope.body, auth.workload if auth is not None else None)
+        workload = self.workload.of(
+            envelope.body, auth.workload if auth is not None else None, envelope.payload
+        )
         try:
             # Unsecured (local development) relays in every phase but
             # draining; the startup chain still runs and shows its phase on /ready.
@@ -357,7 +359,9 @@ class _Admitted:
         self._finish = ledger.finish_in_session if in_session else ledger.finish
         self._resource = resource
         self._request = request
-        self._envelope = envelope
+        # Not the envelope: its parsed payload need not live as long as the relay.
+        self._target = envelope.target
+        self._body = envelope.body
         self._ticket = ticket
         self._waiting: Deferred[Slot] | None = None
         # Only the metrics read the time spent queued.
@@ -392,9 +396,7 @@ class _Admitted:
         metrics = self._resource.metrics
         if metrics is not None:
             metrics.queue_wait.observe(self._resource.relay.clock.seconds() - self._queued_at)
-        d = self._resource.relay.forward(
-            self._request, self._envelope.target, body=self._envelope.body
-        )
+        d = self._resource.relay.forward(self._request, self._target, body=self._body)
         return d.addBoth(self._relayed, slot)
 
     def _relayed(self, result: RelayResult | Failure, slot: Slot) -> None:
