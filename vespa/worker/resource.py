@@ -53,7 +53,6 @@ from vespa.protocol.envelope import (
     NestedTooDeep,
     parse_envelope,
 )
-from vespa.protocol.signing import SignatureVerifier
 from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.refusal import refuse
@@ -62,7 +61,9 @@ from vespa.worker.state import Phase, WorkerState
 from vespa.worker.workload import Workload
 
 if TYPE_CHECKING:
-    # Only a worker that serves its metrics imports prometheus_client.
+    # Imported by tap.py only when used: the RSA code by a secured worker,
+    # prometheus_client by one that serves its metrics.
+    from vespa.protocol.signing import SignatureVerifier
     from vespa.worker.metrics import WorkerMetrics
 
 log = get_logger(__name__)

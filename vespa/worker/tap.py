@@ -32,7 +32,6 @@ from vespa.http.target import PathBlocklist
 from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
-from vespa.protocol.signing import SignatureVerifier
 from vespa.service import OrderedMultiService
 from vespa.settings import option_lists
 from vespa.tls import server_options
@@ -204,6 +203,9 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     ledger = Ledger(now=clock.seconds)
     verifier = None
     if not config.unsecured:
+        # Imported only here: an unsecured worker has no RSA code in memory.
+        from vespa.protocol.signing import SignatureVerifier
+
         verifier = SignatureVerifier(
             mode=config.signature_mode,
             replay_window=config.replay_window,
