@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_envelope -*-
 """
 The scanner under :func:`vespa.protocol.envelope.parse_envelope`: a JSON text
-validated whole, the values of its few routing members built (and only when
-small), and where each top-level member's value is in the text, so the
-payload can be sliced out as the caller wrote it.
+validated whole, the values of its top-level members built (all of them, in
+C, for a small body; only the few routing ones, and only when small,
+otherwise), and where each member's value is in the text, so the payload can
+be sliced out as the caller wrote it.
 
 It raises plain errors (:class:`ValueError` for invalid JSON,
 :class:`RecursionError`, :class:`NotAnObject`, :class:`TooLarge`); the
