@@ -73,6 +73,8 @@ class ProtocolTestCase(TestCase):
     timeout = 30
 
     async def start(self, **kw: Any) -> Harness:
+        # A metrics port (ephemeral), so that refusals are counted: see refused().
+        kw.setdefault("metrics_listen", "tcp:0:interface=127.0.0.1")
         self.env = await start_secured_worker(self, **kw)
         self.env.testcase = self
         addresses = self.env.config.vast.report_addresses

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from vespa.errors import BadRequest, VespaError
+from vespa.protocol import envelope as envelope_module
 from vespa.protocol.envelope import (
     AUTH_FIELDS,
+    NOT_PARSED,
     AuthData,
     Envelope,
     EnvelopeInvalid,
@@ -852,47 +854,52 @@ def _mutations(data: bytes, cuts: list[tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
+#: Bodies as a hostile caller sends them: random bytes, or envelopes with
+#: JSON's structural characters, NaN, bad bytes and extra members inserted.
+_hostile_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        _mutations,
+        st.builds(
+            lambda auth, payload: wrap_body(auth, payload),
+            st.one_of(st.just(AUTH), st.dictionaries(st.text(max_size=5), _json_values)),
+            _json_values,
+        ),
+        st.lists(
+            st.tuples(
+                st.integers(min_value=0),
+                st.sampled_from(
+                    [
+                        b"{",
+                        b"}",
+                        b"[",
+                        b"]",
+                        b",",
+                        b":",
+                        b'"',
+                        b"\\",
+                        b"NaN",
+                        b"\xff",
+                        b"1e400",
+                        b"\x00",
+                        b" ",
+                        b'"payload": 1,',
+                        b'"auth_data": {},',
+                    ]
+                ),
+            ),
+            max_size=3,
+        ),
+    ),
+)
+
+
 class ParserPropertyTests(SynchronousTestCase):
     """Whatever arrives, the parser answers an Envelope or a 4xx VespaError, nothing else."""
 
     @PROPERTY
     @given(
-        st.one_of(
-            st.binary(max_size=200),
-            st.builds(
-                _mutations,
-                st.builds(
-                    lambda auth, payload: wrap_body(auth, payload),
-                    st.one_of(st.just(AUTH), st.dictionaries(st.text(max_size=5), _json_values)),
-                    _json_values,
-                ),
-                st.lists(
-                    st.tuples(
-                        st.integers(min_value=0),
-                        st.sampled_from(
-                            [
-                                b"{",
-                                b"}",
-                                b"[",
-                                b"]",
-                                b",",
-                                b":",
-                                b'"',
-                                b"\\",
-                                b"NaN",
-                                b"\xff",
-                                b"1e400",
-                                b"\x00",
-                                b" ",
-                                b'"payload": 1,',
-                                b'"auth_data": {},',
-                            ]
-                        ),
-                    ),
-                    max_size=3,
-                ),
-            ),
-        ),
+        _hostile_bodies,
         st.booleans(),
         st.sampled_from([b"POST", b"GET", b"PUT"]),
     )
@@ -905,7 +912,35 @@ class ParserPropertyTests(SynchronousTestCase):
             return
         self.assertIsInstance(envelope, Envelope)
         if envelope.body is not None:
-            json.loads(envelope.body, parse_constant=_not_json)
+            forwarded = json.loads(envelope.body, parse_constant=_not_json)
+            if envelope.payload is not NOT_PARSED:
+                self.assertEqual(envelope.payload, forwarded)
+        elif envelope.payload is not NOT_PARSED:
+            self.assertEqual(envelope.payload, json.loads(body))
+
+    @PROPERTY
+    @given(_hostile_bodies, st.booleans())
+    def test_small_and_large_parsers_agree(self, body: bytes, unsecured: bool) -> None:
+        """
+        The small-body parser (every member built in C) and the large-body one
+        (Python hooks, routing members only) give the same envelope or the same
+        refusal for any body.
+        """
+
+        def parse(small_body: int) -> Envelope | tuple[type, str]:
+            real = envelope_module.SMALL_BODY
+            envelope_module.SMALL_BODY = small_body
+            try:
+                return parse_envelope(b"POST", b"/x", body, unsecured=unsecured)
+            except VespaError as error:
+                return type(error), error.message
+            finally:
+                envelope_module.SMALL_BODY = real
+
+        small, large = parse(len(body)), parse(-1)
+        if isinstance(large, Envelope):
+            self.assertIs(large.payload, NOT_PARSED)
+        self.assertEqual(small, large)
 
 
 def _not_json(name: str) -> None:

@@ -69,3 +69,21 @@ class GateTests(SynchronousTestCase):
         slot.release()
         self.assertTrue(slot.released)
         self.assertEqual(gate.held, 1)
+
+    def test_take_holds_a_free_place_at_once(self) -> None:
+        gate = Gate(2)
+        first, second = gate.take(), gate.take()
+        self.assertIsInstance(first, Slot)
+        self.assertIsInstance(second, Slot)
+        self.assertIsNone(gate.take())
+        self.assertEqual((gate.held, gate.queued), (2, 0))
+
+    def test_take_never_passes_a_waiter(self) -> None:
+        gate = Gate(1)
+        held = gate.take()
+        assert held is not None
+        waiter = gate.acquire()
+        held.release()  # handed to the waiter, not freed
+        self.assertIsNone(gate.take())
+        self.successResultOf(waiter).release()
+        self.assertIsInstance(gate.take(), Slot)

@@ -33,6 +33,7 @@ from vespa.tls import make_self_signed
 from vespa.worker.drain import Drain
 from vespa.worker.ledger import Ledger, Outcome
 from vespa.worker.metrics import WorkerMetrics
+from vespa.worker.resource import new_request_id
 from vespa.worker.state import Phase, WorkerState
 
 
@@ -78,7 +79,7 @@ class MetricsTests(TestCase):
     async def test_metrics_count_requests_by_outcome(self) -> None:
         """After served, errored and forged requests, the counters say so: the
         forged one (401) only as a refusal, never as a rejected request."""
-        env = await start_secured_worker(self)
+        env = await start_secured_worker(self, metrics_listen="tcp:0:interface=127.0.0.1")
         h = Harness(env)
         await h.post(b"/echo", {}, cost=7)
         await h.post(b"/status/500", {}, cost=3)
@@ -106,6 +107,16 @@ class MetricsTests(TestCase):
         exchanges = env.worker.resource.metrics.backend_time.collect()[0]
         count = next(s.value for s in exchanges.samples if s.name.endswith("_count"))
         self.assertEqual(count, 2.0)
+
+
+    async def test_no_metrics_without_a_metrics_port(self) -> None:
+        """``--metrics-listen none``: no registry, nothing observed per request."""
+        env = await start_secured_worker(self, unsecured=True)
+        self.assertIsNone(env.worker.resource.metrics)
+        response, _ = await env.client.request(b"GET", b"/echo")
+        self.assertEqual(response.code, 200)
+        response, _ = await env.client.request(b"TRACE", b"/echo")  # refused: not counted
+        self.assertEqual(response.code, 405)
 
 
 def _site(resource: Any) -> Any:
@@ -139,6 +150,28 @@ class RequestIdTests(TestCase):
         replaced = response.headers.getRawHeaders(b"x-request-id")[0]
         self.assertEqual(uuid.UUID(replaced.decode()).version, 4)
         self.assertNotEqual(replaced, made)
+
+
+class NewRequestIdTests(SynchronousTestCase):
+    """The ids the worker makes are random UUID4s in canonical form."""
+
+    def test_valid_uuid4s(self) -> None:
+        made = [new_request_id() for _ in range(2000)]
+        self.assertEqual(len(set(made)), len(made))
+        for request_id in made:
+            parsed = uuid.UUID(request_id.decode("ascii"))
+            self.assertEqual(parsed.version, 4)
+            self.assertEqual(parsed.variant, uuid.RFC_4122)
+            self.assertEqual(str(parsed).encode("ascii"), request_id)
+
+    def test_the_random_bits_vary(self) -> None:
+        """Every one of the 122 random bits takes both values."""
+        ones, zeros = 0, 0
+        for _ in range(500):
+            value = uuid.UUID(new_request_id().decode("ascii")).int
+            ones, zeros = ones | value, zeros | ~value
+        fixed = (0xF << 76) | (0x3 << 62)
+        self.assertEqual(ones & zeros & ~fixed & ((1 << 128) - 1), ((1 << 128) - 1) & ~fixed)
 
 
 class AccessLogTests(TestCase):

@@ -570,3 +570,80 @@ class AutoModeTests(SynchronousTestCase):
         self.assertEqual(len(self.form_logs()), 2)
         self.assertIn("five fields", self.form_logs()[1])
         self.assertEqual(check.form_seen, "full")
+
+
+class CachedEntryTests(SynchronousTestCase):
+    """
+    A cached verification never admits what a full check would refuse: the
+    cache is keyed on the strings as received, and a changed url or signed
+    field is a different key, decided by RSA again.
+    """
+
+    def test_cached_url_signature_binds_its_url(self) -> None:
+        """Once a url signature is cached, the same signature with another url is refused."""
+        check = verifier(bind_url=False)
+        auth = signed("url")
+        self.assertEqual(check.verify(auth), "url")
+        for url in (URL + "/", URL + "0", URL.upper(), " " + URL, URL[:-1], ""):
+            error = self.assertRaises(SignatureRejected, check.verify, replace(auth, url=url))
+            self.assertEqual(error.message, "invalid signature", url)
+        self.assertEqual(check.verify(auth), "url")
+
+    def test_cached_url_signature_with_a_trailing_slash(self) -> None:
+        """Binding ignores a trailing ``/``; the signature does not."""
+        check = verifier(mode="url", own_url=URL)
+        auth = signed("url")
+        check.verify(auth)
+        error = self.assertRaises(SignatureRejected, check.verify, replace(auth, url=URL + "/"))
+        self.assertEqual(error.message, "invalid signature")
+
+    def test_other_spelling_of_a_cached_signature(self) -> None:
+        """Another base64 spelling of a cached signature is decided on its own."""
+        check = verifier(mode="url")
+        auth = signed("url")
+        check.verify(auth)
+        for spelling in (auth.signature + "\n", auth.signature.rstrip("="), "*" + auth.signature):
+            error = self.assertRaises(
+                SignatureRejected, check.verify, replace(auth, signature=spelling)
+            )
+            self.assertEqual(error.message, "invalid signature")
+
+    def test_cached_full_signature_binds_every_field(self) -> None:
+        """
+        A five-field signature seen before admits no change to a signed field,
+        even one Python thinks equal (``100 == 100.0``, ``0.0 == -0.0``).
+        """
+        for cost, other in ((100, 100.0), (0.0, -0.0), (100, "100")):
+            check = verifier(mode="full", replay_window=None)
+            auth = signed("full", cost=cost)
+            check.verify(auth)
+            changes: list[dict[str, Any]] = [
+                {"cost": other},
+                {"endpoint": "ep2"},
+                {"reqnum": 8},
+                {"request_idx": 10},
+                {"url": URL + "/"},
+            ]
+            for change in changes:
+                error = self.assertRaises(
+                    SignatureRejected, check.verify, replace(auth, **change)
+                )
+                self.assertEqual(error.message, "invalid signature", change)
+            check.verify(auth)
+
+    def test_cached_full_signature_still_replay_checked(self) -> None:
+        """A cache hit on a five-field signature is still a replay, refused."""
+        check = verifier(mode="full")
+        auth = signed("full", reqnum=4)
+        check.verify(auth)
+        error = self.assertRaises(SignatureRejected, check.verify, auth)
+        self.assertEqual(error.message, "replayed signature")
+
+    def test_new_key_forgets_cached_results(self) -> None:
+        """After a key change, a signature cached under the old key is refused."""
+        check = verifier(mode="url")
+        auth = signed("url")
+        check.verify(auth)
+        check.set_public_key(other_public_key())
+        error = self.assertRaises(SignatureRejected, check.verify, auth)
+        self.assertEqual(error.message, "invalid signature")

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support_worker import ProtocolTestCase
 from vespa.benchmarks.comfyui import JOB_UNITS
 from vespa.benchmarks.settings import OpenAISettings
+from vespa.protocol.envelope import NOT_PARSED
 from vespa.worker.workload import (
     DEFAULT_MAX_TOKENS,
     MAX_PARSED_PAYLOAD,
@@ -119,6 +120,17 @@ class WorkloadTests(SynchronousTestCase):
         self.assertEqual(workload.of(b"\xff not json", None), 1.0)
         self.assertEqual(workload.of(None, None), 1.0)
         self.assertEqual(CALLS, [{"weight": 7}, None, None])
+
+    def test_payload_parsed_by_the_envelope(self) -> None:
+        """A payload the envelope parser built is handed over, not parsed again."""
+        workload = Workload("tests.test_workload:echo_weight", "openai_chat")
+        del CALLS[:]
+        self.assertEqual(workload.of(b"never parsed", None, {"weight": 5}), 5.0)
+        self.assertEqual(workload.of(b"null", None, None), 1.0)  # JSON null, parsed
+        self.assertEqual(workload.of(body({"weight": 6}), None, NOT_PARSED), 6.0)
+        self.assertEqual(CALLS, [{"weight": 5}, None, {"weight": 6}])
+        tokens = Workload("auto", "openai_chat")
+        self.assertEqual(tokens.of(b"{}", 3.0, {"max_tokens": 12}), 12.0)
 
     def test_unknown_calculator(self) -> None:
         """A calculator that cannot be loaded is an error at start, naming it."""

@@ -105,14 +105,28 @@ class Gate:
             :class:`~twisted.internet.defer.CancelledError`. Cancelling it
             after it fired does nothing: the holder must release the slot.
         """
-        if self.free:
-            # A free place means nobody is waiting: a release hands its place
-            # to the next waiter rather than freeing it, so no one can be passed.
-            self._held += 1
-            return succeed(Slot(self))
+        slot = self.take()
+        if slot is not None:
+            return succeed(slot)
         waiter: Deferred[Slot] = Deferred(self._cancel)
         self._waiters[waiter] = None
         return waiter
+
+    def take(self) -> Slot | None:
+        """
+        Get a place now, without waiting: what :meth:`acquire` fires with at
+        once, with no :class:`Deferred` built (the common case of a worker
+        with room).
+
+        :return: the held :class:`Slot`, or ``None`` if no place is free (the
+            caller may then :meth:`acquire` and wait).
+        """
+        if self.limit is None or self._held < self.limit:
+            # A free place means nobody is waiting: a release hands its place
+            # to the next waiter rather than freeing it, so no one can be passed.
+            self._held += 1
+            return Slot(self)
+        return None
 
     def _cancel(self, waiter: Deferred[Slot]) -> None:
         """

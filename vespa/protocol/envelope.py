@@ -12,13 +12,13 @@ caller wrote them (body methods), the query without any ``serverless_*``
 parameter, and the :class:`AuthData` to verify and account.
 
 The whole body is validated as JSON (``NaN`` and ``Infinity`` are not JSON and
-are refused), but only ``auth_data`` and ``session_id`` are built into Python
-values (and only when small): the payload is checked and then sliced out of
-the body, so ``1e400``, duplicate keys and deep nesting reach the backend as
-written, and a large payload costs no memory beyond its bytes. The parser calls back into Python
-for every object and number it meets, so when it runs in a thread (see
-:data:`LARGE_BODY`) the reactor thread gets the interpreter lock every few
-milliseconds even while a large body is parsed.
+are refused); the payload is sliced out of the body, never re-encoded, so
+``1e400``, duplicate keys and deep nesting reach the backend as written. A
+small body (:data:`SMALL_BODY`) is parsed in C, its payload's value kept for
+the workload estimate; of a larger one only ``auth_data`` and ``session_id``
+are built (a large payload costs no memory beyond its bytes), and the parser
+calls back into Python for every object and number, so that in a thread (see
+:data:`LARGE_BODY`) it gives the reactor thread the interpreter lock often.
 
 The values are kept with the JSON type they arrived with (``100`` stays an
 ``int``, ``100.0`` a ``float``), because the signature covers their JSON text.
@@ -33,11 +33,12 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from vespa.errors import BadRequest, VespaError
+from vespa.protocol.members import NOT_PARSED as NOT_PARSED  # re-exported, for Envelope.payload
 from vespa.protocol.members import NotAnObject, TooLarge, byte_span, walk
 
 AUTH_FIELDS = ("cost", "endpoint", "reqnum", "request_idx", "signature", "url")
@@ -53,6 +54,13 @@ _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 _STRING_FIELDS = ("endpoint", "signature", "url")
 _INT_FIELDS = ("reqnum", "request_idx")
+SMALL_BODY = 64 * 1024
+"""
+Bodies up to this size (bytes) are parsed in C with every member built, so
+the payload's value comes with the envelope (:attr:`Envelope.payload`) and the
+workload estimate need not parse it again. Larger ones: routing members only.
+"""
+
 LARGE_BODY = 256 * 1024
 """
 Bodies larger than this (bytes) are worth parsing off the reactor thread: a
@@ -124,12 +132,16 @@ class Envelope:
         ``serverless_*`` query parameter (and any other asked for) removed and
         all others kept byte for byte and in order.
     :param session_id: the envelope's ``session_id``, when it is a string.
+    :param payload: the payload's parsed value (the body's, for a
+        passthrough), when the parser built it (a body of at most
+        :data:`SMALL_BODY`); else :data:`NOT_PARSED`.
     """
 
     auth: AuthData | None
     body: bytes | None
     target: bytes
     session_id: str | None = None
+    payload: Any = field(default=NOT_PARSED, repr=False, compare=False)
 
 
 def parse_envelope(
@@ -259,19 +271,18 @@ def _parse_body(
     unsecured: bool,
     read_span: Callable[[int, int], bytes] | None = None,
 ) -> Envelope:
-    passthrough = Envelope(auth=None, body=None, target=forward)
     try:
         try:
-            members = _members(body)
+            members, payload_span = _members(body)
         except _NotUTF8 as other:
             # JSON allows UTF-16 and UTF-32: the same text, in UTF-8, is what
             # the backend gets (and what the spans are counted in).
             body = other.args[0].encode("utf-8", "surrogatepass")
             read_span = None
-            members = _members(body)
+            members, payload_span = _members(body)
     except NotAnObject:
         if unsecured:
-            return passthrough
+            return Envelope(auth=None, body=None, target=forward)
         raise EnvelopeInvalid(
             "the body must be a JSON object with auth_data and payload",
             details={"auth_data": "field missing", "payload": "field missing"},
@@ -280,14 +291,17 @@ def _parse_body(
         raise
     except EnvelopeInvalid:
         if unsecured:
-            return passthrough
+            return Envelope(auth=None, body=None, target=forward)
         raise
     if unsecured and "auth_data" not in members:
-        return passthrough
+        # The whole body is forwarded: its value, when every member was built,
+        # is the object of those members (the last of duplicates, as json.loads).
+        whole = members if len(body) <= SMALL_BODY else NOT_PARSED
+        return Envelope(auth=None, body=None, target=forward, payload=whole)
     missing = {key: "field missing" for key in ("auth_data", "payload") if key not in members}
     if missing:
         raise EnvelopeInvalid(f"the body has no {' or '.join(missing)}", details=missing)
-    auth_data = members["auth_data"].value
+    auth_data = members["auth_data"]
     if unsecured:
         # Unsecured, nothing is verified: any auth_data unwraps its payload,
         # such as the partial one the official client sends a debug worker.
@@ -297,41 +311,38 @@ def _parse_body(
             auth = None
     else:
         auth = _auth_from_json(auth_data)
-    session_id = members["session_id"].value if "session_id" in members else None
+    session_id = members.get("session_id")
     if session_id is not None and not isinstance(session_id, str):
         raise EnvelopeInvalid(
             "session_id must be a string or null", details={"session_id": "must be a string"}
         )
-    start, end = members["payload"].span
+    assert payload_span is not None  # there is a payload
+    start, end = payload_span
     return Envelope(
         auth=auth,
         body=read_span(start, end) if read_span is not None else body[start:end],
         target=forward,
         session_id=session_id,
+        payload=members["payload"],
     )
-
-
-@dataclass(frozen=True)
-class _Member:
-    """
-    One member of the body's top-level object: its value (if built), and where
-    its bytes start and end in the body.
-    """
-
-    value: Any
-    span: tuple[int, int]
 
 
 class _NotUTF8(Exception):
     """The body is UTF-16 or UTF-32; ``args[0]`` is its text."""
 
 
-def _members(body: bytes) -> dict[str, _Member]:
+def _members(body: bytes) -> tuple[dict[str, Any], tuple[int, int] | None]:
     """
-    Validate ``body`` as a JSON text and return its top-level object's members.
+    Validate ``body`` as a JSON text and return its top-level object's
+    members, and where the payload's bytes are in ``body``.
 
+    Every member's value is built for a body of at most :data:`SMALL_BODY`;
+    otherwise only ``auth_data`` and ``session_id`` are (the rest are
+    :data:`NOT_PARSED`).
     Duplicate keys: the last one wins, as in :func:`json.loads`.
 
+    :return: the members' values, and where the payload is in ``body`` (in
+        bytes), if there is one.
     :raise NotAnObject: valid JSON, but not an object.
     :raise EnvelopeInvalid: not valid JSON (:class:`NestedTooDeep` if too deep).
     """
@@ -343,7 +354,7 @@ def _members(body: bytes) -> dict[str, _Member]:
     if encoding not in ("utf-8", "utf-8-sig"):
         raise _NotUTF8(text)
     try:
-        members, start_ends = walk(text)
+        members, start_ends = walk(text, build_all=len(body) <= SMALL_BODY)
     except TooLarge as error:
         raise EnvelopeInvalid(
             f"{error.args[0]} is too large", details={error.args[0]: "too large"}
@@ -353,10 +364,9 @@ def _members(body: bytes) -> dict[str, _Member]:
     except ValueError:
         # ValueError covers JSONDecodeError, over-long integers and NaN.
         raise EnvelopeInvalid("invalid JSON") from None
-    return {
-        key: _Member(value, byte_span(body, text, encoding, *start_ends[key]))
-        for key, value in members.items()
-    }
+    if "payload" not in start_ends:
+        return members, None
+    return members, byte_span(body, text, encoding, *start_ends["payload"])
 
 
 def _auth_from_json(fields: object) -> AuthData:

@@ -137,7 +137,9 @@ class SignatureVerifier:
 
     Each RSA verification result is cached per distinct (signature, message),
     at most :data:`VERIFIED_CACHE_SIZE` of them: a cached url signature costs
-    one verification, not one per request. In ``auto`` mode the form that
+    one verification, not one per request, and a repeat of it costs a lookup
+    keyed on the signature and url strings as received (no decoding, no
+    message built). In ``auto`` mode the form that
     verified last is tried first, and the worker logs which form the
     autoscaler uses when it first sees it and whenever it changes.
 
@@ -181,7 +183,7 @@ class SignatureVerifier:
         self.remembered_signatures = remembered_signatures
         self.form_seen: str | None = None
         self._verifier: Any = None
-        self._verified: OrderedDict[tuple[bytes, bytes], bool] = OrderedDict()
+        self._verified: OrderedDict[tuple[str, str, str | bytes], bool] = OrderedDict()
         self._newest_reqnum: int | None = None
         # Accepted five-field signatures: (reqnum, SHA-256 digest) in a heap, so the
         # oldest reqnum is forgotten first, and the same as a set for lookups.
@@ -236,14 +238,12 @@ class SignatureVerifier:
         if self.bind_url and self.own_url is not None:
             if auth.url.rstrip("/") != self.own_url.rstrip("/"):
                 raise SignatureRejected(f"signed for another worker (url {auth.url[:200]!r})")
-        try:
-            signature = base64.b64decode(auth.signature, validate=True)
-        except (ValueError, TypeError, binascii.Error):
-            raise SignatureRejected("invalid signature") from None
-        form = next((f for f in self._forms() if self._valid(signature, auth, f)), None)
+        form = next((f for f in self._forms() if self._valid(auth, f)), None)
         if form is None:
             raise SignatureRejected("invalid signature")
         if form == "full" and self.replay_window is not None:
+            signature = _decoded(auth.signature)
+            assert signature is not None  # it verified
             self._check_replay(auth.reqnum, signature)
         if form != self.form_seen:
             before = self.form_seen
@@ -261,22 +261,40 @@ class SignatureVerifier:
         # The form seen last first: in steady state one form, one verification.
         return ("full", "url") if self.form_seen == "full" else FORMS
 
-    def _valid(self, signature: bytes, auth: AuthData, form: str) -> bool:
-        message = signed_message(auth, form)
-        key = (signature, message)
-        cached = self._verified.get(key)
+    def _valid(self, auth: AuthData, form: str) -> bool:
+        # Keyed on the strings as received: on a hit (the cached url signature,
+        # every request), no base64 decode and no json.dumps. The url form's
+        # message is a function of the url string alone, so (signature, url)
+        # decides it exactly. The five-field message depends on the JSON text
+        # of the cost (100, 100.0 and -0.0 hash alike), so it is keyed on the
+        # message itself.
+        key: tuple[str, str, str | bytes]
+        message = None
+        if form == "url":
+            key = ("url", auth.signature, auth.url)
+        else:
+            message = signed_message(auth, form)
+            key = (form, auth.signature, message)
+        verified = self._verified
+        cached = verified.get(key)
         if cached is not None:
-            self._verified.move_to_end(key)
+            verified.move_to_end(key)
             return cached
-        try:
-            self._verifier.verify(SHA256.new(message), signature)
-            valid = True
-        except (ValueError, TypeError):
-            valid = False
-        self._verified[key] = valid
-        if len(self._verified) > VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
+        valid = self._rsa_valid(auth.signature, message or signed_message(auth, form))
+        verified[key] = valid
+        if len(verified) > VERIFIED_CACHE_SIZE:
+            verified.popitem(last=False)
         return valid
+
+    def _rsa_valid(self, signature: str, message: bytes) -> bool:
+        decoded = _decoded(signature)
+        if decoded is None:
+            return False
+        try:
+            self._verifier.verify(SHA256.new(message), decoded)
+        except (ValueError, TypeError):
+            return False
+        return True
 
     def _check_replay(self, reqnum: int, signature: bytes) -> None:
         assert self.replay_window is not None
@@ -304,3 +322,11 @@ class SignatureVerifier:
             if old_reqnum >= oldest_in_window:
                 # Still inside the window: from now on the window starts above it.
                 self._floor = old_reqnum if self._floor is None else max(self._floor, old_reqnum)
+
+
+def _decoded(signature: str) -> bytes | None:
+    """The signature's bytes, or ``None`` if it is not standard base64."""
+    try:
+        return base64.b64decode(signature, validate=True)
+    except (ValueError, TypeError, binascii.Error):
+        return None

@@ -142,6 +142,15 @@ class Admission:
             details={"estimated_wait": round(reported, 3), "max_wait_time": limit},
         )
 
+    def take(self) -> Slot | None:
+        """
+        Get a concurrency slot now if one is free, without a :class:`Deferred`.
+
+        :return: the held :class:`Slot`, or ``None`` when the caller must
+            :meth:`acquire` and wait in line.
+        """
+        return self._gate.take()
+
     def acquire(self) -> Deferred[Slot]:
         """
         Get a concurrency slot.

@@ -62,11 +62,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from vespa._typing import Resource, Service
-from vespa.errors import BadRequest, BodyTooLarge, MethodNotAllowed, VespaError, write_error
+from vespa.errors import BadRequest, BodyTooLarge, MethodNotAllowed, VespaError
 from vespa.http.site import ProxyRequest
 from vespa.log import get_logger
 from vespa.protocol.envelope import AuthData, Envelope
 from vespa.worker.ledger import Ledger, Outcome, Ticket
+from vespa.worker.refusal import refuse
 from vespa.worker.session_fields import control_fields, create_settings, same_auth
 
 log = get_logger(__name__)
@@ -405,14 +406,7 @@ class SessionEndResource(Resource):
             body = request.content.read() if request.content is not None else b""
             answer = self._sessions.control(request, b"/session/end", body)
         except VespaError as error:
-            log.debug(
-                "refused {method} {path} on the plain-HTTP port: {status} {error}",
-                method=request.method.decode("ascii", "replace"),
-                path=request.path[:200].decode("ascii", "replace"),
-                status=error.status,
-                error=error.message,
-            )
-            return write_error(request, error)
+            return refuse(request, error, where=" on the plain-HTTP port")
         assert answer is not None
         return answer
 

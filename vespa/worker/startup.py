@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
@@ -38,9 +38,12 @@ from vespa.benchmarks import (
 from vespa.benchmarks.session import BackendSession
 from vespa.interfaces import IStartupSettings
 from vespa.log import get_logger
-from vespa.protocol.signing import SignatureVerifier
 from vespa.worker.health import BackendNotHealthy, HealthChecker, HealthRoute, probe
 from vespa.worker.state import Phase, WorkerState
+
+if TYPE_CHECKING:
+    # Only a secured worker imports the RSA code (tap.py).
+    from vespa.protocol.signing import SignatureVerifier
 
 log = get_logger(__name__)
 

@@ -26,6 +26,12 @@ class Outcome(enum.Enum):
     #: :meth:`~vespa.worker.ledger.Ledger.reject`.
     REJECTED = "rejected"
 
+    # Members are singletons compared by identity, so the identity hash is
+    # consistent, and it is C: Enum's own __hash__ is Python-level, and the
+    # ledger hashes an outcome about ten times per request (its counters and
+    # tables are keyed by it).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True)
 class Count:

@@ -32,7 +32,6 @@ from vespa.http.target import PathBlocklist
 from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
-from vespa.protocol.signing import SignatureVerifier
 from vespa.service import OrderedMultiService
 from vespa.settings import option_lists
 from vespa.tls import server_options
@@ -40,7 +39,6 @@ from vespa.worker.admission import Admission
 from vespa.worker.drain import Drain
 from vespa.worker.health import HealthChecker, HealthRoute
 from vespa.worker.ledger import Ledger
-from vespa.worker.metrics import WorkerMetrics
 from vespa.worker.reporter import Reporter, ReportSettings
 from vespa.worker.resource import WorkerResource
 from vespa.worker.sessions import SessionEndResource, Sessions
@@ -205,6 +203,9 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     ledger = Ledger(now=clock.seconds)
     verifier = None
     if not config.unsecured:
+        # Imported only here: an unsecured worker has no RSA code in memory.
+        from vespa.protocol.signing import SignatureVerifier
+
         verifier = SignatureVerifier(
             mode=config.signature_mode,
             replay_window=config.replay_window,
@@ -268,8 +269,13 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     reporter.setServiceParent(root)
 
     admission = Admission(max_wait_time=config.max_wait_time, slots=config.slots)
-    metrics = WorkerMetrics(ledger, state, admission, health, reporter)
+    metrics = None
     if config.metrics_listen is not None:
+        # Imported only here: without a metrics port, no prometheus_client in
+        # memory and no histogram observed per request.
+        from vespa.worker.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(ledger, state, admission, health, reporter)
         # Not through strports: a busy metrics port is logged, never fatal.
         Listener(
             serverFromString(reactor, config.metrics_listen),

@@ -51,6 +51,7 @@ from vespa.benchmarks import built_in_name
 from vespa.benchmarks.comfyui import JOB_UNITS
 from vespa.benchmarks.settings import OpenAISettings
 from vespa.log import get_logger
+from vespa.protocol.envelope import NOT_PARSED
 
 log = get_logger(__name__)
 
@@ -213,13 +214,16 @@ class Workload:
         """Whether the workload is the autoscaler's ``cost``, not the payload."""
         return self._calculator is None
 
-    def of(self, payload: bytes | None, cost: float | None) -> float:
+    def of(self, payload: bytes | None, cost: float | None, parsed: Any = NOT_PARSED) -> float:
         """
         The workload of one request, finite and in ``[0, MAX_WORKLOAD]``.
 
         :param payload: the payload's bytes as relayed, or ``None`` (a request
             without a body, or a passthrough whose body is read later).
         :param cost: the ``cost`` the autoscaler attached, or ``None``.
+        :param parsed: the payload's value when the envelope parser built it
+            (:attr:`~vespa.protocol.envelope.Envelope.payload`): then
+            ``payload`` is not parsed again.
         """
         if self._calculator is None:
             claimed = 1.0 if cost is None else cost
@@ -227,7 +231,7 @@ class Workload:
                 claimed = self._default_cost
             return self._checked(claimed)
         try:
-            value = self._calculator(self._parse(payload))
+            value = self._calculator(self._parse(payload) if parsed is NOT_PARSED else parsed)
         except Exception as e:
             return self._fallback(f"the calculator raised {type(e).__name__}: {e}")
         return self._checked(value)
