@@ -11,7 +11,9 @@ relay answers like any broken backend (502, or an abnormal end mid-body).
 
 :class:`ChunkedBody` follows a chunked body either **raw** (the bytes as
 received, framing included, minus the last-chunk and the trailers, for a
-caller that speaks chunked too) or **decoded** (the payload only).
+caller that speaks chunked too; a size line with extensions is rewritten
+plain, as strict clients such as twisted.web's refuse spaces in it) or
+**decoded** (the payload only).
 """
 
 from __future__ import annotations
@@ -185,10 +187,11 @@ class ChunkedBody:
     """
     Follows a chunked body through the reads it arrives in.
 
-    :param raw: hand out the body as received (chunk-size lines, extensions,
-        data and CRLFs), holding back only the last-chunk and the trailers,
-        so that a caller's chunked response can carry it as it is; else hand
-        out the payload only.
+    :param raw: hand out the body as received (chunk-size lines, data and
+        CRLFs), holding back only the last-chunk and the trailers, so that a
+        caller's chunked response can carry it as it is; a size line with
+        extensions is handed out plain (``%x`` and CRLF). Else hand out the
+        payload only.
     """
 
     def __init__(self, *, raw: bool) -> None:
@@ -215,11 +218,11 @@ class ChunkedBody:
         """
         pos, end = 0, len(data)
         raw = self.raw
-        # Raw: what is handed on is ``prefix`` (a size line held back from the
-        # last read, now known not to be the last-chunk) and ``data[:upto]``.
-        prefix = b""
-        upto = -1
         pieces: list[bytes] = []
+        # Raw: the run of ``data`` from ``span`` on is handed on as it is
+        # (one slice, no copy when it is the whole read), up to a size line
+        # that must be written out on its own, a line held back, or the end.
+        span = end if self._state >= _TRAILER else 0
         while pos < end:
             state = self._state
             if state == _DATA:
@@ -242,21 +245,31 @@ class ChunkedBody:
             elif state == _SIZE:
                 start = pos
                 eol = data.find(b"\n", pos)
-                if eol < 0:
+                if eol < 0:  # held back until it is known not to be the last-chunk
                     self._held(data[pos:], MAX_CHUNK_LINE)
-                    upto = start
+                    if raw:
+                        pieces.append(data[span:start])
+                        span = end
                     break
                 held, self._line = self._line, b""
-                size = _chunk_size(held + data[pos : eol + 1])
+                line = held + data[pos : eol + 1]
+                size, plain = _chunk_size(line)
                 pos = eol + 1
-                if size:
-                    self._left = size
-                    self._state = _DATA
-                    if held and raw:  # a held line is always at a read's start
-                        prefix = held
-                else:  # the last-chunk: it and what follows are held back
-                    upto = start
+                if not size:  # the last-chunk: it and what follows are held back
                     self._state = _TRAILER
+                    if raw:
+                        pieces.append(data[span:start])
+                        span = end
+                    continue
+                self._left = size
+                self._state = _DATA
+                if raw and (held or not plain):
+                    # A line begun in the last read, or with extensions or
+                    # spaces (which strict clients refuse): written out alone,
+                    # extensions dropped (they mean nothing past this hop).
+                    pieces.append(data[span:start])
+                    pieces.append(line if plain else b"%x\r\n" % (size,))
+                    span = pos
             elif state == _TRAILER:
                 eol = data.find(b"\n", pos)
                 if eol < 0:
@@ -273,13 +286,11 @@ class ChunkedBody:
             else:
                 break
         ended = pos if self._state == _DONE else -1
-        if not raw:
-            return b"".join(pieces), ended
-        if upto < 0:
-            upto = pos
-        if prefix:
-            return prefix + data[:upto], ended
-        return (data if upto == end else data[:upto]), ended
+        if raw and span < pos:
+            pieces.append(data[span:pos])
+        if len(pieces) == 1:
+            return pieces[0], ended
+        return b"".join(pieces), ended
 
     def _held(self, part: bytes, limit: int) -> None:
         self._line += part
@@ -287,12 +298,17 @@ class ChunkedBody:
             raise MalformedResponse("a chunked body's line is too long")
 
 
-def _chunk_size(line: bytes) -> int:
-    """The size a chunk-size line (ending in CRLF) states."""
+def _chunk_size(line: bytes) -> tuple[int, bool]:
+    """
+    The size a chunk-size line (ending in CRLF) states, and whether the line
+    is plain: hex digits and its CRLF, nothing else.
+    """
     if not line.endswith(b"\r\n") or len(line) > MAX_CHUNK_LINE:
         raise MalformedResponse(f"a bad chunk-size line: {line[:40]!r}")
     text = line[:-2]
+    if text and len(text) <= 16 and not text.lstrip(_HEX):
+        return int(text, 16), True
     size = text.split(b";", 1)[0].strip(b" \t")
     if not size or len(size) > 16 or size.lstrip(_HEX) or b"\r" in text or b"\0" in text:
         raise MalformedResponse(f"a bad chunk-size line: {line[:40]!r}")
-    return int(size, 16)
+    return int(size, 16), False
