@@ -354,6 +354,15 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(self.last[1].closed, "aborted")
         self.assertTrue(handler.body.reasons[0].check(ierror.ConnectionAborted))
 
+    def test_a_connection_paused_as_its_body_ended_reads_again_in_the_pool(self) -> None:
+        handler = self.send(answer=b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        transport: Any = handler.body.transport
+        transport.pauseProducing()  # the caller is slow...
+        self.last[0].dataReceived(b"cd")  # ...and the body ends in the read under way
+        self.assertEqual(self.pool.idle_connections, (self.last[0],))
+        self.assertEqual(self.last[1].producerState, "producing")
+        self.assertEqual(self.send().body.data, [b"ok"])
+
     def test_abort_before_the_response_closes_the_connection(self) -> None:
         handler = _Handler()
         call = self.pool.send(POST, handler)

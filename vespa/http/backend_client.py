@@ -134,6 +134,7 @@ class BackendConnection(Protocol):
         self._keep_alive = False
         self._closing = False
         self._producing = False
+        self._paused = False
         self._closed_waiters: list[Deferred[None]] = []
 
     # Sending
@@ -168,11 +169,13 @@ class BackendConnection(Protocol):
 
     def pauseProducing(self) -> None:
         """Stop reading the backend's socket."""
+        self._paused = True
         transport: Any = self.transport
         transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """Read the backend's socket again."""
+        self._paused = False
         transport: Any = self.transport
         transport.resumeProducing()
 
@@ -286,6 +289,8 @@ class BackendConnection(Protocol):
         reusable = self._keep_alive and not rest and not self._producing
         self._reset()
         if reusable:
+            if self._paused:  # a slow caller paused it as the body ended
+                self.resumeProducing()
             # Back in the pool before the exchange ends: ending it may start
             # the next request, which can then reuse this connection.
             self._owner.release(self)
