@@ -134,6 +134,30 @@ class RawPassthroughTests(TestCase):
         await backend.lost
         self.assertEqual(_body(client.data), b"2\r\nok\r\n")
 
+    async def test_a_garbage_answer_is_a_502(self) -> None:
+        """A backend that answers with something not HTTP: a JSON 502 naming it."""
+        answer = Deferred.fromCoroutine(HTTPClient(self, self.port).request(b"GET", b"/x"))
+        backend = await self.backend.requests.get()
+        backend.transport.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        response, body = await answer
+        self.assertEqual(response.code, 502)
+        error = json.loads(body)
+        self.assertEqual(error["origin"], "vespa")
+        self.assertIn("malformed response", error["error"])
+        await backend.lost
+
+    async def test_a_head_over_the_limit_is_a_502(self) -> None:
+        """Headers without end: refused at 64 KiB, not buffered for ever."""
+        answer = Deferred.fromCoroutine(HTTPClient(self, self.port).request(b"GET", b"/x"))
+        backend = await self.backend.requests.get()
+        backend.transport.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(100):
+            backend.transport.write(b"X-Filler: " + b"y" * 1000 + b"\r\n")
+        response, body = await answer
+        self.assertEqual(response.code, 502)
+        self.assertIn("over 65536 bytes", json.loads(body)["error"])
+        await backend.lost
+
     async def test_an_http10_caller_gets_the_decoded_body(self) -> None:
         """HTTP/1.0 has no chunks: the caller gets the payload, ended by the close."""
         client = await raw_connect(self.port)
