@@ -278,6 +278,18 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.connections), 1)
         self.assertEqual(self.pool.idle_connections, (self.last[0],))
 
+    def test_the_connection_idle_the_shortest_is_reused_first(self) -> None:
+        first, second = _Handler(), _Handler()
+        self.pool.send(GET, first)
+        self.pool.send(GET, second)
+        (one, _), (two, _) = self.endpoint.connections
+        two.dataReceived(OK)
+        self.clock.advance(1)
+        one.dataReceived(OK)  # released last: the warmest
+        self.pool.send(GET, _Handler())
+        self.assertEqual(self.pool.idle_connections, (two,))
+        self.assertEqual(len(self.endpoint.connections), 2)
+
     def test_connection_close_is_not_reused(self) -> None:
         self.send(answer=b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(self.last[1].closed, "aborted")
