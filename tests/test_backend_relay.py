@@ -18,12 +18,19 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from tests.support import HTTPClient, listen, raw_connect, start_secured_worker, start_worker
 from tests.test_backend_client import CHUNKS, FRAMED, LAST, RELAYED
+from vespa.http.endpoints import Origin
+from vespa.http.relay import BackendRelay
+from vespa.http.site import ProxySite
+from vespa.testing.echo_backend import echo_site
 from vespa.tls import make_self_signed
 
 CHUNKED_HEAD = (
@@ -247,3 +254,54 @@ class HTTP2CallerTests(TestCase):
         self.assertEqual(client.headers[b":status"], b"200")
         events = [json.loads(line[6:]) for line in client.body.split(b"\n\n") if line]
         self.assertEqual(events, [{"n": 0}, {"n": 1}, {"n": 2}])
+
+
+class _Relaying(Resource):
+    """Relays every request through ``relay``, as the worker's resource does."""
+
+    isLeaf = True
+
+    def __init__(self, relay: BackendRelay) -> None:
+        super().__init__()
+        self._relay = relay
+
+    def render(self, request: Any) -> int:
+        self._relay.forward(request, request.uri)
+        return NOT_DONE_YET
+
+
+class TLSBackendTests(TestCase):
+    """An https backend: the same client over a TLS transport."""
+
+    timeout = 15
+
+    async def test_a_stream_and_a_post_through_a_tls_backend(self) -> None:
+        cert, key = self.mktemp(), self.mktemp()
+        make_self_signed(cert, key, ("127.0.0.1",))
+        with open(key, "rb") as k, open(cert, "rb") as c:
+            pair = PrivateCertificate.loadPEM(k.read() + c.read())
+        clock = Clock()
+        site = echo_site(clock)
+        backend_port = reactor.listenSSL(0, site, pair.options(), interface="127.0.0.1")
+        self.addCleanup(backend_port.stopListening)
+        port = backend_port.getHost().port
+        tls = optionsForClientTLS("127.0.0.1", trustRoot=Certificate(pair.original))
+        relay = BackendRelay(
+            reactor,
+            Origin("https", "127.0.0.1", port),
+            endpoint=wrapClientTLS(tls, TCP4ClientEndpoint(reactor, "127.0.0.1", port)),
+        )
+        self.addCleanup(relay.close)
+        worker_port = listen(self, ProxySite(_Relaying(relay), reactor=reactor))
+        client = HTTPClient(self, worker_port, pooled=True)
+        response, body = await client.request(b"POST", b"/echo", body=b'{"a": 1}')
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["method"], "POST")
+        answer = Deferred.fromCoroutine(client.request(b"GET", b"/stream?n=3&interval=1"))
+        await site.resource.wait_for_request(b"/stream")
+        clock.advance(1)
+        clock.advance(1)
+        response, body = await answer
+        self.assertEqual(body, b'data: {"n": 0}\n\ndata: {"n": 1}\n\ndata: {"n": 2}\n\n')
+        # Both exchanges went over one kept-alive TLS connection.
+        self.assertEqual(len(relay.pool.idle_connections), 1)
