@@ -444,11 +444,15 @@ class TargetTests(TestCase):
     async def test_pooled_connections_are_reused(self) -> None:
         """Sequential requests reuse one kept-alive backend connection, with TCP_NODELAY."""
         client = HTTPClient(self, self.port, pooled=True)
+        pool = self.worker.relay.pool
+        seen = set()
         for _ in range(5):
             await client.request(b"GET", b"/echo")
-        pool = self.worker.relay.pool
-        connections = [c for cached in pool._connections.values() for c in cached]
+            seen.update(pool.idle_connections)
+        # One connection carried all five, and is idle in the pool again.
+        self.assertEqual(len(seen), 1)
+        connections = pool.idle_connections
         self.assertEqual(len(connections), 1)
         # Small SSE events must not wait for Nagle's algorithm on the backend leg.
-        backend_socket = connections[0].transport.getHandle()
+        backend_socket = connections[0].transport.getHandle()  # type: ignore[union-attr]
         self.assertTrue(backend_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))

@@ -3,10 +3,11 @@
 Where HTTP goes: origins, client endpoints and the kept-alive connection pool.
 
 The worker's relay reaches one backend, fixed at start
-(:class:`FixedEndpointFactory`); the client reaches whichever worker the
-autoscaler names (:class:`WorkerEndpoints`, cached per origin). Both connect
-with ``TCP_NODELAY`` (small SSE events must not wait) through a
-:func:`quiet_pool` sized to their concurrency.
+(:func:`backend_endpoint`, through :mod:`vespa.http.backend_pool`); the
+client reaches whichever worker the autoscaler names
+(:class:`WorkerEndpoints`, cached per origin, through a :func:`quiet_pool`
+sized to its concurrency). Both connect with ``TCP_NODELAY`` (small SSE
+events must not wait).
 """
 
 from __future__ import annotations
@@ -139,17 +140,6 @@ class _NoDelayEndpoint:
             return protocol
 
         return self._inner.connect(factory).addCallback(no_delay)
-
-
-@implementer(IAgentEndpointFactory)
-class FixedEndpointFactory:
-    """Every URI maps to the one backend endpoint, built once (no per-request IDNA work)."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        return self._endpoint
 
 
 def backend_endpoint(

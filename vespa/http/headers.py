@@ -9,6 +9,8 @@ message, so they are removed in both directions, together with every header a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+
 from twisted.web.http_headers import Headers
 
 HOP_BY_HOP = frozenset(
@@ -42,6 +44,45 @@ def _connection_tokens(headers: Headers) -> frozenset[bytes]:
     )
 
 
+def forwarded_headers(
+    incoming: Headers,
+    *,
+    host: bytes,
+    client_ip: bytes | None,
+    proto: bytes,
+    drop_authorization: bool,
+    authorization: bytes | None,
+) -> Iterator[tuple[bytes, Sequence[bytes]]]:
+    """
+    The headers to send to the backend, ``(name, values)`` in order, as
+    :func:`request_headers` describes them, without a ``Headers`` built
+    (see :func:`head_lines`).
+    """
+    drop = HOP_BY_HOP | _REQUEST_ONLY | _connection_tokens(incoming)
+    if drop_authorization or authorization is not None:
+        drop = drop | {b"authorization"}
+    forwarded_for: list[bytes] = []
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == b"x-forwarded-for":
+            forwarded_for.extend(values)
+        else:
+            yield name, values
+    if client_ip is not None:
+        forwarded_for.append(client_ip)
+    if forwarded_for:
+        yield b"X-Forwarded-For", [b", ".join(forwarded_for)]
+    original_host = incoming.getRawHeaders(b"host")
+    if original_host:
+        yield b"X-Forwarded-Host", original_host[:1]
+    yield b"X-Forwarded-Proto", [proto]
+    yield b"Host", [host]
+    if authorization is not None:
+        yield b"Authorization", [authorization]
+
+
 def request_headers(
     incoming: Headers,
     *,
@@ -68,31 +109,25 @@ def request_headers(
     :param authorization: the ``Authorization`` value the backend gets
         instead of the caller's, e.g. ``b"Bearer KEY"``.
     """
-    drop = HOP_BY_HOP | _REQUEST_ONLY | _connection_tokens(incoming)
-    if drop_authorization or authorization is not None:
-        drop = drop | {b"authorization"}
     out = Headers()
-    forwarded_for: list[bytes] = []
-    for name, values in incoming.getAllRawHeaders():
-        lower = name.lower()
-        if lower in drop:
-            continue
-        if lower == b"x-forwarded-for":
-            forwarded_for.extend(values)
-        else:
-            out.setRawHeaders(name, values)
-    if client_ip is not None:
-        forwarded_for.append(client_ip)
-    if forwarded_for:
-        out.setRawHeaders(b"X-Forwarded-For", [b", ".join(forwarded_for)])
-    original_host = incoming.getRawHeaders(b"host")
-    if original_host:
-        out.setRawHeaders(b"X-Forwarded-Host", original_host[:1])
-    out.setRawHeaders(b"X-Forwarded-Proto", [proto])
-    out.setRawHeaders(b"Host", [host])
-    if authorization is not None:
-        out.setRawHeaders(b"Authorization", [authorization])
+    for name, values in forwarded_headers(
+        incoming,
+        host=host,
+        client_ip=client_ip,
+        proto=proto,
+        drop_authorization=drop_authorization,
+        authorization=authorization,
+    ):
+        out.setRawHeaders(name, values)
     return out
+
+
+def head_lines(headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
+    """
+    ``(name, values)`` pairs as the header lines of a message head
+    (``Name: value`` and CRLF each), in one ``bytes``.
+    """
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, values in headers for value in values)
 
 
 def copy_response_headers(upstream: Headers, downstream: Headers) -> None:
@@ -105,8 +140,37 @@ def copy_response_headers(upstream: Headers, downstream: Headers) -> None:
     :param upstream: the backend's response headers.
     :param downstream: the client response's headers, changed in place.
     """
+    copy_response_lines(
+        [(name, value) for name, values in upstream.getAllRawHeaders() for value in values],
+        downstream,
+    )
+
+
+def copy_response_lines(
+    lines: list[tuple[bytes, bytes]], downstream: Headers, *, drop: frozenset[bytes] = frozenset()
+) -> None:
+    """
+    :func:`copy_response_headers` for a response's header lines as received.
+
+    :param lines: the backend's header lines, ``(name, value)`` in order.
+    :param downstream: the client response's headers, changed in place.
+    :param drop: more (lower-case) names not to copy.
+    """
     downstream.removeHeader(b"server")
-    drop = HOP_BY_HOP | _connection_tokens(upstream)
-    for name, values in upstream.getAllRawHeaders():
-        if name.lower() not in drop:
-            downstream.setRawHeaders(name, values)
+    tokens = frozenset(
+        token.strip().lower()
+        for name, value in lines
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    )
+    drop = HOP_BY_HOP | tokens | drop
+    replaced: set[bytes] = set()
+    for name, value in lines:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower not in replaced:
+            replaced.add(lower)
+            downstream.removeHeader(lower)
+        downstream.addRawHeader(name, value)

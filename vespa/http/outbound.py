@@ -15,6 +15,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError
+from vespa.http.backend_response import MalformedResponse
 
 
 @implementer(IBodyProducer)
@@ -54,7 +55,7 @@ def connection_error(
     """
     The answer for a request that failed before its response headers.
 
-    :param reason: why the Agent request failed.
+    :param reason: why the request failed (Agent's or the backend client's).
     :param peer: who was called, for the message: ``backend``, ``worker``.
     :param where: its URL, for the message.
     :param unavailable: the error type for refused, unreachable or dropped.
@@ -69,6 +70,10 @@ def connection_error(
         return unavailable(f"the {peer} host of {where} could not be resolved")
     if reason.check(ierror.ConnectError):
         return unavailable(f"{the} is unreachable: {reason.value}")
+    if reason.check(MalformedResponse):
+        return unavailable(f"{the} sent a malformed response: {reason.getErrorMessage()}")
+    if reason.check(ierror.ConnectionDone, ierror.ConnectionLost):
+        return unavailable(f"{the} closed the connection without a response")
     if reason.check(ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed):
         inner = _inner_reason(reason)
         if inner:

@@ -2,11 +2,15 @@
 """
 The streaming relay: one request from a ``twisted.web`` client to one backend.
 
-The backend is reached through a pooled, kept-alive :class:`Agent` whose
-endpoint is fixed at start: whatever the request says (absolute-form target,
-``Host`` header), no traffic goes anywhere but the configured backend.
+The backend is reached through a pool of kept-alive connections
+(:mod:`vespa.http.backend_pool`) whose endpoint is fixed at start: whatever
+the request says (absolute-form target, ``Host`` header), no traffic goes
+anywhere but the configured backend.
 
 Response bodies stream: each chunk is written to the client when it arrives.
+A chunked body going to an HTTP/1.1 caller (whose response is chunked too) is
+relayed as it arrived, framing and all, instead of being decoded only to be
+encoded again; twisted.web's ``Request.finish`` writes the last chunk.
 The relay registers itself as the client connection's producer, so a slow
 client pauses the backend read and memory stays flat. A client that goes away
 cancels the backend request at once (the backend sees the connection close).
@@ -22,27 +26,22 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    FileBodyProducer,
-)
-from twisted.web.http import NO_BODY_CODES
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.client import FileBodyProducer
 from twisted.web.server import Request
 
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
-from vespa.http.endpoints import FixedEndpointFactory, Origin, backend_endpoint, quiet_pool
-from vespa.http.headers import copy_response_headers, request_headers
-from vespa.http.outbound import BytesBodyProducer, connection_error
-from vespa.http.stream import BodyReader, cancel_call, end_response, ended_cleanly
+from vespa.http.backend_client import OutgoingRequest
+from vespa.http.backend_pool import BackendCall, BackendPool
+from vespa.http.backend_response import Framing, ResponseHead
+from vespa.http.deadlines import Deadlines
+from vespa.http.endpoints import Origin, backend_endpoint
+from vespa.http.headers import copy_response_lines, forwarded_headers, head_lines
+from vespa.http.outbound import connection_error
+from vespa.http.site import ProxyChannel
+from vespa.http.stream import BodyReader, end_response, ended_cleanly
 from vespa.log import get_logger
 
 log = get_logger(__name__)
@@ -111,8 +110,7 @@ class BackendRelay:
     :param keepalive: seconds an idle connection is kept, ``None`` to keep none;
         keep it below the backend's own keep-alive timeout, because a POST on a
         connection the backend has just closed cannot be retried safely.
-    :param max_connections: idle connections kept; size it to the concurrency
-        (Twisted's default of 2 halves throughput under load).
+    :param max_connections: idle connections kept; size it to the concurrency.
     :param cooperator: schedules large request bodies; the global one if ``None``.
     :param endpoint: the backend endpoint; built from ``origin`` if ``None``.
     :param clock: runs the exchange deadlines; ``reactor`` if ``None``.
@@ -141,14 +139,31 @@ class BackendRelay:
         self.origin = origin
         self.timeouts = timeouts
         self._cooperator = cooperator
-        self.pool = quiet_pool(reactor, keepalive=keepalive, max_connections=max_connections)
         if endpoint is None:
             endpoint = backend_endpoint(reactor, origin, timeouts.connect)
-        self.agent = Agent.usingEndpointFactory(
-            reactor, FixedEndpointFactory(endpoint), pool=self.pool
+        #: The kept-alive connections to the backend.
+        self.pool = BackendPool(
+            self.clock, endpoint, keepalive=keepalive, max_connections=max_connections
         )
-        self._base = origin.url.encode("ascii")
         self._host = origin.netloc.encode("ascii")
+        # One timer each for every exchange's first-byte and total deadlines
+        # (see vespa.http.deadlines), the errors built only if one passes.
+        self._deadlines: list[Deadlines[_Exchange]] = []
+        self.first_byte = self._deadline(
+            timeouts.first_byte, "the backend sent no response within {:g} s"
+        )
+        self.total = self._deadline(timeouts.total, "the exchange took longer than {:g} s")
+
+    def _deadline(self, seconds: float | None, message: str) -> Deadlines[_Exchange] | None:
+        if seconds is None:
+            return None
+
+        def expired(exchange: _Exchange) -> None:
+            exchange.expire(BackendTimeout(message.format(seconds)))
+
+        deadlines: Deadlines[_Exchange] = Deadlines(self.clock, seconds, expired)
+        self._deadlines.append(deadlines)
+        return deadlines
 
     def forward(
         self, request: Request, target: bytes, *, body: bytes | None = None
@@ -167,89 +182,81 @@ class BackendRelay:
         """
         client = request.getClientAddress()
         host = getattr(client, "host", None)
-        headers = request_headers(
-            request.requestHeaders,
-            host=self._host,
-            client_ip=host.encode("ascii") if isinstance(host, str) else None,
-            proto=b"https" if request.isSecure() else b"http",
-            drop_authorization=self.drop_authorization,
-            authorization=self.authorization,
-        )
         method = request.method
-        producer = self._producer(method, body, request.content)
-        exchange = _Exchange(self, request, method, self._base + target, headers, producer)
-        return exchange.start()
+        lines = head_lines(
+            forwarded_headers(
+                request.requestHeaders,
+                host=self._host,
+                client_ip=host.encode("ascii") if isinstance(host, str) else None,
+                proto=b"https" if request.isSecure() else b"http",
+                drop_authorization=self.drop_authorization,
+                authorization=self.authorization,
+            )
+        )
+        head = b"%s %s HTTP/1.1\r\n%s" % (method, target, lines)
+        outgoing = self._outgoing(method, head, body, request.content)
+        return _Exchange(self, request, target, outgoing).start()
 
-    def _producer(
-        self, method: bytes, body: bytes | None, content: IO[bytes] | None
-    ) -> IBodyProducer | None:
-        if body is not None:
-            return BytesBodyProducer(body)
-        if content is None:
-            return BytesBodyProducer(b"") if method in _BODY_METHODS else None
-        content.seek(0, io.SEEK_END)
-        length = content.tell()
-        content.seek(0)
-        if length == 0 and method not in _BODY_METHODS:
-            return None
-        if length <= _ONE_WRITE_BODY:
-            return BytesBodyProducer(content.read())
-        if self._cooperator is None:
-            return FileBodyProducer(content)
-        return FileBodyProducer(content, cooperator=self._cooperator)
+    def _outgoing(
+        self, method: bytes, head: bytes, body: bytes | None, content: IO[bytes] | None
+    ) -> OutgoingRequest:
+        if body is None and content is not None:
+            content.seek(0, io.SEEK_END)
+            length = content.tell()
+            content.seek(0)
+            if length > _ONE_WRITE_BODY:
+                producer = (
+                    FileBodyProducer(content)
+                    if self._cooperator is None
+                    else FileBodyProducer(content, cooperator=self._cooperator)
+                )
+                head += b"Content-Length: %d\r\n\r\n" % (length,)
+                return OutgoingRequest(method, head, producer=producer)
+            if length or method in _BODY_METHODS:
+                body = content.read()
+        elif body is None and method in _BODY_METHODS:
+            body = b""
+        if body is None:
+            return OutgoingRequest(method, head + b"\r\n")
+        return OutgoingRequest(method, head + b"Content-Length: %d\r\n\r\n" % (len(body),), body)
 
-    def close(self) -> Deferred[None]:
+    def close(self) -> Deferred[Any]:
         """
-        Close the idle backend connections (at shutdown).
+        Close the idle backend connections and stop the deadline timers (at shutdown).
         """
-        closed: Deferred[None] = self.pool.closeCachedConnections()
-        return closed
+        for deadlines in self._deadlines:
+            deadlines.stop()
+        return self.pool.close()
 
 
 class _Exchange:
-    """One request relayed: waits for headers, then streams the body through."""
+    """One request relayed: waits for the response head, then streams the body through."""
 
     def __init__(
-        self,
-        relay: BackendRelay,
-        request: Request,
-        method: bytes,
-        url: bytes,
-        headers: Headers,
-        producer: IBodyProducer | None,
+        self, relay: BackendRelay, request: Request, target: bytes, outgoing: OutgoingRequest
     ) -> None:
         self._relay = relay
         self._request = request
-        self._method = method
-        self._url = url
-        self._headers = headers
-        self._producer = producer
+        self._target = target
+        self._outgoing = outgoing
         self._done: Deferred[RelayResult] = Deferred()
         self._finished = False
         self._client_gone = False
-        self._pending: Deferred[IResponse] | None = None
+        self._call: BackendCall | None = None
         self._body: _BodyRelay | None = None
         self._status: int | None = None
         self._timeout: VespaError | None = None
-        self._first_byte_call: IDelayedCall | None = None
-        self._total_call: IDelayedCall | None = None
         self._started = relay.clock.seconds()
         self._headers_at: float | None = None
 
     def start(self) -> Deferred[RelayResult]:
         self._request.notifyFinish().addErrback(self._client_lost)
-        timeouts = self._relay.timeouts
-        # The errors are built only if a timer fires: almost none does.
-        if timeouts.first_byte is not None:
-            self._first_byte_call = self._later(
-                timeouts.first_byte, "the backend sent no response within {:g} s"
-            )
-        if timeouts.total is not None:
-            self._total_call = self._later(timeouts.total, "the exchange took longer than {:g} s")
-        self._pending = self._relay.agent.request(
-            self._method, self._url, self._headers, self._producer
-        )
-        self._pending.addCallbacks(self._response_received, self._request_failed)
+        relay = self._relay
+        if relay.first_byte is not None:
+            relay.first_byte.add(self)
+        if relay.total is not None:
+            relay.total.add(self)
+        self._call = relay.pool.send(self._outgoing, self)
         return self._done
 
     # Events
@@ -258,19 +265,21 @@ class _Exchange:
         self._client_gone = True
         self._abandon()
 
-    def _expire(self, error: VespaError) -> None:
+    def expire(self, error: VespaError) -> None:
+        """A deadline passed: the exchange ends with ``error``."""
         self._timeout = error
         self._abandon()
 
     def _abandon(self) -> None:
         # Stop whichever stage is running; its end reports the outcome.
-        if self._pending is not None:
-            self._pending.cancel()
-        elif self._body is not None:
+        if self._body is not None:
             self._body.stop()
+        elif self._call is not None:
+            self._call.abort()
 
-    def _request_failed(self, reason: Failure) -> None:
-        self._pending = None
+    def response_failed(self, reason: Failure) -> None:
+        """No response came (the pool's ``ResponseHandler``)."""
+        self._call = None
         if self._client_gone:
             self._end(RelayOutcome.CANCELLED)
             return
@@ -278,22 +287,28 @@ class _Exchange:
         self._log_failure(error)
         self._answer_error(error)
 
-    def _response_received(self, response: IResponse) -> None:
-        self._pending = None
-        cancel_call(self._first_byte_call)
-        self._headers_at = self._relay.clock.seconds()
+    def response_started(self, head: ResponseHead) -> tuple[IProtocol, bool]:
+        """The response's head arrived (the pool's ``ResponseHandler``)."""
+        relay = self._relay
+        if relay.first_byte is not None:
+            relay.first_byte.discard(self)
+        self._headers_at = relay.clock.seconds()
         request = self._request
-        self._status = response.code
-        request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response.headers, request.responseHeaders)
-        if (
-            response.length is not UNKNOWN_LENGTH
-            and self._method != b"HEAD"
-            and response.code not in NO_BODY_CODES
-        ):
-            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (response.length,)])
-        self._body = _BodyRelay(self, request, self._relay.clock, self._relay.timeouts.idle)
-        response.deliverBody(self._body)
+        self._status = head.status
+        request.setResponseCode(head.status, head.phrase)
+        copy_response_lines(head.headers, request.responseHeaders, drop=_LENGTH)
+        if head.framing is Framing.LENGTH:
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (head.length,)])
+        # Twisted's own test for a chunked response (Request.write): then the
+        # backend's chunks can go to the caller as they are.
+        raw = (
+            head.framing is Framing.CHUNKED
+            and request.clientproto == b"HTTP/1.1"
+            and isinstance(request.channel, ProxyChannel)
+            and not request.responseHeaders.hasHeader(b"content-length")
+        )
+        self._body = _BodyRelay(self, request, relay.clock, relay.timeouts.idle, raw=raw)
+        return self._body, raw
 
     def body_ended(self, reason: Failure) -> None:
         """
@@ -324,64 +339,81 @@ class _Exchange:
         if self._finished:
             return
         self._finished = True
-        cancel_call(self._first_byte_call)
-        cancel_call(self._total_call)
-        # Break the exchange <-> body cycle now, so the request and its headers
-        # are freed by reference counting instead of waiting for the cycle
-        # collector (full collections set the tail latency under load).
+        relay = self._relay
+        if relay.first_byte is not None:
+            relay.first_byte.discard(self)
+        if relay.total is not None:
+            relay.total.discard(self)
+        # Break the exchange <-> body and call cycles now, so the request and
+        # its headers are freed by reference counting instead of waiting for
+        # the cycle collector (full collections set the tail latency under load).
         self._body = None
-        self._first_byte_call = self._total_call = None
-        now = self._relay.clock.seconds()
+        self._call = None
+        now = relay.clock.seconds()
         first_byte = None if self._headers_at is None else self._headers_at - self._started
         self._done.callback(
             RelayResult(outcome, self._status, error, first_byte, now - self._started)
         )
 
-    def _later(self, seconds: float, message: str) -> IDelayedCall:
-        return self._relay.clock.callLater(
-            seconds, lambda: self._expire(BackendTimeout(message.format(seconds)))
-        )
-
     def _log_failure(self, error: VespaError) -> None:
-        request_id = self._headers.getRawHeaders(b"x-request-id")
+        request_id = self._request.requestHeaders.getRawHeaders(b"x-request-id")
         log.warn(
             "{method} {target}: {error} [request {request_id}]",
-            method=self._method.decode("ascii", "replace"),
-            target=self._target_for_log(),
+            method=self._outgoing.method.decode("ascii", "replace"),
+            target=self._target[:200].decode("ascii", "replace"),
             error=error.message,
             request_id=request_id[0].decode("ascii", "replace") if request_id else "-",
         )
 
-    def _target_for_log(self) -> str:
-        return self._url[len(self._relay._base) :][:200].decode("ascii", "replace")
+
+#: The backend's framing headers are not the caller's: the relay sets its own.
+_LENGTH = frozenset({b"content-length"})
 
 
 class _BodyRelay(BodyReader):
     """
-    Receives the backend's body and writes each chunk to the client.
+    Receives the backend's body and writes each piece to the client.
 
     It is the client connection's producer (see :class:`BodyReader`): a
-    slow client pauses the backend read.
+    slow client pauses the backend read. With ``raw``, the pieces are the
+    backend's chunks with their framing, written to the caller's connection
+    as they are (the caller's response is chunked: see
+    :meth:`_Exchange.response_started`).
     """
 
     def __init__(
-        self, exchange: _Exchange, request: Request, clock: IReactorTime, idle: float | None
+        self,
+        exchange: _Exchange,
+        request: Request,
+        clock: IReactorTime,
+        idle: float | None,
+        *,
+        raw: bool,
     ) -> None:
         super().__init__(clock, idle)
         self._exchange = exchange
         self._request = request
+        self._raw = raw
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self, True)
         self.start_timing()
 
     def received(self, data: bytes) -> None:
-        self._request.write(data)
+        request = self._request
+        if not self._raw:
+            request.write(data)
+            return
+        if not request.startedWriting:
+            request.write(b"")  # the status line and headers go first
+        if not request._disconnected:
+            request.sentLength += len(data)
+            request.channel.write(data)
 
     def ended(self, reason: Failure) -> None:
         self._exchange.body_ended(reason)
 
     def idle_expired(self) -> None:
-        self._exchange._expire(
+        self._exchange.expire(
             BackendTimeout(f"the backend sent nothing for {self.idle_seconds:g} s mid-response")
         )

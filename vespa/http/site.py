@@ -15,8 +15,9 @@ headers within ``header_timeout`` seconds however it trickles them, and may
 then sit idle between requests for ``keepalive_timeout``. With
 ``max_connections`` set (the worker derives it from its open-file limit), a
 connection beyond the limit closes the one idle the longest instead of
-running the process out of file descriptors. Everything refused at the
-connection level is answered with Vespa's JSON error, never a bare status line.
+running the process out of file descriptors (:mod:`vespa.http.connection_limit`).
+Everything refused at the connection level is answered with Vespa's JSON
+error, never a bare status line.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from vespa.errors import (
     status_phrase,
     write_error,
 )
+from vespa.http.connection_limit import ConnectionLimit
 from vespa.http.eager import send_now
 from vespa.log import get_logger
 
@@ -417,7 +419,7 @@ def _timed_log_formatter(timestamp: str, request: Any) -> str:
     return f"{line} {took:.3f} {request_id[0].decode('ascii', 'replace')}"
 
 
-class ProxySite(Site):
+class ProxySite(Site, ConnectionLimit):
     """
     A :class:`Site` for a proxy.
 
@@ -459,12 +461,7 @@ class ProxySite(Site):
         self._access_log = access_log is not None
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
-        self.max_connections = max_connections
-        #: Connections open now.
-        self.connections = 0
-        # Idle connections (or still in their headers), the longest idle first.
-        self._idle: dict[ProxyChannel, None] = {}
-        self._at_limit = False
+        ConnectionLimit.__init__(self, max_connections)
 
     def protocol(self) -> _Connection:
         """A new connection's protocol (twisted.web's, on a :class:`ProxyChannel`)."""
@@ -473,44 +470,3 @@ class ProxySite(Site):
     def log(self, request: http.Request) -> None:
         if self._access_log:
             super().log(request)
-
-    # Connection accounting, called by the connections.
-
-    def opened(self) -> bool:
-        """
-        Count a new connection; make room for it if the site is at its limit.
-
-        :return: whether it may be served (``False``: nothing could be closed for it).
-        """
-        self.connections += 1
-        limit = self.max_connections
-        if limit is None or self.connections <= limit:
-            self._at_limit = False
-            return True
-        if not self._at_limit:
-            self._at_limit = True
-            log.warn(
-                "{count} connections: at the limit of {limit}, each new one closes the one "
-                "idle the longest (slow or idle clients)",
-                count=self.connections,
-                limit=limit,
-            )
-        if not self._idle:
-            return False
-        oldest = next(iter(self._idle))
-        self.forget(oldest)
-        oldest.evict()
-        return True
-
-    def closed(self) -> None:
-        """Count a connection gone."""
-        self.connections -= 1
-
-    def idle(self, channel: ProxyChannel) -> None:
-        """``channel`` waits for a request (it may be closed to make room), from now."""
-        self._idle.pop(channel, None)
-        self._idle[channel] = None
-
-    def forget(self, channel: ProxyChannel) -> None:
-        """``channel`` is serving a request, or gone: it is not closed to make room."""
-        self._idle.pop(channel, None)

@@ -94,16 +94,18 @@ class Options(_typing.Options):
 
 
 class _PoolCloser(Service):
-    """Closes connection pools at shutdown."""
+    """Closes the relay's and the connection pools' idle connections at shutdown."""
 
-    def __init__(self, *pools: HTTPConnectionPool) -> None:
+    def __init__(self, relay: BackendRelay, *pools: HTTPConnectionPool) -> None:
+        self.relay = relay
         self.pools = pools
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         from twisted.internet.defer import DeferredList
 
-        return DeferredList([pool.closeCachedConnections() for pool in self.pools])
+        closed = [pool.closeCachedConnections() for pool in self.pools]
+        return DeferredList([self.relay.close(), *closed])
 
 
 def _http(
@@ -217,7 +219,7 @@ def build_worker(config: WorkerConfig, reactor: Any, clock: Any = None) -> Worke
     # server's key as the relayed requests do.
     backend_http, backend_pool = _http(reactor, 32, _backend_authorization(config))
     report_http, report_pool = _http(reactor, 4)
-    _PoolCloser(relay.pool, backend_pool, report_pool).setServiceParent(root)
+    _PoolCloser(relay, backend_pool, report_pool).setServiceParent(root)
 
     route = HealthRoute(
         config.backend.url, config.healthcheck_endpoint, built_in_name(config.benchmark)
