@@ -57,9 +57,10 @@ from vespa.testing.autoscaler.cli import load_or_create_key
 from vespa.testing.autoscaler.wire import sign_auth
 
 OFFICIAL_PEER = HERE / "official_peer.py"
+FLOOR_RELAY = HERE / "floor_relay.py"
 JSON_ROUTE = "/bench"
 SSE_ROUTE = "/sse"
-TARGETS = ("direct", "vespa", "secured", "official")
+TARGETS = ("direct", "floor", "vespa", "secured", "official")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,14 @@ def start_vespa(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> 
     """``twistd vespa`` unsecured with metrics off, on the proxy CPU, ready once it relays."""
     port = free_port()
     child = procs.start(name, _vespa_command(backend, port, "--unsecured"), cpu=PROXY_CPU)
+    return _ready(child, port, name, probe)
+
+
+def start_floor(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
+    """``floor_relay.py`` (bytes relayed, no HTTP) on the proxy CPU, ready once it relays."""
+    port = free_port()
+    command = [sys.executable, str(FLOOR_RELAY), str(port), str(backend.port)]
+    child = procs.start(name, command, cpu=PROXY_CPU)
     return _ready(child, port, name, probe)
 
 
@@ -301,6 +310,7 @@ def run_all(plan: Plan, procs: ProcessSet, results: dict[str, dict[str, Any]]) -
     nginx = start_json_backend(procs)
     workers = {
         "direct": (nginx, None),
+        "floor": _worker(start_floor(procs, nginx, "floor-json", json_probe)),
         "vespa": _worker(start_vespa(procs, nginx, "vespa-json", json_probe)),
         "official": _worker(
             start_official(procs, nginx, "official-json", JSON_ROUTE, json_probe)
@@ -324,6 +334,7 @@ def run_all(plan: Plan, procs: ProcessSet, results: dict[str, dict[str, Any]]) -
     sse_probe = b"POST " + SSE_ROUTE.encode() + b" " + envelope({"events": 1, "interval": 0})
     workers = {
         "direct": (sse, None),
+        "floor": _worker(start_floor(procs, sse, "floor-sse", sse_probe)),
         "vespa": _worker(start_vespa(procs, sse, "vespa-sse", sse_probe)),
         "official": _worker(start_official(procs, sse, "official-sse", SSE_ROUTE, sse_probe)),
     }
