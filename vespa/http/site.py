@@ -50,6 +50,7 @@ from vespa.errors import (
 )
 from vespa.http.connection_limit import ConnectionLimit
 from vespa.http.eager import send_now
+from vespa.http.request_head import parse_request_head, start_request
 from vespa.log import get_logger
 
 log = get_logger(__name__)
@@ -265,6 +266,8 @@ class ProxyChannel(HTTPChannel):
             super().dataReceived(data)
             return
         if self._phase is _Phase.IDLE:
+            if self._whole_head(data):
+                return
             self._phase = _Phase.HEAD
             self._tail = b""
             if self._kept_alive:
@@ -282,6 +285,24 @@ class ProxyChannel(HTTPChannel):
         self._tail = head[-3:]
         # LineReceiver's parsing without HTTPChannel's, which would reset the deadline.
         LineReceiver.dataReceived(self, data)
+
+    def _whole_head(self, data: bytes) -> bool:
+        """
+        Take a request whose head came whole in ``data`` without twisted.web's
+        line parser (:mod:`vespa.http.request_head`); ``False`` to leave it to
+        that parser.
+        """
+        if self._buffer or not self.line_mode or not self.persistent or self.paused:
+            return False
+        head = parse_request_head(
+            data, max_size=self.totalHeadersSize, max_headers=self.maxHeaders
+        )
+        if head is None:
+            return False
+        # No header deadline to set: the head is complete.
+        self._phase = _Phase.HEAD
+        start_request(self, head)
+        return True
 
     def allHeadersReceived(self) -> None:
         self._busy()

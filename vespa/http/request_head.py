@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_request_head,tests.test_site -*-
+"""
+A request head that arrives whole, read in one pass.
+
+twisted.web parses a request head a line at a time: ``LineReceiver`` splits
+each line, ``HTTPChannel.lineReceived`` and ``headerReceived`` check it and
+``Headers.addRawHeader`` stores it, a few Python calls per line (about a fifth
+of the worker's CPU per POST). Nearly every request's head arrives in one
+read, so :func:`parse_request_head` checks the whole block with one compiled
+regex and splits its header lines with another, as
+:func:`vespa.http.backend_response.parse_head` does for responses, and
+:func:`start_request` gives the channel exactly the state its own parser would
+have built (the request, its headers, the body's length and decoder).
+
+Anything unusual is left to twisted.web's own parser, which refuses or
+accepts it as before: a head not complete in the read, bytes beyond the
+body (pipelining), HTTP/1.0, ``Transfer-Encoding``, ``Expect``, folded or
+bare-LF lines, an invalid line, a ``Content-Length`` that is repeated or not
+digits, more headers or bytes than twisted.web allows, a leading empty line.
+``tests.test_request_head`` checks, for arbitrary heads, that both paths
+build the same request or refuse it alike.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from twisted.web.http import _IdentityTransferDecoder
+from twisted.web.http_headers import _nameEncoder
+from twisted.web.iweb import INonQueuedRequestFactory
+
+from vespa._typing import HTTPChannel
+
+__all__ = ["RequestHead", "parse_request_head", "start_request"]
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# twisted.web's request line (``_parseRequestLine``): a token, a target of
+# bytes 0x21-0xB0 (its check is ``c <= 32 or c > 176``), HTTP/1.1; then
+# header lines, each a token, a colon and a value with no CR, LF or NUL.
+_HEAD = re.compile(
+    rb"(" + _TOKEN + rb") ([\x21-\xb0]+) (HTTP/1\.1)\r\n((?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*)"
+)
+# One header line; the value stripped of spaces and tabs, as twisted.web does.
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*?)[ \t]*\r\n")
+# Header names whose request twisted.web's own parser handles.
+_UNUSUAL = (b"Transfer-Encoding", b"Expect")
+
+#: Canonical header names by name as received (twisted.web's own encoder
+#: fills it), bounded as twisted.web bounds its cache: a client can send
+#: endless variants.
+_canonical: dict[bytes, bytes] = {}
+_MAX_CANONICAL = 10_000
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """
+    A request head as twisted.web's parser would have read it.
+
+    :ivar method: the method, as sent.
+    :ivar target: the request target, as sent.
+    :ivar version: the HTTP version (``HTTP/1.1``).
+    :ivar headers: the headers as twisted.web stores them: canonical name to
+        the values, in order of each name's first line.
+    :ivar length: the body's ``Content-Length`` (0 without one).
+    :ivar body: the bytes of the body that came with the head.
+    """
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: dict[bytes, list[bytes]]
+    length: int
+    body: bytes
+
+
+def parse_request_head(
+    data: bytes, *, max_size: int, max_headers: int
+) -> RequestHead | None:
+    """
+    Read a request head from the first read of a request, or ``None`` when
+    twisted.web's own parser must (see the module's docstring).
+
+    :param data: the bytes read, from the request's first byte.
+    :param max_size: the most bytes of request line and headers
+        (``HTTPChannel.totalHeadersSize``; line ends not counted).
+    :param max_headers: the most header lines (``HTTPChannel.maxHeaders``).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > max_size:
+        return None
+    match = _HEAD.fullmatch(data, 0, end + 2)
+    if match is None:
+        return None
+    method, target, version, block = match.groups()
+    lines = _HEADER.findall(block)
+    if len(lines) > max_headers:
+        return None
+    headers: dict[bytes, list[bytes]] = {}
+    for name, value in lines:
+        canonical = _canonical.get(name)
+        if canonical is None:
+            canonical = _nameEncoder.encode(name)
+            if len(_canonical) < _MAX_CANONICAL:
+                _canonical[name] = canonical
+        values = headers.get(canonical)
+        if values is None:
+            headers[canonical] = [value]
+        else:
+            values.append(value)
+    body = data[end + 4 :]
+    length = 0
+    lengths = headers.get(b"Content-Length")
+    if lengths is not None:
+        if len(lengths) > 1 or not lengths[0].isdigit():
+            return None
+        length = int(lengths[0])
+    if len(body) > length or _UNUSUAL[0] in headers or _UNUSUAL[1] in headers:
+        return None
+    return RequestHead(method, target, version, headers, length, body)
+
+
+def start_request(channel: HTTPChannel, head: RequestHead) -> None:
+    """
+    Give ``channel`` the state twisted.web's parser builds from ``head``
+    (``lineReceived`` through ``headerReceived`` for each line), then go on
+    as it does at the head's end: ``allHeadersReceived``, then the body or
+    ``allContentReceived``.
+
+    :param channel: a channel at the start of a request (line mode, nothing
+        buffered, no request in progress).
+    :param head: what :func:`parse_request_head` read.
+    """
+    factory = channel.requestFactory
+    if INonQueuedRequestFactory.providedBy(factory):
+        request = factory(channel)
+    else:
+        request = factory(channel, len(channel.requests))
+    channel.requests.append(request)
+    channel._HTTPChannel__first_line = 0  # type: ignore[attr-defined]
+    channel._command = head.method  # type: ignore[attr-defined]
+    channel._path = head.target  # type: ignore[attr-defined]
+    channel._version = head.version  # type: ignore[attr-defined]
+    # The values are checked and stripped as headerReceived would have; the
+    # names are canonical: what addRawHeader would have stored, line by line.
+    request.requestHeaders._rawHeaders = head.headers
+    length = head.length
+    if b"Content-Length" in head.headers:
+        channel.length = length
+        channel._transferDecoder = _IdentityTransferDecoder(  # type: ignore[attr-defined]
+            length, request.handleContentChunk, channel._finishRequestBody  # type: ignore[attr-defined]
+        )
+    channel.allHeadersReceived()
+    if length == 0:
+        channel.allContentReceived()
+        return
+    channel.setRawMode()
+    transport = channel.transport
+    if head.body and not (transport is not None and transport.disconnecting):  # type: ignore[attr-defined]
+        channel.rawDataReceived(head.body)
