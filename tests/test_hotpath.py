@@ -112,3 +112,80 @@ class IdleDeadlineTests(TestCase):
         clock.advance(0.1)
         self.assertEqual(reader.silences, [19.0])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _Ok(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return b"ok"
+
+
+_KEPT_REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class ConnectionDeadlineTests(TestCase):
+    """
+    A connection's deadlines (header, keep-alive, idle) are one lazily moved
+    timer: a kept-alive connection's requests schedule no timer of their own,
+    and it still closes exactly ``keepalive_timeout`` after its last request.
+    """
+
+    def connect(self) -> tuple[Any, StringTransport, Clock, list[float]]:
+        clock = Clock()
+        scheduled: list[float] = []
+        call_later = clock.callLater
+
+        def counted(delay: float, *args: Any, **kwargs: Any) -> Any:
+            scheduled.append(delay)
+            return call_later(delay, *args, **kwargs)
+
+        clock.callLater = counted  # type: ignore[method-assign]
+        site = ProxySite(_Ok(), reactor=clock, header_timeout=15.0, keepalive_timeout=60.0)
+        connection = site.buildProtocol(None)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        return connection, transport, clock, scheduled
+
+    def test_kept_alive_requests_schedule_no_timer(self) -> None:
+        connection, transport, clock, scheduled = self.connect()
+        connection.dataReceived(_KEPT_REQUEST)
+        scheduled.clear()
+        for _ in range(120):
+            clock.advance(1)
+            connection.dataReceived(_KEPT_REQUEST)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 121)
+        # The timer fired at the first request's header deadline (15 s) and
+        # at 74 s, each time waiting again for the rest: two timers in 120 s,
+        # where twisted.web's TimeoutMixin scheduled two per request.
+        self.assertEqual(scheduled, [59.0, 59.0])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_the_keepalive_deadline_is_exact_after_many_requests(self) -> None:
+        connection, transport, clock, scheduled = self.connect()
+        for _ in range(5):
+            connection.dataReceived(_KEPT_REQUEST)
+            clock.advance(30)
+        # The timer set at the first request fired early and waited for the rest.
+        clock.advance(29.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_sooner_deadline_replaces_the_timer(self) -> None:
+        """The header deadline of a kept-alive request's partial head is sooner than keep-alive's."""
+        connection, transport, clock, scheduled = self.connect()
+        connection.dataReceived(_KEPT_REQUEST)
+        clock.advance(1)
+        connection.dataReceived(b"GET / HTTP/1.1\r\n")
+        clock.advance(14.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"408 Request Timeout", transport.value())
+
+    def test_a_closed_connection_leaves_no_timer(self) -> None:
+        connection, transport, clock, scheduled = self.connect()
+        connection.dataReceived(_KEPT_REQUEST)
+        connection.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])

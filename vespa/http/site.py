@@ -50,6 +50,7 @@ from vespa.errors import (
 )
 from vespa.http.connection_limit import ConnectionLimit
 from vespa.http.eager import send_now
+from vespa.http.lazy_timeout import LazyTimeoutMixin
 from vespa.http.request_head import parse_request_head, start_request
 from vespa.log import get_logger
 
@@ -214,7 +215,7 @@ class _Phase(Enum):
     BUSY = "busy"  # the body is arriving, or the request is being answered (or refused)
 
 
-class ProxyChannel(HTTPChannel):
+class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
     """
     An HTTP/1.x connection with deadlines for slow clients and JSON refusals.
 
@@ -222,6 +223,7 @@ class ProxyChannel(HTTPChannel):
     from a kept-alive request's first byte) to the end of the headers, not
     reset by each byte; ``keepalive_timeout`` between requests. twisted.web's
     idle timeout (``timeOut``, reset by each byte) still applies to a body.
+    Each deadline is kept on one lazily moved timer (:mod:`vespa.http.lazy_timeout`).
     """
 
     site: ProxySite
@@ -231,24 +233,12 @@ class ProxyChannel(HTTPChannel):
     _closing: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        self.clock = self.site.reactor
         super().connectionMade()
         if ITCPTransport.providedBy(self.transport):
             # A streamed event is sent alone: it must not wait for an ACK.
             self.transport.setTcpNoDelay(True)
         self._idle(self.site.header_timeout)
-
-    def setTimeout(self, period: float | None) -> float | None:
-        """
-        Change the connection's deadline, as twisted.web's does, by replacing
-        its delayed call: moving a call sooner (``DelayedCall.reset``) is a
-        linear search of the reactor's timer heap, which holds a call per
-        open connection, and a request moves it up to three times.
-        """
-        previous = self.timeOut
-        if period is not None:
-            super().setTimeout(None)
-        super().setTimeout(period)
-        return previous
 
     # A response's writes, sent at once when nothing is buffered: each event
     # of a stream leaves as it is written (see vespa.http.eager). The first
@@ -362,6 +352,7 @@ class ProxyChannel(HTTPChannel):
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
         super().connectionLost(reason)
+        self.cancel_timeout()
 
     def _idle(self, timeout: float | None) -> None:
         self._phase = _Phase.IDLE
@@ -421,6 +412,7 @@ class _Connection(GenericHTTPChannelProtocol):
         if was_http1 and self._channel is not http1:
             # HTTP/2 took over: the HTTP/1.x channel is gone, it is not idle.
             self._proxy_site.forget(self._http1)
+            self._http1.cancel_timeout()
 
     def connectionLost(self, reason: Failure) -> None:
         self._proxy_site.closed()
