@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, _nameEncoder
 
 HOP_BY_HOP = frozenset(
     {
@@ -152,11 +152,18 @@ def copy_response_lines(
     """
     :func:`copy_response_headers` for a response's header lines as received.
 
+    The lines are stored as ``Headers.addRawHeader`` would store them
+    (canonical names, values in order) without its per-value sanitising,
+    which would change nothing: every name is a token and no value holds a
+    CR or LF (:func:`vespa.http.backend_response.parse_head` refuses such a
+    line, and ``Headers`` has already replaced them).
+
     :param lines: the backend's header lines, ``(name, value)`` in order.
     :param downstream: the client response's headers, changed in place.
     :param drop: more (lower-case) names not to copy.
     """
-    downstream.removeHeader(b"server")
+    stored = downstream._rawHeaders
+    stored.pop(b"Server", None)
     tokens = frozenset(
         token.strip().lower()
         for name, value in lines
@@ -167,10 +174,36 @@ def copy_response_lines(
     drop = HOP_BY_HOP | tokens | drop
     replaced: set[bytes] = set()
     for name, value in lines:
-        lower = name.lower()
-        if lower in drop:
+        if name.lower() in drop:
             continue
-        if lower not in replaced:
-            replaced.add(lower)
-            downstream.removeHeader(lower)
-        downstream.addRawHeader(name, value)
+        canonical = canonical_name(name)
+        if canonical in replaced:
+            stored[canonical].append(value)
+        else:
+            # Replaces Vespa's own (``Date``), moved to the end as removeHeader
+            # then addRawHeader would.
+            replaced.add(canonical)
+            stored.pop(canonical, None)
+            stored[canonical] = [value]
+
+
+#: Canonical header names by name as received (twisted.web's own encoder
+#: fills it), bounded as twisted.web bounds its own cache: a peer can send
+#: endless variants.
+_canonical: dict[bytes, bytes] = {}
+_MAX_CANONICAL = 10_000
+
+
+def canonical_name(name: bytes) -> bytes:
+    """
+    ``name`` as twisted.web's ``Headers`` stores it (``Content-Type``,
+    ``ETag``), from a cache.
+
+    :raises twisted.web.http_headers.InvalidHeaderName: ``name`` is not a token.
+    """
+    canonical = _canonical.get(name)
+    if canonical is None:
+        canonical = _nameEncoder.encode(name)
+        if len(_canonical) < _MAX_CANONICAL:
+            _canonical[name] = canonical
+    return canonical

@@ -27,10 +27,10 @@ import re
 from dataclasses import dataclass
 
 from twisted.web.http import _IdentityTransferDecoder
-from twisted.web.http_headers import _nameEncoder
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from vespa._typing import HTTPChannel
+from vespa.http.headers import canonical_name
 
 __all__ = ["RequestHead", "parse_request_head", "start_request"]
 
@@ -45,13 +45,6 @@ _HEAD = re.compile(
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*?)[ \t]*\r\n")
 # Header names whose request twisted.web's own parser handles.
 _UNUSUAL = (b"Transfer-Encoding", b"Expect")
-
-#: Canonical header names by name as received (twisted.web's own encoder
-#: fills it), bounded as twisted.web bounds its cache: a client can send
-#: endless variants.
-_canonical: dict[bytes, bytes] = {}
-_MAX_CANONICAL = 10_000
-
 
 @dataclass(slots=True)
 class RequestHead:
@@ -99,11 +92,7 @@ def parse_request_head(
         return None
     headers: dict[bytes, list[bytes]] = {}
     for name, value in lines:
-        canonical = _canonical.get(name)
-        if canonical is None:
-            canonical = _nameEncoder.encode(name)
-            if len(_canonical) < _MAX_CANONICAL:
-                _canonical[name] = canonical
+        canonical = canonical_name(name)
         values = headers.get(canonical)
         if values is None:
             headers[canonical] = [value]
