@@ -189,3 +189,25 @@ class ConnectionDeadlineTests(TestCase):
         connection.dataReceived(_KEPT_REQUEST)
         connection.connectionLost(None)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ConnectionFactsTests(TestCase):
+    """A connection's addresses and security are read from its transport once, not per request."""
+
+    def test_addresses_are_read_once_per_connection(self) -> None:
+        site = ProxySite(_Ok(), reactor=Clock())
+        connection = site.buildProtocol(None)
+        transport = StringTransport()
+        reads: list[str] = []
+        get_peer, get_host = transport.getPeer, transport.getHost
+        transport.getPeer = lambda: reads.append("peer") or get_peer()  # type: ignore[method-assign]
+        transport.getHost = lambda: reads.append("host") or get_host()  # type: ignore[method-assign]
+        connection.makeConnection(transport)
+        for _ in range(3):
+            connection.dataReceived(_KEPT_REQUEST)
+        channel = connection._channel
+        self.assertEqual(sorted(reads), ["host", "peer"])
+        self.assertEqual(channel.getPeer(), get_peer())
+        self.assertEqual(channel.getHost(), get_host())
+        self.assertFalse(channel.isSecure())
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)

@@ -18,7 +18,8 @@ body (pipelining), HTTP/1.0, ``Transfer-Encoding``, ``Expect``, folded or
 bare-LF lines, an invalid line, a ``Content-Length`` that is repeated or not
 digits, more headers or bytes than twisted.web allows, a leading empty line.
 ``tests.test_request_head`` checks, for arbitrary heads, that both paths
-build the same request or refuse it alike.
+build the same request or refuse it alike. :func:`host_problem` is the
+``Host`` rule the site applies to every request, however it was read.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from vespa._typing import HTTPChannel
 from vespa.http.headers import canonical_name
 
-__all__ = ["RequestHead", "parse_request_head", "start_request"]
+__all__ = ["RequestHead", "host_problem", "parse_request_head", "start_request"]
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # twisted.web's request line (``_parseRequestLine``): a token, a target of
@@ -148,3 +149,12 @@ def start_request(channel: HTTPChannel, head: RequestHead) -> None:
     transport = channel.transport
     if head.body and not (transport is not None and transport.disconnecting):  # type: ignore[attr-defined]
         channel.rawDataReceived(head.body)
+
+
+def host_problem(hosts: list[bytes] | None, version: bytes) -> str | None:
+    """Why the ``Host`` headers of a request are not acceptable (RFC 9112 3.2), if they are not."""
+    if hosts is not None and len(hosts) > 1:
+        return "the request has more than one Host header"
+    if hosts is None and version == b"HTTP/1.1":
+        return "an HTTP/1.1 request must have a Host header"
+    return None

@@ -29,7 +29,7 @@ from enum import Enum
 from typing import IO, Any, cast
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport, ITransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -51,7 +51,7 @@ from vespa.errors import (
 from vespa.http.connection_limit import ConnectionLimit
 from vespa.http.eager import send_now
 from vespa.http.lazy_timeout import LazyTimeoutMixin
-from vespa.http.request_head import parse_request_head, start_request
+from vespa.http.request_head import host_problem, parse_request_head, start_request
 from vespa.log import get_logger
 
 log = get_logger(__name__)
@@ -231,6 +231,9 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
     _tail = b""
     _kept_alive = False
     _closing: IDelayedCall | None = None
+    _peer: IAddress | None = None
+    _host: IAddress | None = None
+    _secure: bool | None = None
 
     def connectionMade(self) -> None:
         self.clock = self.site.reactor
@@ -239,6 +242,25 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
             # A streamed event is sent alone: it must not wait for an ACK.
             self.transport.setTcpNoDelay(True)
         self._idle(self.site.header_timeout)
+
+    # A connection's addresses and security do not change: each is read
+    # once, not per request (Request.__init__ asks for both addresses, the
+    # relay whether it is secure: an interface adaptation).
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = bool(super().isSecure())
+        return self._secure
 
     # A response's writes, sent at once when nothing is buffered: each event
     # of a stream leaves as it is written (see vespa.http.eager). The first
@@ -297,7 +319,7 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._busy()
         request = self.requests[-1]
-        problem = _host_problem(request.requestHeaders.getRawHeaders(b"host"), self._version)
+        problem = host_problem(request.requestHeaders.getRawHeaders(b"host"), self._version)
         if problem is not None and isinstance(request, ProxyRequest):
             request.refuse(BadRequest(problem))
             return
@@ -373,15 +395,6 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
         transport = cast(ITCPTransport, self.transport)
         self._closing = self.callLater(self.abortTimeout, transport.abortConnection)
         self.loseConnection()
-
-
-def _host_problem(hosts: list[bytes] | None, version: bytes) -> str | None:
-    """Why the ``Host`` headers of a request are not acceptable (RFC 9112 3.2), if they are not."""
-    if hosts is not None and len(hosts) > 1:
-        return "the request has more than one Host header"
-    if hosts is None and version == b"HTTP/1.1":
-        return "an HTTP/1.1 request must have a Host header"
-    return None
 
 
 class _Connection(GenericHTTPChannelProtocol):
