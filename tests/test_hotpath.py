@@ -162,7 +162,7 @@ class ConnectionDeadlineTests(TestCase):
         self.assertEqual(len(clock.getDelayedCalls()), 1)
 
     def test_the_keepalive_deadline_is_exact_after_many_requests(self) -> None:
-        connection, transport, clock, scheduled = self.connect()
+        connection, transport, clock, _ = self.connect()
         for _ in range(5):
             connection.dataReceived(_KEPT_REQUEST)
             clock.advance(30)
@@ -173,11 +173,13 @@ class ConnectionDeadlineTests(TestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_a_sooner_deadline_replaces_the_timer(self) -> None:
-        """The header deadline of a kept-alive request's partial head is sooner than keep-alive's."""
+        """A kept-alive request's partial head: its header deadline is sooner than keep-alive's."""
         connection, transport, clock, scheduled = self.connect()
         connection.dataReceived(_KEPT_REQUEST)
         clock.advance(1)
         connection.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertEqual(scheduled[-1], 15.0)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
         clock.advance(14.9)
         self.assertFalse(transport.disconnecting)
         clock.advance(0.1)
@@ -185,7 +187,7 @@ class ConnectionDeadlineTests(TestCase):
         self.assertIn(b"408 Request Timeout", transport.value())
 
     def test_a_closed_connection_leaves_no_timer(self) -> None:
-        connection, transport, clock, scheduled = self.connect()
+        connection, _, clock, _ = self.connect()
         connection.dataReceived(_KEPT_REQUEST)
         connection.connectionLost(None)
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -130,7 +130,7 @@ class _Record(Resource):
                 request.method,
                 request.uri,
                 request.clientproto,
-                [(name, list(values)) for name, values in request.requestHeaders.getAllRawHeaders()],
+                [(name, list(vs)) for name, vs in request.requestHeaders.getAllRawHeaders()],
                 request.content.read(),
             )
         )
@@ -269,7 +269,7 @@ class ResponseHeadersTests(TestCase):
     @given(
         st.lists(
             st.tuples(
-                st.one_of(st.sampled_from(_NAMES + [b"date", b"Server", b"X-A"]), _tokens),
+                st.one_of(st.sampled_from([*_NAMES, b"date", b"Server", b"X-A"]), _tokens),
                 st.one_of(st.sampled_from(_VALUES), st.binary(max_size=6)),
             ),
             max_size=8,

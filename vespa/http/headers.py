@@ -35,6 +35,10 @@ _REQUEST_ONLY = frozenset(
 )
 
 
+_DROPPED = HOP_BY_HOP | _REQUEST_ONLY
+_DROPPED_WITH_AUTHORIZATION = _DROPPED | {b"authorization"}
+
+
 def _connection_tokens(headers: Headers) -> frozenset[bytes]:
     values = headers.getRawHeaders(b"connection")
     if not values:
@@ -58,9 +62,11 @@ def forwarded_headers(
     :func:`request_headers` describes them, without a ``Headers`` built
     (see :func:`head_lines`).
     """
-    drop = HOP_BY_HOP | _REQUEST_ONLY | _connection_tokens(incoming)
-    if drop_authorization or authorization is not None:
-        drop = drop | {b"authorization"}
+    replaced = drop_authorization or authorization is not None
+    drop = _DROPPED_WITH_AUTHORIZATION if replaced else _DROPPED
+    tokens = _connection_tokens(incoming)
+    if tokens:
+        drop = drop | tokens
     forwarded_for: list[bytes] = []
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
@@ -127,7 +133,7 @@ def head_lines(headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
     ``(name, values)`` pairs as the header lines of a message head
     (``Name: value`` and CRLF each), in one ``bytes``.
     """
-    return b"".join(b"%s: %s\r\n" % (name, value) for name, values in headers for value in values)
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, values in headers for value in values])
 
 
 def copy_response_headers(upstream: Headers, downstream: Headers) -> None:

@@ -37,9 +37,9 @@ class LazyTimeoutMixin(TimeoutMixin):
     #: Fires at or before :attr:`_deadline`.
     _deadline_timer: IDelayedCall | None = None
 
-    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
+    def setTimeout(self, period: float | None) -> float | None:
         previous: float | None = self.timeOut
-        self.timeOut = period
+        self.timeOut = period  # type: ignore[assignment]  # seconds, as twisted.web passes
         self._move_deadline(period)
         return previous
 
@@ -78,4 +78,4 @@ class LazyTimeoutMixin(TimeoutMixin):
             self._deadline_timer = self.clock.callLater(deadline - now, self._deadline_reached)
             return
         self._deadline = None
-        self.timeoutConnection()
+        self.timeoutConnection()  # type: ignore[no-untyped-call]

@@ -47,6 +47,11 @@ _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*?)[ \t]*\r\n")
 # Header names whose request twisted.web's own parser handles.
 _UNUSUAL = (b"Transfer-Encoding", b"Expect")
 
+#: Whether a request factory (a site's class) is twisted.web's "non-queued"
+#: kind, by factory: the check is an interface lookup, the answer never changes.
+_non_queued: dict[object, bool] = {}
+
+
 @dataclass(slots=True)
 class RequestHead:
     """
@@ -123,29 +128,32 @@ def start_request(channel: HTTPChannel, head: RequestHead) -> None:
     :param head: what :func:`parse_request_head` read.
     """
     factory = channel.requestFactory
-    if INonQueuedRequestFactory.providedBy(factory):
+    non_queued = _non_queued.get(factory)
+    if non_queued is None:
+        non_queued = _non_queued[factory] = bool(INonQueuedRequestFactory.providedBy(factory))
+    if non_queued:
         request = factory(channel)
     else:
         request = factory(channel, len(channel.requests))
     channel.requests.append(request)
     channel._HTTPChannel__first_line = 0  # type: ignore[attr-defined]
-    channel._command = head.method  # type: ignore[attr-defined]
-    channel._path = head.target  # type: ignore[attr-defined]
-    channel._version = head.version  # type: ignore[attr-defined]
+    channel._command = head.method
+    channel._path = head.target
+    channel._version = head.version
     # The values are checked and stripped as headerReceived would have; the
     # names are canonical: what addRawHeader would have stored, line by line.
     request.requestHeaders._rawHeaders = head.headers
     length = head.length
     if b"Content-Length" in head.headers:
         channel.length = length
-        channel._transferDecoder = _IdentityTransferDecoder(  # type: ignore[attr-defined]
-            length, request.handleContentChunk, channel._finishRequestBody  # type: ignore[attr-defined]
+        channel._transferDecoder = _IdentityTransferDecoder(
+            length, request.handleContentChunk, channel._finishRequestBody
         )
     channel.allHeadersReceived()
     if length == 0:
-        channel.allContentReceived()
+        channel.allContentReceived()  # type: ignore[no-untyped-call]
         return
-    channel.setRawMode()
+    channel.setRawMode()  # type: ignore[no-untyped-call]
     transport = channel.transport
     if head.body and not (transport is not None and transport.disconnecting):  # type: ignore[attr-defined]
         channel.rawDataReceived(head.body)

@@ -249,17 +249,17 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
 
     def getPeer(self) -> IAddress:
         if self._peer is None:
-            self._peer = super().getPeer()
+            self._peer = super().getPeer()  # type: ignore[no-untyped-call]
         return self._peer
 
     def getHost(self) -> IAddress:
         if self._host is None:
-            self._host = super().getHost()
+            self._host = super().getHost()  # type: ignore[no-untyped-call]
         return self._host
 
     def isSecure(self) -> bool:
         if self._secure is None:
-            self._secure = bool(super().isSecure())
+            self._secure = bool(super().isSecure())  # type: ignore[no-untyped-call]
         return self._secure
 
     # A response's writes, sent at once when nothing is buffered: each event
