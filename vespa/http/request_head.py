@@ -42,8 +42,10 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _HEAD = re.compile(
     rb"(" + _TOKEN + rb") ([\x21-\xb0]+) (HTTP/1\.1)\r\n((?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*)"
 )
-# One header line; the value stripped of spaces and tabs, as twisted.web does.
-_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*?)[ \t]*\r\n")
+# One header line; the value without its leading spaces and tabs (a lazy
+# match that also drops the trailing ones is four times slower: they are
+# stripped apart, when there are any).
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
 # Header names whose request twisted.web's own parser handles.
 _UNUSUAL = (b"Transfer-Encoding", b"Expect")
 
@@ -93,7 +95,9 @@ def parse_request_head(
     if match is None:
         return None
     method, target, version, block = match.groups()
-    lines = _HEADER.findall(block)
+    lines: list[tuple[bytes, bytes]] = _HEADER.findall(block)
+    if b" \r\n" in block or b"\t\r\n" in block:  # stripped as twisted.web does
+        lines = [(name, value.rstrip(b" \t")) for name, value in lines]
     if len(lines) > max_headers:
         return None
     headers: dict[bytes, list[bytes]] = {}
