@@ -16,11 +16,13 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from vespa.http.eager import send_now
-from vespa.http.site import ProxySite
+from vespa.http.site import ProxyChannel, ProxySite
 from vespa.http.stream import BodyReader
 
 from .support import listen, raw_connect
@@ -213,3 +215,26 @@ class ConnectionFactsTests(TestCase):
         self.assertEqual(channel.getHost(), get_host())
         self.assertFalse(channel.isSecure())
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+
+
+class ResponseHeadTests(TestCase):
+    """The response's status line and headers, written as one piece, are twisted.web's bytes."""
+
+    def test_the_same_bytes_as_twisted_web_writes(self) -> None:
+        headers = Headers()
+        for name, value in [
+            (b"Date", b"Mon, 30 Nov 2026 08:00:00 GMT"),
+            (b"content-type", b"application/json"),
+            (b"Set-Cookie", b"a=1"),
+            (b"Set-Cookie", b"b=2"),
+            (b"Transfer-Encoding", b"chunked"),
+        ]:
+            headers.addRawHeader(name, value)
+        written = []
+        for channel in (ProxyChannel(), HTTPChannel()):
+            transport = StringTransport()
+            channel.transport = transport
+            channel.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
+            written.append(transport.value())
+        self.assertEqual(written[0], written[1])
+        self.assertTrue(written[0].startswith(b"HTTP/1.1 200 OK\r\nDate: "))

@@ -34,6 +34,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 
 from vespa._typing import GenericHTTPChannelProtocol, HTTPChannel, Request, Site
@@ -48,8 +49,10 @@ from vespa.errors import (
     status_phrase,
     write_error,
 )
+from vespa.http.access_log import timed_log_formatter
 from vespa.http.connection_limit import ConnectionLimit
 from vespa.http.eager import send_now
+from vespa.http.headers import head_lines
 from vespa.http.lazy_timeout import LazyTimeoutMixin
 from vespa.http.request_head import host_problem, parse_request_head, start_request
 from vespa.log import get_logger
@@ -262,6 +265,14 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
             self._secure = bool(super().isSecure())  # type: ignore[no-untyped-call]
         return self._secure
 
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Headers
+    ) -> None:
+        """The status line and headers, written as one ``bytes`` (not 4 pieces a header)."""
+        lines = head_lines(headers.getAllRawHeaders())
+        head = b"%s %s %s\r\n%s\r\n" % (version, code, reason, lines)
+        cast(ITransport, self.transport).write(head)
+
     # A response's writes, sent at once when nothing is buffered: each event
     # of a stream leaves as it is written (see vespa.http.eager). The first
     # write follows the headers, which twisted.web buffers, so it and a
@@ -432,19 +443,6 @@ class _Connection(GenericHTTPChannelProtocol):
         super().connectionLost(reason)
 
 
-def _timed_log_formatter(timestamp: str, request: Any) -> str:
-    """
-    The combined log format, then the seconds the request took and its id.
-    """
-    from twisted.web.http import combinedLogFormatter
-
-    line: str = combinedLogFormatter(timestamp, request)
-    started = getattr(request, "started_at", 0.0)
-    took = request.channel.site.reactor.seconds() - started if started and request.channel else 0.0
-    request_id = request.responseHeaders.getRawHeaders(b"x-request-id") or [b"-"]
-    return f"{line} {took:.3f} {request_id[0].decode('ascii', 'replace')}"
-
-
 class ProxySite(Site, ConnectionLimit):
     """
     A :class:`Site` for a proxy.
@@ -481,7 +479,7 @@ class ProxySite(Site, ConnectionLimit):
     ) -> None:
         log_path = access_log if access_log not in (None, "-") else None
         super().__init__(
-            resource, logPath=log_path, reactor=reactor, logFormatter=_timed_log_formatter
+            resource, logPath=log_path, reactor=reactor, logFormatter=timed_log_formatter
         )
         self.max_body_size = max_body_size
         self._access_log = access_log is not None
