@@ -11,7 +11,9 @@ number instead and one timer that fires no later than it: a later deadline
 only changes the number (the timer, when it fires, waits again for the
 rest), so a kept-alive connection's requests touch the reactor's timers
 about once per deadline period, not four times per request. Only a sooner
-deadline replaces the timer. The deadline is kept as exactly as before: the
+deadline replaces the timer (cancelled and scheduled anew, never moved with
+``DelayedCall.reset``: moving a call sooner is a linear search of the
+reactor's timer heap, which holds a call per open connection). The deadline is kept as exactly as before: the
 connection times out at the moment the last change set.
 """
 
