@@ -13,8 +13,9 @@ rest), so a kept-alive connection's requests touch the reactor's timers
 about once per deadline period, not four times per request. Only a sooner
 deadline replaces the timer (cancelled and scheduled anew, never moved with
 ``DelayedCall.reset``: moving a call sooner is a linear search of the
-reactor's timer heap, which holds a call per open connection). The deadline is kept as exactly as before: the
-connection times out at the moment the last change set.
+reactor's timer heap, which holds a call per open connection). The
+deadline is kept as exactly as before: the connection times out at the
+moment the last change set.
 """
 
 from __future__ import annotations
