@@ -16,11 +16,13 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from vespa.http.eager import send_now
-from vespa.http.site import ProxySite
+from vespa.http.site import ProxyChannel, ProxySite
 from vespa.http.stream import BodyReader
 
 from .support import listen, raw_connect
@@ -112,3 +114,127 @@ class IdleDeadlineTests(TestCase):
         clock.advance(0.1)
         self.assertEqual(reader.silences, [19.0])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _Ok(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return b"ok"
+
+
+_KEPT_REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class ConnectionDeadlineTests(TestCase):
+    """
+    A connection's deadlines (header, keep-alive, idle) are one lazily moved
+    timer: a kept-alive connection's requests schedule no timer of their own,
+    and it still closes exactly ``keepalive_timeout`` after its last request.
+    """
+
+    def connect(self) -> tuple[Any, StringTransport, Clock, list[float]]:
+        clock = Clock()
+        scheduled: list[float] = []
+        call_later = clock.callLater
+
+        def counted(delay: float, *args: Any, **kwargs: Any) -> Any:
+            scheduled.append(delay)
+            return call_later(delay, *args, **kwargs)
+
+        clock.callLater = counted  # type: ignore[method-assign]
+        site = ProxySite(_Ok(), reactor=clock, header_timeout=15.0, keepalive_timeout=60.0)
+        connection = site.buildProtocol(None)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        return connection, transport, clock, scheduled
+
+    def test_kept_alive_requests_schedule_no_timer(self) -> None:
+        connection, transport, clock, scheduled = self.connect()
+        connection.dataReceived(_KEPT_REQUEST)
+        scheduled.clear()
+        for _ in range(120):
+            clock.advance(1)
+            connection.dataReceived(_KEPT_REQUEST)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 121)
+        # The timer fired at the first request's header deadline (15 s) and
+        # at 74 s, each time waiting again for the rest: two timers in 120 s,
+        # where a DelayedCall per deadline change made about four per request.
+        self.assertEqual(scheduled, [59.0, 59.0])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_the_keepalive_deadline_is_exact_after_many_requests(self) -> None:
+        connection, transport, clock, _ = self.connect()
+        for _ in range(5):
+            connection.dataReceived(_KEPT_REQUEST)
+            clock.advance(30)
+        # The timer set at the first request fired early and waited for the rest.
+        clock.advance(29.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_sooner_deadline_replaces_the_timer(self) -> None:
+        """A kept-alive request's partial head: its header deadline is sooner than keep-alive's."""
+        connection, transport, clock, scheduled = self.connect()
+        connection.dataReceived(_KEPT_REQUEST)
+        clock.advance(1)
+        connection.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertEqual(scheduled[-1], 15.0)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(14.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"408 Request Timeout", transport.value())
+
+    def test_a_closed_connection_leaves_no_timer(self) -> None:
+        connection, _, clock, _ = self.connect()
+        connection.dataReceived(_KEPT_REQUEST)
+        connection.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ConnectionFactsTests(TestCase):
+    """A connection's addresses and security are read from its transport once, not per request."""
+
+    def test_addresses_are_read_once_per_connection(self) -> None:
+        site = ProxySite(_Ok(), reactor=Clock())
+        connection = site.buildProtocol(None)
+        transport = StringTransport()
+        reads: list[str] = []
+        get_peer, get_host = transport.getPeer, transport.getHost
+        transport.getPeer = lambda: reads.append("peer") or get_peer()  # type: ignore[method-assign]
+        transport.getHost = lambda: reads.append("host") or get_host()  # type: ignore[method-assign]
+        connection.makeConnection(transport)
+        for _ in range(3):
+            connection.dataReceived(_KEPT_REQUEST)
+        channel = connection._channel
+        self.assertEqual(sorted(reads), ["host", "peer"])
+        self.assertEqual(channel.getPeer(), get_peer())
+        self.assertEqual(channel.getHost(), get_host())
+        self.assertFalse(channel.isSecure())
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+
+
+class ResponseHeadTests(TestCase):
+    """The response's status line and headers, written as one piece, are twisted.web's bytes."""
+
+    def test_the_same_bytes_as_twisted_web_writes(self) -> None:
+        headers = Headers()
+        for name, value in [
+            (b"Date", b"Mon, 30 Nov 2026 08:00:00 GMT"),
+            (b"content-type", b"application/json"),
+            (b"Set-Cookie", b"a=1"),
+            (b"Set-Cookie", b"b=2"),
+            (b"Transfer-Encoding", b"chunked"),
+        ]:
+            headers.addRawHeader(name, value)
+        written = []
+        for channel in (ProxyChannel(), HTTPChannel()):
+            transport = StringTransport()
+            channel.transport = transport
+            channel.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
+            written.append(transport.value())
+        self.assertEqual(written[0], written[1])
+        self.assertTrue(written[0].startswith(b"HTTP/1.1 200 OK\r\nDate: "))

@@ -46,10 +46,11 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # Header lines, each ending in CRLF; a value holds no CR, LF or NUL.
 _HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n\0]*\r\n)*")
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n\0]*)\r\n")
+# HTTP/1.x, a three-digit status and an optional phrase (no CR or NUL).
+_STATUS_LINE = re.compile(rb"(HTTP/1\.[01]) ([0-9]{3})(?: ([^\r\0]*))?")
 # The lengths of Connection, Content-Length and Transfer-Encoding.
 _FRAMING_NAME_LENGTHS = frozenset({10, 14, 17})
 _HEX = b"0123456789abcdefABCDEF"
-_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -147,18 +148,11 @@ def parse_head(head: bytes, *, head_request: bool) -> ResponseHead:
 
 
 def _status_line(line: bytes) -> tuple[bytes, int, bytes]:
-    version, _, rest = line.partition(b" ")
-    code = rest[:3]
-    if (
-        version not in _VERSIONS
-        or len(code) != 3
-        or not code.isdigit()
-        or rest[3:4] not in (b"", b" ")
-        or b"\r" in rest
-        or b"\0" in rest
-    ):
+    match = _STATUS_LINE.fullmatch(line)
+    if match is None:
         raise MalformedResponse(f"not an HTTP/1.x status line: {line[:80]!r}")
-    return version, int(code), rest[4:]
+    version, code, phrase = match.groups()
+    return version, int(code), phrase or b""
 
 
 def _framing(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, _nameEncoder
 
 HOP_BY_HOP = frozenset(
     {
@@ -33,6 +33,10 @@ HOP_BY_HOP = frozenset(
 _REQUEST_ONLY = frozenset(
     {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-forwarded-host"}
 )
+
+
+_DROPPED = HOP_BY_HOP | _REQUEST_ONLY
+_DROPPED_WITH_AUTHORIZATION = _DROPPED | {b"authorization"}
 
 
 def _connection_tokens(headers: Headers) -> frozenset[bytes]:
@@ -58,9 +62,11 @@ def forwarded_headers(
     :func:`request_headers` describes them, without a ``Headers`` built
     (see :func:`head_lines`).
     """
-    drop = HOP_BY_HOP | _REQUEST_ONLY | _connection_tokens(incoming)
-    if drop_authorization or authorization is not None:
-        drop = drop | {b"authorization"}
+    replaced = drop_authorization or authorization is not None
+    drop = _DROPPED_WITH_AUTHORIZATION if replaced else _DROPPED
+    tokens = _connection_tokens(incoming)
+    if tokens:
+        drop = drop | tokens
     forwarded_for: list[bytes] = []
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
@@ -127,7 +133,7 @@ def head_lines(headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
     ``(name, values)`` pairs as the header lines of a message head
     (``Name: value`` and CRLF each), in one ``bytes``.
     """
-    return b"".join(b"%s: %s\r\n" % (name, value) for name, values in headers for value in values)
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, values in headers for value in values])
 
 
 def copy_response_headers(upstream: Headers, downstream: Headers) -> None:
@@ -152,11 +158,18 @@ def copy_response_lines(
     """
     :func:`copy_response_headers` for a response's header lines as received.
 
+    The lines are stored as ``Headers.addRawHeader`` would store them
+    (canonical names, values in order) without its per-value sanitising,
+    which would change nothing: every name is a token and no value holds a
+    CR or LF (:func:`vespa.http.backend_response.parse_head` refuses such a
+    line, and ``Headers`` has already replaced them).
+
     :param lines: the backend's header lines, ``(name, value)`` in order.
     :param downstream: the client response's headers, changed in place.
     :param drop: more (lower-case) names not to copy.
     """
-    downstream.removeHeader(b"server")
+    stored = downstream._rawHeaders
+    stored.pop(b"Server", None)
     tokens = frozenset(
         token.strip().lower()
         for name, value in lines
@@ -167,10 +180,36 @@ def copy_response_lines(
     drop = HOP_BY_HOP | tokens | drop
     replaced: set[bytes] = set()
     for name, value in lines:
-        lower = name.lower()
-        if lower in drop:
+        if name.lower() in drop:
             continue
-        if lower not in replaced:
-            replaced.add(lower)
-            downstream.removeHeader(lower)
-        downstream.addRawHeader(name, value)
+        canonical = canonical_name(name)
+        if canonical in replaced:
+            stored[canonical].append(value)
+        else:
+            # Replaces Vespa's own (``Date``), moved to the end as removeHeader
+            # then addRawHeader would.
+            replaced.add(canonical)
+            stored.pop(canonical, None)
+            stored[canonical] = [value]
+
+
+#: Canonical header names by name as received (twisted.web's own encoder
+#: fills it), bounded as twisted.web bounds its own cache: a peer can send
+#: endless variants.
+_canonical: dict[bytes, bytes] = {}
+_MAX_CANONICAL = 10_000
+
+
+def canonical_name(name: bytes) -> bytes:
+    """
+    ``name`` as twisted.web's ``Headers`` stores it (``Content-Type``,
+    ``ETag``), from a cache.
+
+    :raises twisted.web.http_headers.InvalidHeaderName: ``name`` is not a token.
+    """
+    canonical = _canonical.get(name)
+    if canonical is None:
+        canonical = _nameEncoder.encode(name)
+        if len(_canonical) < _MAX_CANONICAL:
+            _canonical[name] = canonical
+    return canonical

@@ -29,11 +29,12 @@ from enum import Enum
 from typing import IO, Any, cast
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport, ITransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 
 from vespa._typing import GenericHTTPChannelProtocol, HTTPChannel, Request, Site
@@ -48,8 +49,12 @@ from vespa.errors import (
     status_phrase,
     write_error,
 )
+from vespa.http.access_log import timed_log_formatter
 from vespa.http.connection_limit import ConnectionLimit
 from vespa.http.eager import send_now
+from vespa.http.headers import head_lines
+from vespa.http.lazy_timeout import LazyTimeoutMixin
+from vespa.http.request_head import host_problem, parse_request_head, start_request
 from vespa.log import get_logger
 
 log = get_logger(__name__)
@@ -213,7 +218,7 @@ class _Phase(Enum):
     BUSY = "busy"  # the body is arriving, or the request is being answered (or refused)
 
 
-class ProxyChannel(HTTPChannel):
+class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
     """
     An HTTP/1.x connection with deadlines for slow clients and JSON refusals.
 
@@ -221,6 +226,7 @@ class ProxyChannel(HTTPChannel):
     from a kept-alive request's first byte) to the end of the headers, not
     reset by each byte; ``keepalive_timeout`` between requests. twisted.web's
     idle timeout (``timeOut``, reset by each byte) still applies to a body.
+    Each deadline is kept on one lazily moved timer (:mod:`vespa.http.lazy_timeout`).
     """
 
     site: ProxySite
@@ -228,26 +234,44 @@ class ProxyChannel(HTTPChannel):
     _tail = b""
     _kept_alive = False
     _closing: IDelayedCall | None = None
+    _peer: IAddress | None = None
+    _host: IAddress | None = None
+    _secure: bool | None = None
 
     def connectionMade(self) -> None:
+        self.clock = self.site.reactor
         super().connectionMade()
         if ITCPTransport.providedBy(self.transport):
             # A streamed event is sent alone: it must not wait for an ACK.
             self.transport.setTcpNoDelay(True)
         self._idle(self.site.header_timeout)
 
-    def setTimeout(self, period: float | None) -> float | None:
-        """
-        Change the connection's deadline, as twisted.web's does, by replacing
-        its delayed call: moving a call sooner (``DelayedCall.reset``) is a
-        linear search of the reactor's timer heap, which holds a call per
-        open connection, and a request moves it up to three times.
-        """
-        previous = self.timeOut
-        if period is not None:
-            super().setTimeout(None)
-        super().setTimeout(period)
-        return previous
+    # A connection's addresses and security do not change: each is read
+    # once, not per request (Request.__init__ asks for both addresses, the
+    # relay whether it is secure: an interface adaptation).
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = super().getPeer()  # type: ignore[no-untyped-call]
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        if self._host is None:
+            self._host = super().getHost()  # type: ignore[no-untyped-call]
+        return self._host
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = bool(super().isSecure())  # type: ignore[no-untyped-call]
+        return self._secure
+
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Headers
+    ) -> None:
+        """The status line and headers, written as one ``bytes`` (not 4 pieces a header)."""
+        lines = head_lines(headers.getAllRawHeaders())
+        head = b"%s %s %s\r\n%s\r\n" % (version, code, reason, lines)
+        cast(ITransport, self.transport).write(head)
 
     # A response's writes, sent at once when nothing is buffered: each event
     # of a stream leaves as it is written (see vespa.http.eager). The first
@@ -265,6 +289,8 @@ class ProxyChannel(HTTPChannel):
             super().dataReceived(data)
             return
         if self._phase is _Phase.IDLE:
+            if self._whole_head(data):
+                return
             self._phase = _Phase.HEAD
             self._tail = b""
             if self._kept_alive:
@@ -283,10 +309,28 @@ class ProxyChannel(HTTPChannel):
         # LineReceiver's parsing without HTTPChannel's, which would reset the deadline.
         LineReceiver.dataReceived(self, data)
 
+    def _whole_head(self, data: bytes) -> bool:
+        """
+        Take a request whose head came whole in ``data`` without twisted.web's
+        line parser (:mod:`vespa.http.request_head`); ``False`` to leave it to
+        that parser.
+        """
+        if self._buffer or not self.line_mode or not self.persistent or self.paused:
+            return False
+        head = parse_request_head(
+            data, max_size=self.totalHeadersSize, max_headers=self.maxHeaders
+        )
+        if head is None:
+            return False
+        # No header deadline to set: the head is complete.
+        self._phase = _Phase.HEAD
+        start_request(self, head)
+        return True
+
     def allHeadersReceived(self) -> None:
         self._busy()
         request = self.requests[-1]
-        problem = _host_problem(request.requestHeaders.getRawHeaders(b"host"), self._version)
+        problem = host_problem(request.requestHeaders.getRawHeaders(b"host"), self._version)
         if problem is not None and isinstance(request, ProxyRequest):
             request.refuse(BadRequest(problem))
             return
@@ -341,6 +385,7 @@ class ProxyChannel(HTTPChannel):
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
         super().connectionLost(reason)
+        self.cancel_timeout()
 
     def _idle(self, timeout: float | None) -> None:
         self._phase = _Phase.IDLE
@@ -361,15 +406,6 @@ class ProxyChannel(HTTPChannel):
         transport = cast(ITCPTransport, self.transport)
         self._closing = self.callLater(self.abortTimeout, transport.abortConnection)
         self.loseConnection()
-
-
-def _host_problem(hosts: list[bytes] | None, version: bytes) -> str | None:
-    """Why the ``Host`` headers of a request are not acceptable (RFC 9112 3.2), if they are not."""
-    if hosts is not None and len(hosts) > 1:
-        return "the request has more than one Host header"
-    if hosts is None and version == b"HTTP/1.1":
-        return "an HTTP/1.1 request must have a Host header"
-    return None
 
 
 class _Connection(GenericHTTPChannelProtocol):
@@ -400,23 +436,11 @@ class _Connection(GenericHTTPChannelProtocol):
         if was_http1 and self._channel is not http1:
             # HTTP/2 took over: the HTTP/1.x channel is gone, it is not idle.
             self._proxy_site.forget(self._http1)
+            self._http1.cancel_timeout()
 
     def connectionLost(self, reason: Failure) -> None:
         self._proxy_site.closed()
         super().connectionLost(reason)
-
-
-def _timed_log_formatter(timestamp: str, request: Any) -> str:
-    """
-    The combined log format, then the seconds the request took and its id.
-    """
-    from twisted.web.http import combinedLogFormatter
-
-    line: str = combinedLogFormatter(timestamp, request)
-    started = getattr(request, "started_at", 0.0)
-    took = request.channel.site.reactor.seconds() - started if started and request.channel else 0.0
-    request_id = request.responseHeaders.getRawHeaders(b"x-request-id") or [b"-"]
-    return f"{line} {took:.3f} {request_id[0].decode('ascii', 'replace')}"
 
 
 class ProxySite(Site, ConnectionLimit):
@@ -455,7 +479,7 @@ class ProxySite(Site, ConnectionLimit):
     ) -> None:
         log_path = access_log if access_log not in (None, "-") else None
         super().__init__(
-            resource, logPath=log_path, reactor=reactor, logFormatter=_timed_log_formatter
+            resource, logPath=log_path, reactor=reactor, logFormatter=timed_log_formatter
         )
         self.max_body_size = max_body_size
         self._access_log = access_log is not None

@@ -1,0 +1,80 @@
+"""
+Worker CPU per relayed POST, two trees A/B: two ``twistd vespa`` workers
+(unsecured, metrics off), each run with ``PYTHONPATH`` set to its tree, side
+by side on the proxy CPU in front of one nginx; wrk c=32 windows alternate
+between them (A B, B A, ...), so both see the same machine.
+
+    .venv/bin/python benchmarks/post_ab.py /work/main . --rounds 8 --seconds 4
+
+Prints each window's worker CPU per request and each tree's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from backends import Server, start_json_backend
+from cpu_noise import CpuNoise
+from payloads import envelope
+from processes import PROXY_CPU, ProcessSet, free_port
+from run_hotpath import JSON_ROUTE, Plan, _ready, _vespa_command, measure_post
+from wrk import post_script
+
+
+def start_tree_worker(
+    procs: ProcessSet, backend: Server, name: str, tree: str, probe: bytes
+) -> Server:
+    """``twistd vespa --unsecured`` with ``tree`` first on its path, ready once it relays."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+    command = _vespa_command(backend, port, "--unsecured")
+    child = procs.start(name, command, cpu=PROXY_CPU, env=env)
+    return _ready(child, port, tree, probe)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure; 0 when done."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs=2, help="two source trees (e.g. /work/main and .)")
+    parser.add_argument("--rounds", type=int, default=8, help="windows per tree")
+    parser.add_argument("--seconds", type=int, default=4, help="length of each window")
+    args = parser.parse_args(argv)
+    plan = Plan(wrk_seconds=args.seconds, wrk_warmup=1, sse_window=0.0, rss_streams=0)
+    noise = CpuNoise()
+    noise.start()
+    got: dict[str, list[float]] = {tree: [] for tree in args.trees}
+    tmp = tempfile.TemporaryDirectory(prefix="vespa-post-ab-")
+    with tmp, ProcessSet(Path(tmp.name)) as procs:
+        body = envelope({"model": "bench", "prompt": "hello", "max_tokens": 16})
+        script = post_script(procs.workdir / "post.lua", body)
+        probe = b"POST " + JSON_ROUTE.encode() + b" " + body
+        nginx = start_json_backend(procs)
+        workers = [
+            (tree, start_tree_worker(procs, nginx, f"vespa-{i}", tree, probe))
+            for i, tree in enumerate(args.trees)
+        ]
+        for round_ in range(args.rounds):
+            for tree, server in workers if round_ % 2 == 0 else workers[::-1]:
+                result = measure_post(plan, server, server.child.pid, script)
+                cpu = result["cpu_us_per_request"]
+                got[tree].append(cpu)
+                print(
+                    f"round {round_} {tree}: {cpu:.1f} us/request, "
+                    f"{result['requests_per_s']:,.0f} req/s, errors {result['errors']}",
+                    flush=True,
+                )
+    for tree, values in got.items():
+        listed = ", ".join(f"{value:.1f}" for value in values)
+        print(f"{tree}: median {statistics.median(values):.1f} us/request (all: {listed})")
+    print(noise.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
