@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from vespa.http import request_head
 from vespa.http.backend_response import parse_head
 from vespa.http.headers import HOP_BY_HOP, copy_response_lines
 from vespa.http.request_head import parse_request_head
@@ -288,3 +289,23 @@ class ResponseHeadersTests(TestCase):
             copy(received, downstream, drop=drop)
             results.append(list(downstream.getAllRawHeaders()))
         self.assertEqual(results[0], results[1])
+
+
+class TwistedInternalsTests(TestCase):
+    """The fast path sets twisted.web's parser state by its private names."""
+
+    def test_the_installed_twisted_has_the_state_the_fast_path_sets(self) -> None:
+        """
+        On a Twisted release that renamed that state the fast path turns
+        itself off (every head goes through twisted.web's parser): this
+        fails then, so that the lost speed is noticed.
+        """
+        self.assertTrue(request_head.SUPPORTED)
+
+    def test_without_that_state_every_head_is_left_to_twisted_web(self) -> None:
+        """Turned off, the fast path reads nothing, even a plain request."""
+        data = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        limits = {"max_size": 16384, "max_headers": 500}
+        self.assertIsNotNone(request_head.parse_request_head(data, **limits))
+        with mock.patch.object(request_head, "SUPPORTED", False):
+            self.assertIsNone(request_head.parse_request_head(data, **limits))
