@@ -12,7 +12,10 @@ setup(
     # twisted/plugins must not be a package of ours: it is listed by name so the
     # plugin module is installed into Twisted's plugin directory.
     packages=find_packages(include=["vespa", "vespa.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/vespa_plugin.py"], "vespa": ["py.typed"]},
+    package_data={
+        "twisted": ["plugins/vespa_plugin.py", "plugins/vespa_reactor.py"],
+        "vespa": ["py.typed"],
+    },
     install_requires=[
         "twisted[tls,http2]>=24.7",
         "treq",
