@@ -32,7 +32,9 @@ setup(
         # openai: the client is tested with the real SDK as a caller.
         # vastai: the worker is tested with Vast's official client (1.9.1 is
         # the protocol reference, see README "Compatibility").
-        "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1"],
+        # pyhamcrest: Twisted's own reactor tests (twisted.internet.test) import
+        # it; tests/test_reactor_twisted.py runs them against Vespa's reactor.
+        "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1", "pyhamcrest"],
     },
     entry_points={
         "console_scripts": [

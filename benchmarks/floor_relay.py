@@ -28,7 +28,7 @@ if os.environ.get("FLOOR_REACTOR") == "vespa":
 
     install()
 
-from twisted.internet import reactor as _reactor  # noqa: E402
+from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 

@@ -1,18 +1,17 @@
 """
 The reactor A/B of issue 14, round three: the same worker (and the floor
 relay) on Twisted's ``EPollReactor`` and on Vespa's own reactor
-(:mod:`vespa.reactor`), with and without event batching, measured
-interleaved in one run so that the machine's noise falls on every variant.
+(:mod:`vespa.reactor`), measured interleaved in one run so that the
+machine's noise falls on every variant alike.
 
 Variants: ``floor/twisted`` and ``floor/vespa`` (``floor_relay.py`` with
-``FLOOR_REACTOR``), ``worker/twisted`` (``twistd --reactor epoll vespa``),
-``worker/vespa`` (``twistd vespa``) and ``worker/batch-N`` (``twistd vespa``
-with ``VESPA_EVENT_BATCH_US=N``). For each, in each round: worker CPU per
+``FLOOR_REACTOR``), ``worker/twisted`` (``twistd --reactor epoll vespa``) and
+``worker/vespa`` (``twistd vespa``). For each, in each round: worker CPU per
 relayed SSE event at 300 and 600 streams (and 600's mean stream time), time
 to first byte p99 of 128 streams started together, and wrk c=32 POSTs (CPU
-per request, p50, p99). Printed: the median over the rounds.
+per request, p50, p99). Printed: each round, then the median over them.
 
-Run: ``python benchmarks/reactor_ab.py [--rounds N] [--batch-us N ...]``
+Run: ``python benchmarks/reactor_ab.py [--rounds N]`` (about 80 s a round).
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from backends import Server, start_json_backend, start_sse_backend
@@ -32,8 +33,8 @@ from run_hotpath import (
     FLOOR_RELAY,
     JSON_ROUTE,
     QUICK,
-    Plan,
     SSE_ROUTE,
+    Plan,
     _ready,
     _vespa_command,
     measure_post,
@@ -52,6 +53,8 @@ Starter = Callable[[ProcessSet, Server, str, bytes], Server]
 
 
 def floor(reactor: str) -> Starter:
+    """``floor_relay.py`` on ``reactor`` (``twisted``: the default; ``vespa``)."""
+
     def start(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
         port = free_port()
         command = [sys.executable, str(FLOOR_RELAY), str(port), str(backend.port)]
@@ -61,31 +64,30 @@ def floor(reactor: str) -> Starter:
     return start
 
 
-def worker(twistd_reactor: str | None, batch_us: int = 0) -> Starter:
+def worker(twistd_reactor: str | None) -> Starter:
+    """``twistd [--reactor NAME] vespa``, unsecured, metrics off; ``None``: no option."""
+
     def start(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
         port = free_port()
         command = _vespa_command(backend, port, "--unsecured")
         if twistd_reactor is not None:
             command[1:1] = ["--reactor", twistd_reactor]
-        env = {**os.environ, "VESPA_EVENT_BATCH_US": str(batch_us)}
-        return _ready(procs.start(name, command, cpu=PROXY_CPU, env=env), port, name, probe)
+        return _ready(procs.start(name, command, cpu=PROXY_CPU), port, name, probe)
 
     return start
 
 
-def variants(batches: Sequence[int]) -> dict[str, Starter]:
-    found: dict[str, Starter] = {
-        "floor/twisted": floor("twisted"),
-        "floor/vespa": floor("vespa"),
-        "worker/twisted": worker("epoll"),
-        "worker/vespa": worker(None),
-    }
-    for us in batches:
-        found[f"worker/batch-{us}"] = worker(None, us)
-    return found
+#: The variants, in the order they run in each round.
+VARIANTS: dict[str, Starter] = {
+    "floor/twisted": floor("twisted"),
+    "floor/vespa": floor("vespa"),
+    "worker/twisted": worker("epoll"),
+    "worker/vespa": worker(None),
+}
 
 
 def one_round(procs: ProcessSet, starters: dict[str, Starter]) -> dict[str, dict[str, Any]]:
+    """Every variant in turn, fresh, in front of the SSE backend, then of nginx."""
     results: dict[str, dict[str, Any]] = {name: {} for name in starters}
     sse = start_sse_backend(procs)
     probe = b"POST " + SSE_ROUTE.encode() + b" " + envelope({"events": 1, "interval": 0})
@@ -128,6 +130,7 @@ COLUMNS = [
 
 
 def report(rounds: list[dict[str, dict[str, Any]]]) -> str:
+    """One line per variant: the median of each figure over ``rounds``."""
     lines = ["variant".ljust(18) + "".join(title.rjust(16) for _, title, _ in COLUMNS)]
     for name in rounds[0]:
         cells = []
@@ -141,19 +144,14 @@ def report(rounds: list[dict[str, dict[str, Any]]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-us", type=int, nargs="*", default=[200, 500])
     args = parser.parse_args(argv)
-    import tempfile
-    from pathlib import Path
-
-    starters = variants(args.batch_us)
     noise = CpuNoise()
     noise.start()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="vespa-reactor-ab-") as tmp:
         with ProcessSet(Path(tmp)) as procs:
             for i in range(args.rounds):
-                rounds.append(one_round(procs, starters))
+                rounds.append(one_round(procs, VARIANTS))
                 print(f"round {i + 1}:\n{report(rounds[-1:])}", flush=True)
     print(f"\nmedian of {args.rounds} rounds:\n{report(rounds)}")
     print(f"\n{noise.report()}")

@@ -1,6 +1,6 @@
 """
 :class:`vespa.epoll_reactor.VespaReactor`: I/O events dispatched without the
-legacy log context, Twisted's error handling kept, and event batching.
+legacy log context, Twisted's error handling kept.
 
 Each test builds its own reactor (never the global one) and turns it by hand
 with ``iterate``, on real loopback sockets. Twisted's own reactor tests run
@@ -26,7 +26,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 if not sys.platform.startswith("linux"):
     raise SkipTest("VespaReactor is Linux only (epoll)")
 
-from vespa.epoll_reactor import MAX_BATCH_PAUSE, VespaReactor  # noqa: E402
+from vespa.epoll_reactor import VespaReactor
 
 #: Turns of a reactor allowed before a test gives up waiting for a condition.
 TURNS = 200
@@ -167,6 +167,7 @@ class DispatchTests(SynchronousTestCase):
         _, port = self.serve()
         sock = self.connect(port)
         sock.sendall(b"legacy")
+
         def lines() -> list[dict[str, Any]]:
             return [e for e in self.events if e.get("message") == (LEGACY,)]
 
@@ -209,68 +210,3 @@ class DispatchTests(SynchronousTestCase):
         self.reactor.callLater(0, fired.append, True)
         spin(self.reactor, lambda: fired)
         self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
-
-
-class BatchingTests(SynchronousTestCase):
-    """The pause before a poll: only after a busy poll, never past the next timer."""
-
-    def setUp(self) -> None:
-        self.pauses: list[float] = []
-        self.reactor = VespaReactor(batch_pause=0.0005, sleep=self.pauses.append)
-        self.addCleanup(self.reactor.disconnectAll)
-
-    def busy_poll(self, timeout: float | None) -> None:
-        """A poll with an event ready (the reactor's own waker)."""
-        self.reactor.wakeUp()
-        self.reactor.doPoll(timeout)
-
-    def test_no_pause_after_an_idle_poll(self) -> None:
-        self.reactor.doPoll(0)  # nothing ready: idle
-        self.busy_poll(5.0)
-        self.assertEqual(self.pauses, [])
-
-    def test_a_pause_after_a_busy_poll(self) -> None:
-        self.busy_poll(0)
-        self.busy_poll(None)
-        self.assertEqual(self.pauses, [0.0005])
-
-    def test_the_pause_never_runs_past_the_next_timer(self) -> None:
-        self.busy_poll(0)
-        self.busy_poll(0.0002)
-        self.assertEqual(self.pauses, [0.0002])
-
-    def test_no_pause_when_a_timer_is_due(self) -> None:
-        self.busy_poll(0)
-        self.busy_poll(0)
-        self.assertEqual(self.pauses, [])
-
-    def test_timers_fire_on_time_with_batching(self) -> None:
-        """
-        Through the real main loop, busy: a pause never runs past the time the
-        next timer is due, and the timer fires.
-        """
-        pauses: list[float] = []
-        timeouts: list[float | None] = []  # what the main loop gave each poll
-        reactor = VespaReactor(batch_pause=MAX_BATCH_PAUSE, sleep=pauses.append)
-
-        def poll(timeout: float | None) -> None:
-            timeouts.append(timeout)
-            VespaReactor.doPoll(reactor, timeout)
-
-        reactor.doIteration = poll  # type: ignore[method-assign]
-        self.addCleanup(reactor.disconnectAll)
-        fired: list[bool] = []
-        reactor.callWhenRunning(reactor.wakeUp)  # the first poll finds an event: busy
-        reactor.callLater(0.002, lambda: (fired.append(True), reactor.stop()))
-        reactor.callLater(10, reactor.stop)  # the test's own bound
-        reactor.run(installSignalHandlers=False)
-        self.assertEqual(fired, [True])
-        # One busy poll (the waker), then one pause: the timer's 2 ms, not 5.
-        due_in = timeouts[1]
-        assert due_in is not None
-        self.assertLessEqual(due_in, 0.002)
-        self.assertEqual(pauses, [due_in])
-
-    def test_a_pause_out_of_bounds_is_refused(self) -> None:
-        self.assertRaises(ValueError, VespaReactor, batch_pause=MAX_BATCH_PAUSE * 2)
-        self.assertRaises(ValueError, VespaReactor, batch_pause=-0.001)

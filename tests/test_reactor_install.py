@@ -6,6 +6,8 @@ Which reactor the daemons run on: a real ``twistd -n vespa`` (and
 
 from __future__ import annotations
 
+import os
+import re
 import select
 import sys
 import time
@@ -34,19 +36,23 @@ def reactor_line(testcase: SynchronousTestCase, *argv: str) -> tuple[str, str]:
     """
     process = spawn(testcase, [TWISTD, "-n", "--pidfile=", *argv], env=clean_env())
     assert process.stdout is not None
-    lines: list[str] = []
+    # Raw reads of the pipe: a buffered readline could hold the line while
+    # select() says there is nothing more to read.
+    fd = process.stdout.fileno()
+    log = ""
     deadline = time.monotonic() + STARTUP
     while time.monotonic() < deadline:
-        if not select.select([process.stdout], [], [], deadline - time.monotonic())[0]:
+        if not select.select([fd], [], [], deadline - time.monotonic())[0]:
             break
-        line = process.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             break  # it exited
-        lines.append(line)
-        if "reactor class: " in line:
+        log += chunk.decode(errors="replace")
+        found = re.search(r"reactor class: (\S+)\.\n", log)
+        if found:
             stop(process)
-            return line.split("reactor class: ")[1].strip().rstrip("."), "".join(lines)
-    raise AssertionError("no 'reactor class:' line:\n" + "".join(lines) + stop(process))
+            return found[1], log
+    raise AssertionError(f"no 'reactor class:' line:\n{log}{stop(process)}")
 
 
 def worker_argv() -> list[str]:

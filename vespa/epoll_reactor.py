@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_reactor -*-
 """
 :class:`VespaReactor`: Twisted's epoll reactor, minus the legacy log context
-around every I/O event, plus optional event batching.
+around every I/O event.
 
 Twisted's :class:`~twisted.internet.epollreactor.EPollReactor` calls each ready
 descriptor's ``doRead``/``doWrite`` through ``log.callWithLogger``: it asks the
@@ -16,9 +16,13 @@ directly and keeps Twisted's handling of what goes wrong: a descriptor whose
 is logged once (with the descriptor's ``logPrefix()`` as its system, computed
 on that path only), and the reactor runs on.
 
-Event batching (``batch_pause``, off by default): when the last poll returned
-events, wait that long (bounded by the next timer) before the next
-``epoll_wait`` so that it returns several events instead of one.
+What changes in the logs: a legacy ``log.msg``/``log.err`` line emitted inside
+an I/O callback is labelled ``[-]`` instead of, say,
+``[ProxyChannel,12,127.0.0.1]``. Vespa's own lines (``vespa.log``) are
+:mod:`twisted.logger` events, labelled by namespace (``[vespa.http.site#info]``)
+either way; of Twisted's legacy lines, only rare error paths run inside I/O
+callbacks (``tcp.Connection``'s half-close errors), and an exception escaping
+``doRead``/``doWrite`` keeps its label, see above.
 
 Linux only (this module imports epoll); :mod:`vespa.reactor` installs it.
 """
@@ -26,8 +30,6 @@ Linux only (this module imports epoll); :mod:`vespa.reactor` installs it.
 from __future__ import annotations
 
 import select
-import time
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error
@@ -46,9 +48,6 @@ _WRITABLE = select.EPOLLOUT
 #: The reason a descriptor whose ``fileno()`` says -1 is disconnected with.
 _DESCRIPTOR_GONE = error.ConnectionFdescWentAway("File descriptor lost")
 
-#: The longest batching pause accepted: beyond it the latency cost is plain.
-MAX_BATCH_PAUSE = 0.005
-
 
 def _system_of(selectable: Any) -> str:
     """The descriptor's ``logPrefix()``, for the system of an error it caused."""
@@ -61,41 +60,22 @@ def _system_of(selectable: Any) -> str:
 class VespaReactor(EPollReactor):
     """
     An :class:`EPollReactor` dispatching I/O events without the legacy log
-    context, and optionally batching them.
-
-    :param batch_pause: seconds to wait before polling again after a poll that
-        returned events (0, the default, never waits). The wait never runs past
-        the next timer's due time, and never follows an idle poll.
-    :param sleep: what waits (``time.sleep``); tests pass their own.
+    context around each.
     """
 
-    def __init__(
-        self, batch_pause: float = 0.0, sleep: Callable[[float], object] = time.sleep
-    ) -> None:
-        if not 0 <= batch_pause <= MAX_BATCH_PAUSE:
-            raise ValueError(f"batch_pause must be within [0, {MAX_BATCH_PAUSE}] s")
-        self._batch_pause = batch_pause
-        self._sleep = sleep
-        self._busy = False
-        super().__init__()
+    def __init__(self) -> None:
+        super().__init__()  # a typed constructor: EPollReactor's is unannotated
 
     def doPoll(self, timeout: float | None) -> None:
         """
         Wait for I/O events (at most ``timeout`` seconds, forever if ``None``)
         and dispatch each ready descriptor's events.
         """
-        if timeout is None:
-            timeout = -1
-        if self._busy and self._batch_pause and timeout != 0:
-            pause = self._batch_pause if timeout < 0 else min(self._batch_pause, timeout)
-            self._sleep(pause)
-            timeout = -1 if timeout < 0 else max(0.0, timeout - pause)
         try:
             # As many events as descriptors tracked, as Twisted's doPoll asks.
-            events = self._poller.poll(timeout, len(self._selectables))
+            events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
         except InterruptedError:
             return
-        self._busy = bool(events)
         selectables = self._selectables
         dispatch = self._dispatch
         for fd, event in events:

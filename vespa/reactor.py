@@ -25,12 +25,11 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def install(batch_pause: float = 0.0) -> VespaReactor:
+def install() -> VespaReactor:
     """
     Install a :class:`~vespa.epoll_reactor.VespaReactor` as
     ``twisted.internet.reactor``.
 
-    :param batch_pause: see :class:`~vespa.epoll_reactor.VespaReactor`.
     :raise twisted.internet.error.ReactorAlreadyInstalledError: if a reactor
         is installed already.
     :raise ImportError: off Linux (no epoll).
@@ -39,23 +38,21 @@ def install(batch_pause: float = 0.0) -> VespaReactor:
 
     from vespa.epoll_reactor import VespaReactor
 
-    reactor = VespaReactor(batch_pause)
+    reactor = VespaReactor()
     installReactor(reactor)
     return reactor
 
 
-def install_for_daemon(batch_pause: float = 0.0) -> None:
+def install_for_daemon() -> None:
     """
     Install the daemons' reactor, unless a reactor is installed already
     (``twistd --reactor ...``, or a program embedding the daemon): then that
     one stays, and one log line says which. Off Linux, the default reactor.
-
-    :param batch_pause: see :class:`~vespa.epoll_reactor.VespaReactor`.
     """
     if not sys.platform.startswith("linux"):
         return
     if "twisted.internet.reactor" not in sys.modules:
-        install(batch_pause)
+        install()
         return
     from twisted.internet import reactor as installed
 
@@ -63,6 +60,6 @@ def install_for_daemon(batch_pause: float = 0.0) -> None:
 
     if not isinstance(installed, VespaReactor):
         log.info(
-            "reactor {name} was installed already; keeping it (no event batching)",
+            "reactor {name} was installed already; keeping it",
             name=f"{type(installed).__module__}.{type(installed).__qualname__}",
         )

@@ -369,7 +369,7 @@ def makeService(options: Options) -> IService:
     """
     import gc
 
-    install_for_daemon(float(os.environ.get("VESPA_EVENT_BATCH_US", "0")) / 1e6)  # EXPERIMENT
+    install_for_daemon()  # before anything imports twisted.internet.reactor
     from twisted.internet import reactor
 
     # Logging is the entry point's to set up, once: the builders leave it be,
