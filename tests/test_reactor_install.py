@@ -111,3 +111,12 @@ class InstallTests(SynchronousTestCase):
         self.assertIs(after, reactor)
         said = [e for e in events if e.get("log_namespace") == "vespa.reactor"]
         self.assertEqual(len(said), 1)
+
+    def test_off_linux_nothing_is_done(self) -> None:
+        """No epoll: the default reactor, without a word."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.patch(sys, "platform", "darwin")
+        install_for_daemon()
+        self.assertEqual([e for e in events if e.get("log_namespace") == "vespa.reactor"], [])
