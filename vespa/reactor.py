@@ -5,7 +5,8 @@ Installing the daemons' reactor, :class:`vespa.epoll_reactor.VespaReactor`.
 ``twistd`` installs its default reactor when ``twisted.internet.reactor`` is
 first imported, or the one named by ``--reactor``. Nothing imports it before a
 plugin's ``makeService`` runs, so ``twistd vespa`` and ``twistd vespa-client``
-call :func:`install_for_daemon` there, first thing. ``install`` is also this
+call :func:`install_for_daemon` there, first thing (as does the foreground
+``vespa-client`` command before it imports the reactor). ``install`` is also this
 module's reactor-plugin entry point: ``twistd --reactor vespa-epoll ...``
 (``twisted/plugins/vespa_reactor.py``).
 
