@@ -12,7 +12,10 @@ setup(
     # twisted/plugins must not be a package of ours: it is listed by name so the
     # plugin module is installed into Twisted's plugin directory.
     packages=find_packages(include=["vespa", "vespa.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/vespa_plugin.py"], "vespa": ["py.typed"]},
+    package_data={
+        "twisted": ["plugins/vespa_plugin.py", "plugins/vespa_reactor.py"],
+        "vespa": ["py.typed"],
+    },
     install_requires=[
         "twisted[tls,http2]>=24.7",
         "treq",
@@ -29,7 +32,9 @@ setup(
         # openai: the client is tested with the real SDK as a caller.
         # vastai: the worker is tested with Vast's official client (1.9.1 is
         # the protocol reference, see README "Compatibility").
-        "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1"],
+        # pyhamcrest: Twisted's own reactor tests (twisted.internet.test) import
+        # it; tests/test_reactor_twisted.py runs them against Vespa's reactor.
+        "test": ["hypothesis", "supervisor", "openai", "vastai==1.9.1", "pyhamcrest"],
     },
     entry_points={
         "console_scripts": [

@@ -13,12 +13,20 @@ the worker: its CPU per relayed event is what the reactor itself costs per
 event (an ``epoll`` turn, ``callWithLogger``, a ``recv`` and a ``send``), the
 part of the worker's cost that no change above the reactor can remove.
 
-Run: ``python benchmarks/floor_relay.py LISTEN_PORT BACKEND_PORT``
+Run: ``python benchmarks/floor_relay.py LISTEN_PORT BACKEND_PORT``; with
+``FLOOR_REACTOR=vespa`` in the environment it runs on the daemons' own reactor
+(:mod:`vespa.reactor`) instead of Twisted's default.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+if os.environ.get("FLOOR_REACTOR") == "vespa":
+    from vespa.reactor import install
+
+    install()
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol

@@ -101,6 +101,9 @@ def run(options: Options, reactor: Any = None) -> int:
     from vespa.settings import ConfigError
 
     if reactor is None:
+        from vespa.reactor import install_for_daemon
+
+        install_for_daemon()  # as twistd vespa-client runs: on Vespa's reactor
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor

@@ -24,6 +24,7 @@ from vespa.client.tls import load_ca_file
 from vespa.http.site import ProxySite
 from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
+from vespa.reactor import install_for_daemon
 from vespa.service import OrderedMultiService
 from vespa.settings import ConfigError, option_lists
 
@@ -140,6 +141,7 @@ def makeService(options: Options) -> IService:
     """
     The ``IServiceMaker`` entry point: build the client for twistd.
     """
+    install_for_daemon()  # before anything imports twisted.internet.reactor
     from twisted.internet import reactor
 
     set_log_level(options.config.log_level)  # the entry point's, once

@@ -32,6 +32,7 @@ from vespa.http.target import PathBlocklist
 from vespa.listening import Listener
 from vespa.log import get_logger, set_log_level
 from vespa.protocol.reports import WorkerIdentity
+from vespa.reactor import install_for_daemon
 from vespa.service import OrderedMultiService
 from vespa.settings import option_lists
 from vespa.tls import server_options
@@ -368,6 +369,7 @@ def makeService(options: Options) -> IService:
     """
     import gc
 
+    install_for_daemon()  # before anything imports twisted.internet.reactor
     from twisted.internet import reactor
 
     # Logging is the entry point's to set up, once: the builders leave it be,

@@ -1,0 +1,212 @@
+"""
+:class:`vespa.epoll_reactor.VespaReactor`: I/O events dispatched without the
+legacy log context, Twisted's error handling kept.
+
+Each test builds its own reactor (never the global one) and turns it by hand
+with ``iterate``, on real loopback sockets. Twisted's own reactor tests run
+against it in ``tests.test_reactor_twisted``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
+from twisted.python import log as legacy_log
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+if not sys.platform.startswith("linux"):
+    raise SkipTest("VespaReactor is Linux only (epoll)")
+
+from vespa.epoll_reactor import VespaReactor
+
+#: Turns of a reactor allowed before a test gives up waiting for a condition.
+TURNS = 200
+
+
+LEGACY = "a legacy log line inside an I/O callback"
+
+
+class Boom(Exception):
+    """What a protocol raises to prove that only its connection suffers."""
+
+
+def spin(reactor: VespaReactor, condition: Any) -> None:
+    """Turn ``reactor`` until ``condition()`` is true; fail after :data:`TURNS` turns."""
+    for _ in range(TURNS):
+        if condition():
+            return
+        reactor.iterate(0.05)
+    raise AssertionError("the condition never became true")
+
+
+def receive(reactor: VespaReactor, sock: socket.socket) -> bytes:
+    """Turn ``reactor`` until ``sock`` has something to read, and read it."""
+    spin(reactor, lambda: select.select([sock], [], [], 0)[0])
+    return sock.recv(100)
+
+
+class Echo(Protocol):
+    """Echoes, except that it raises on ``boom``; remembers why it was lost."""
+
+    lost: list[Failure]
+
+    def connectionMade(self) -> None:
+        self.lost = []
+        self.factory.connections.append(self)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if data == b"boom":
+            raise Boom("raised by dataReceived")
+        if data == b"legacy":
+            legacy_log.msg(LEGACY)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        assert reason is not None
+        self.lost.append(reason)
+
+
+class Pipe(FileDescriptor):
+    """The read end of a pipe as a reactor descriptor whose ``doRead`` says what the test wants."""
+
+    def __init__(self, reactor: VespaReactor, answer: Any, fileno: int | None = None) -> None:
+        super().__init__(reactor)
+        self.read_end, self.write_end = os.pipe()
+        self.answer = answer
+        self.fake_fileno = fileno
+        self.lost: list[Failure] = []
+
+    def fileno(self) -> int:
+        return self.read_end if self.fake_fileno is None else self.fake_fileno
+
+    def doRead(self) -> Any:
+        os.read(self.read_end, 100)
+        return self.answer
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.append(reason)
+        self.fake_fileno = -2  # removed from the poller already
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+class DispatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = VespaReactor()
+        self.addCleanup(self.reactor.disconnectAll)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def serve(self) -> tuple[Factory, int]:
+        factory = Factory.forProtocol(Echo)
+        factory.connections = []  # type: ignore[attr-defined]
+        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return factory, port.getHost().port
+
+    def connect(self, port: int) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(sock.close)
+        sock.settimeout(5)
+        return sock
+
+    def test_reads_and_writes(self) -> None:
+        """What a client sends comes back: a read, then a write, dispatched."""
+        _, port = self.serve()
+        sock = self.connect(port)
+        sock.sendall(b"hello")
+        self.assertEqual(receive(self.reactor, sock), b"hello")
+
+    def test_a_hang_up_ends_the_connection_cleanly(self) -> None:
+        """The peer closing is a clean end (``ConnectionDone``), not an error."""
+        factory, port = self.serve()
+        sock = self.connect(port)
+        spin(self.reactor, lambda: factory.connections)  # type: ignore[attr-defined]
+        sock.close()
+        connection = factory.connections[0]  # type: ignore[attr-defined]
+        spin(self.reactor, lambda: connection.lost)
+        connection.lost[0].trap(error.ConnectionDone)
+
+    def test_an_exception_disconnects_only_its_descriptor_and_is_logged_once(self) -> None:
+        factory, port = self.serve()
+        victim, bystander = self.connect(port), self.connect(port)
+        spin(self.reactor, lambda: len(factory.connections) == 2)  # type: ignore[attr-defined]
+        victim.sendall(b"boom")
+        failed = factory.connections[0]  # type: ignore[attr-defined]
+        spin(self.reactor, lambda: failed.lost)
+        failed.lost[0].trap(Boom)
+        self.assertEqual(victim.recv(10), b"")  # closed on the caller too
+        # The reactor runs on and the other connection still works.
+        bystander.sendall(b"still here")
+        self.assertEqual(receive(self.reactor, bystander), b"still here")
+        errors = [e for e in self.events if "log_failure" in e]
+        self.assertEqual(len(errors), 1)
+        self.assertIsInstance(errors[0]["log_failure"].value, Boom)
+        # The error keeps the descriptor's system prefix, as Twisted's log.err had it.
+        self.assertEqual(errors[0]["log_system"], failed.transport.logPrefix())
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+
+    def test_legacy_log_lines_in_io_callbacks_lose_the_system_prefix(self) -> None:
+        """
+        What the reactor gives up: a legacy ``log.msg`` inside ``doRead`` has
+        the system ``-`` (Twisted's reactor labels it with the connection's
+        ``logPrefix()``). Events of :mod:`twisted.logger`, Vespa's, never had it.
+        """
+        _, port = self.serve()
+        sock = self.connect(port)
+        sock.sendall(b"legacy")
+
+        def lines() -> list[dict[str, Any]]:
+            return [e for e in self.events if e.get("message") == (LEGACY,)]
+
+        spin(self.reactor, lines)
+        self.assertEqual(lines()[0]["system"], "-")
+
+    def test_a_reason_returned_by_doRead_disconnects_without_an_error(self) -> None:
+        pipe = Pipe(self.reactor, error.ConnectionLost("said by doRead"))
+        self.addCleanup(pipe.close)
+        self.reactor.addReader(pipe)
+        os.write(pipe.write_end, b"x")
+        spin(self.reactor, lambda: pipe.lost)
+        pipe.lost[0].trap(error.ConnectionLost)
+        self.assertNotIn(pipe, self.reactor.getReaders())
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+
+    def test_a_descriptor_without_a_file_is_disconnected(self) -> None:
+        """``fileno()`` saying -1 disconnects it before ``doRead``, as Twisted does."""
+        pipe = Pipe(self.reactor, None)
+        self.addCleanup(pipe.close)
+        self.reactor.addReader(pipe)
+        pipe.fake_fileno = -1
+        os.write(pipe.write_end, b"x")
+        spin(self.reactor, lambda: pipe.lost)
+        pipe.lost[0].trap(error.ConnectionFdescWentAway)
+        self.assertEqual(os.read(pipe.read_end, 10), b"x")  # never read
+
+    def test_an_error_while_disconnecting_is_logged_and_the_reactor_runs_on(self) -> None:
+        class BadLoss(Pipe):
+            def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+                super().connectionLost(reason)
+                raise Boom("raised by connectionLost")
+
+        pipe = BadLoss(self.reactor, error.ConnectionLost("said by doRead"))
+        self.addCleanup(pipe.close)
+        self.reactor.addReader(pipe)
+        os.write(pipe.write_end, b"x")
+        spin(self.reactor, lambda: pipe.lost)
+        fired: list[bool] = []
+        self.reactor.callLater(0, fired.append, True)
+        spin(self.reactor, lambda: fired)
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)

@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.test_reactor -*-
+"""
+:class:`VespaReactor`: Twisted's epoll reactor, minus the legacy log context
+around every I/O event.
+
+Twisted's :class:`~twisted.internet.epollreactor.EPollReactor` calls each ready
+descriptor's ``doRead``/``doWrite`` through ``log.callWithLogger``: it asks the
+descriptor for its ``logPrefix()``, copies the legacy log context and pushes it
+on the context tracker, for every readable or writable event. That context only
+labels *legacy* log lines (``twisted.python.log.msg``/``err``) with a "system"
+prefix; Vespa logs through :mod:`twisted.logger`, whose events never read it.
+Under 300 relayed SSE streams that wrapping was 12 % of the worker's CPU
+(``benchmarks/PROFILE.md``). :class:`VespaReactor` dispatches the event
+directly and keeps Twisted's handling of what goes wrong: a descriptor whose
+``doRead``/``doWrite`` raises, or returns a reason, is disconnected, the error
+is logged once (with the descriptor's ``logPrefix()`` as its system, computed
+on that path only), and the reactor runs on.
+
+What changes in the logs: a legacy ``log.msg``/``log.err`` line emitted inside
+an I/O callback is labelled ``[-]`` instead of, say,
+``[ProxyChannel,12,127.0.0.1]``. Vespa's own lines (``vespa.log``) are
+:mod:`twisted.logger` events, labelled by namespace (``[vespa.http.site#info]``)
+either way; of Twisted's legacy lines, only rare error paths run inside I/O
+callbacks (``tcp.Connection``'s half-close errors), and an exception escaping
+``doRead``/``doWrite`` keeps its label, see above.
+
+Linux only (this module imports epoll); :mod:`vespa.reactor` installs it.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.python.failure import Failure
+
+from vespa.log import get_logger
+
+log = get_logger(__name__)
+
+_HANGUP = select.EPOLLHUP | select.EPOLLERR
+_READABLE = select.EPOLLIN
+_WRITABLE = select.EPOLLOUT
+
+#: The reason a descriptor whose ``fileno()`` says -1 is disconnected with.
+_DESCRIPTOR_GONE = error.ConnectionFdescWentAway("File descriptor lost")
+
+
+def _system_of(selectable: Any) -> str:
+    """The descriptor's ``logPrefix()``, for the system of an error it caused."""
+    try:
+        return str(selectable.logPrefix())
+    except Exception:
+        return "(buggy logPrefix method)"
+
+
+class VespaReactor(EPollReactor):
+    """
+    An :class:`EPollReactor` dispatching I/O events without the legacy log
+    context around each.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # a typed constructor: EPollReactor's is unannotated
+
+    def doPoll(self, timeout: float | None) -> None:
+        """
+        Wait for I/O events (at most ``timeout`` seconds, forever if ``None``)
+        and dispatch each ready descriptor's events.
+        """
+        try:
+            # As many events as descriptors tracked, as Twisted's doPoll asks.
+            events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
+        except InterruptedError:
+            return
+        selectables = self._selectables
+        dispatch = self._dispatch
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                dispatch(selectable, fd, event)
+
+    doIteration = doPoll
+
+    def _dispatch(self, selectable: Any, fd: int, event: int) -> None:
+        """
+        Hand one descriptor its events: a hang-up once its input is read, else
+        ``doRead`` then (unless that ended it) ``doWrite``. A reason returned or
+        an exception raised disconnects it.
+        """
+        why: object = None
+        in_read = False
+        if event & _HANGUP and not event & _READABLE:
+            # Hung up with no input left: a clean end if we were reading from
+            # it (maybe a half-close, hence in_read), an error otherwise.
+            in_read = fd in self._reads
+            why = CONNECTION_DONE if in_read else CONNECTION_LOST
+        else:
+            try:
+                # fileno() first, as Twisted does: a descriptor already closed
+                # says -1 (or raises) before it is asked to read.
+                if selectable.fileno() == -1:
+                    why = _DESCRIPTOR_GONE
+                else:
+                    if event & _READABLE:
+                        why = selectable.doRead()
+                        in_read = True
+                    if not why and event & _WRITABLE:
+                        why = selectable.doWrite()
+                        in_read = False
+            except BaseException as e:
+                why = e
+                log.failure(
+                    "I/O callback of {log_system} failed; disconnecting it",
+                    Failure(),
+                    log_system=_system_of(selectable),
+                )
+        if why:
+            self._disconnect(selectable, why, in_read)
+
+    def _disconnect(self, selectable: Any, why: object, in_read: bool) -> None:
+        """Disconnect ``selectable``; an error while doing so is logged, not raised."""
+        try:
+            self._disconnectSelectable(selectable, why, in_read)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.failure(
+                "disconnecting {log_system} failed",
+                Failure(),
+                log_system=_system_of(selectable),
+            )
