@@ -24,7 +24,7 @@ from twisted.web.server import Request
 
 from vespa.http import request_head
 from vespa.http.backend_response import parse_head
-from vespa.http.headers import HOP_BY_HOP, copy_response_lines
+from vespa.http.headers import HOP_BY_HOP, connection_tokens, copy_response_lines
 from vespa.http.request_head import parse_request_head
 from vespa.http.site import ProxyChannel, ProxySite
 
@@ -244,13 +244,7 @@ def _copied_line_by_line(
 ) -> None:
     """What copy_response_lines did before, through ``Headers``' own methods."""
     downstream.removeHeader(b"server")
-    tokens = frozenset(
-        token.strip().lower()
-        for name, value in lines
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-        if token.strip()
-    )
+    tokens = connection_tokens(value for name, value in lines if name.lower() == b"connection")
     drop = HOP_BY_HOP | tokens | drop
     replaced: set[bytes] = set()
     for name, value in lines:

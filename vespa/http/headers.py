@@ -39,10 +39,11 @@ _DROPPED = HOP_BY_HOP | _REQUEST_ONLY
 _DROPPED_WITH_AUTHORIZATION = _DROPPED | {b"authorization"}
 
 
-def _connection_tokens(headers: Headers) -> frozenset[bytes]:
-    values = headers.getRawHeaders(b"connection")
-    if not values:
-        return frozenset()
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """
+    The lower-case names listed in ``Connection`` header values: the
+    headers that sender says are about its connection alone.
+    """
     return frozenset(
         token.strip().lower() for value in values for token in value.split(b",") if token.strip()
     )
@@ -64,7 +65,7 @@ def forwarded_headers(
     """
     replaced = drop_authorization or authorization is not None
     drop = _DROPPED_WITH_AUTHORIZATION if replaced else _DROPPED
-    tokens = _connection_tokens(incoming)
+    tokens = connection_tokens(incoming.getRawHeaders(b"connection") or ())
     if tokens:
         drop = drop | tokens
     forwarded_for: list[bytes] = []
@@ -170,13 +171,7 @@ def copy_response_lines(
     """
     stored = downstream._rawHeaders
     stored.pop(b"Server", None)
-    tokens = frozenset(
-        token.strip().lower()
-        for name, value in lines
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-        if token.strip()
-    )
+    tokens = connection_tokens(value for name, value in lines if name.lower() == b"connection")
     drop = HOP_BY_HOP | tokens | drop
     replaced: set[bytes] = set()
     for name, value in lines:
