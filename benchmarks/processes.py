@@ -14,11 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 LOCALHOST = "127.0.0.1"
 
@@ -331,3 +333,32 @@ def memory_kib(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0])
     return values
+
+
+def run_with_processes(prefix: str, run: Callable[[ProcessSet], None]) -> int | None:
+    """
+    Run a benchmark's ``run`` with a fresh :class:`ProcessSet` in a temporary
+    directory, SIGTERM handled as Ctrl-C, every process stopped at the end.
+
+    :param prefix: the temporary directory's name prefix.
+    :param run: starts the processes it needs and measures.
+    :return: ``None`` once ``run`` finished; else the exit status, with the
+        reason printed: 130 when interrupted, 2 when the run failed.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            with ProcessSet(Path(tmp)) as procs:
+                run(procs)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process started was stopped", file=sys.stderr)
+        return 130
+    except Exception as e:
+        print(f"\nbenchmark failed: {e}", file=sys.stderr)
+        return 2
+    return None
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same path as Ctrl-C, through every finally block.
+    raise KeyboardInterrupt

@@ -25,14 +25,11 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from backends import HERE, Server, start_json_backend, start_sse_backend, twistd_path
@@ -48,6 +45,7 @@ from processes import (
     free_port,
     memory_kib,
     pinning_available,
+    run_with_processes,
     wait_for_port,
 )
 from run_relay import sse_load
@@ -439,10 +437,6 @@ def _progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run it; 0 when measured, 2 when a run could not be done, 130 on Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -453,7 +447,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not wrk_available():
         print("wrk is required (apt-get install wrk)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
     where = (
         f"workers on CPU {PROXY_CPU}, backends and load on CPU {LOAD_CPU}"
         if pinning_available()
@@ -464,16 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     noise = CpuNoise()
     noise.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="vespa-hotpath-") as tmp:
-            with ProcessSet(Path(tmp)) as procs:
-                run_all(plan, procs, results)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process started was stopped", file=sys.stderr)
-        return 130
-    except Exception as e:
-        print(f"\nbenchmark failed: {e}", file=sys.stderr)
-        return 2
+    failed = run_with_processes("vespa-hotpath-", lambda procs: run_all(plan, procs, results))
+    if failed is not None:
+        return failed
     rows = table(results)
     print(report(rows))
     print(f"\n{noise.report()}")

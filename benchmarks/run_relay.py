@@ -13,20 +13,25 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
 from backends import Server, start_json_backend, start_sse_backend, start_vespa, twistd_path
 from cpu_noise import CpuNoise
-from processes import LOAD_CPU, PROXY_CPU, ProcessSet, memory_kib, pinning_available, run_bounded
+from processes import (
+    LOAD_CPU,
+    PROXY_CPU,
+    ProcessSet,
+    memory_kib,
+    pinning_available,
+    run_bounded,
+    run_with_processes,
+)
 from wrk import WrkResult, run_wrk, wrk_available
 
 HERE = Path(__file__).resolve().parent
@@ -416,11 +421,6 @@ def vespa_location() -> str:
     return str(Path(spec.origin).parent)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same path as Ctrl-C, through every finally block.
-    raise KeyboardInterrupt
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -445,7 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk_available():
         print("wrk is required (apt-get install wrk)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
     results = Results(pinned=pinning_available())
     where = (
         f"Vespa on CPU {PROXY_CPU}, backends and load on CPU {LOAD_CPU}"
@@ -457,16 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     noise = CpuNoise()
     noise.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="vespa-bench-") as tmp:
-            with ProcessSet(Path(tmp)) as procs:
-                run_all(plan, procs, results, args.vespa_arg)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process started was stopped", file=sys.stderr)
-        return 130
-    except Exception as e:
-        print(f"\nbenchmark failed: {e}", file=sys.stderr)
-        return 2
+    failed = run_with_processes(
+        "vespa-bench-", lambda procs: run_all(plan, procs, results, args.vespa_arg)
+    )
+    if failed is not None:
+        return failed
     print(report(plan, results))
     found = checks(results)
     print_checks(found)
