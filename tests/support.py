@@ -291,6 +291,25 @@ async def start_secured_worker(
     )
 
 
+async def start_tls_worker(testcase: TestCase) -> tuple[Any, Any]:
+    """
+    An unsecured worker (:func:`start_secured_worker`) serving TLS with a
+    self-signed pair for 127.0.0.1; returns its namespace and the
+    ``Certificate`` a client must trust.
+    """
+    from twisted.internet.ssl import Certificate
+
+    from vespa.tls import make_self_signed
+
+    cert, key = testcase.mktemp(), testcase.mktemp()
+    make_self_signed(cert, key, ("127.0.0.1",))
+    env = await start_secured_worker(
+        testcase, unsecured=True, use_ssl=True, tls_cert=cert, tls_key=key
+    )
+    with open(cert, "rb") as f:
+        return env, Certificate.loadPEM(f.read())
+
+
 async def until(condition: Any, timeout: float = 10.0) -> None:
     """Let the reactor run until ``condition()`` is true (bounded, polled)."""
     from twisted.internet.task import deferLater

@@ -144,3 +144,17 @@ class ImportRulesTests(SynchronousTestCase):
         self.assertEqual(named - tree, set())
         text = DOCUMENT.read_text()
         self.assertEqual({p for p in packages() if f"`{p}/`" not in text}, set())
+
+
+class TestModulesTests(SynchronousTestCase):
+    """What tests share lives in ``tests/support*.py``, never in a test module."""
+
+    def test_no_test_module_imports_another(self) -> None:
+        here = Path(__file__).parent
+        importing = {
+            path.name: sorted(
+                name for name in imported_names(path) if name.startswith("tests.test_")
+            )
+            for path in sorted(here.glob("*.py"))
+        }
+        self.assertEqual({name: found for name, found in importing.items() if found}, {})

@@ -25,8 +25,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tests.support import HTTPClient, listen, raw_connect, start_secured_worker, start_worker
-from tests.test_backend_client import CHUNKS, FRAMED, LAST, RELAYED
+from tests.support import HTTPClient, listen, raw_connect, start_tls_worker, start_worker
+from tests.support_chunks import CHUNKS, FRAMED, LAST, RELAYED
 from vespa.http.endpoints import Origin
 from vespa.http.relay import BackendRelay
 from vespa.http.site import ProxySite
@@ -234,13 +234,7 @@ class HTTP2CallerTests(TestCase):
     timeout = 30
 
     async def test_an_h2_caller_gets_the_decoded_stream(self) -> None:
-        cert, key = self.mktemp(), self.mktemp()
-        make_self_signed(cert, key, ("127.0.0.1",))
-        env = await start_secured_worker(
-            self, unsecured=True, use_ssl=True, tls_cert=cert, tls_key=key
-        )
-        with open(cert, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
+        env, trust = await start_tls_worker(self)
         tls = optionsForClientTLS("127.0.0.1", trustRoot=trust, acceptableProtocols=[b"h2"])
         client = _H2Client(b"/stream?n=3&interval=1")
         endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, "127.0.0.1", env.port))

@@ -22,6 +22,7 @@ from tests.support import (
     listen,
     start_echo_backend,
     start_secured_worker,
+    start_tls_worker,
     start_worker,
     until,
     wake_startup,
@@ -29,7 +30,6 @@ from tests.support import (
 from tests.support_worker import Harness
 from vespa.config import ConfigError, WorkerConfig
 from vespa.log import _JSONLinesObserver
-from vespa.tls import make_self_signed
 from vespa.worker.drain import Drain
 from vespa.worker.ledger import Ledger, Outcome
 from vespa.worker.metrics import WorkerMetrics
@@ -239,16 +239,9 @@ class TLSTests(TestCase):
 
     async def test_https_with_a_self_signed_pair(self) -> None:
         """A client trusting the pair gets the response over TLS, h2 or http/1.1."""
-        cert, key = self.mktemp(), self.mktemp()
-        make_self_signed(cert, key, ("127.0.0.1",))
-        env = await start_secured_worker(
-            self, unsecured=True, use_ssl=True, tls_cert=cert, tls_key=key
-        )
-        from twisted.internet.ssl import Certificate
+        env, trust = await start_tls_worker(self)
         from twisted.web.client import HTTPConnectionPool
 
-        with open(cert, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
         pool = HTTPConnectionPool(reactor, persistent=False)
         agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=trust), pool=pool)
         response = await agent.request(
