@@ -41,7 +41,7 @@ from vespa.benchmarks.session import BackendSession
 from vespa.benchmarks.settings import ComfyUISettings, OpenAISettings, TGISettings
 from vespa.config import Origin, WorkerConfig
 from vespa.testing.model_servers import InMemoryBackend, OpenAIServer, TGIServer
-from vespa.worker.health import HealthChecker
+from vespa.worker.health import HealthChecker, HealthRoute
 from vespa.worker.startup import BenchmarkCache, Startup
 from vespa.worker.state import Phase, WorkerState
 
@@ -592,6 +592,7 @@ class CacheTests(SynchronousTestCase):
             verifier=None,
             pubkey_url=None,
             settings=config,
+            route=HealthRoute(InMemoryBackend.URL, config.healthcheck_endpoint, None),
         )
         startup.startService()
         self.addCleanup(startup.stopService)

@@ -34,7 +34,7 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
 from twisted.python.failure import Failure
@@ -47,6 +47,7 @@ from vespa.log import get_logger
 __all__ = [
     "Count",
     "Request",
+    "RunOptions",
     "RunResult",
     "concurrency_levels",
     "describe",
@@ -57,6 +58,9 @@ __all__ = [
     "send",
     "snippet",
 ]
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = get_logger(__name__)
 
@@ -309,6 +313,14 @@ def snippet(value: Any, limit: int = 300) -> str:
     return _snippet(json.dumps(value, default=str).encode(), limit)
 
 
+class RunOptions(TypedDict, total=False):
+    """The keyword options :func:`measure` passes on to :func:`measure_runs`."""
+
+    warmup: Request | bool
+    unit: str
+    name: str
+
+
 async def measure_runs(
     session: BackendSession,
     request: Callable[[int], Request],
@@ -361,6 +373,7 @@ async def measure_runs(
             f"{stopped.requests - stopped.succeeded} of {stopped.requests} requests failed; "
             f"the first failure: {stopped.failure}"
         )
+    _log_ramp(results, name, unit)
     return results
 
 
@@ -397,6 +410,31 @@ async def _run(
     return RunResult(number, len(batch), len(units), sum(units), elapsed, failure)
 
 
+def _log_ramp(results: list[RunResult], name: str, unit: str) -> None:
+    """Say where the ramp stopped, if it stopped early, and what it measured."""
+    complete = [r for r in results if r.complete]
+    best = max(complete, key=lambda r: r.throughput)
+    stopped = results[-1]
+    if not stopped.complete:
+        log.warn(
+            "{name}: at concurrency {concurrency}, {n} of {concurrency} requests failed ({why}): "
+            "measured at {best_level}",
+            name=name,
+            concurrency=stopped.requests,
+            n=stopped.requests - stopped.succeeded,
+            why=stopped.failure,
+            best_level=best.requests,
+        )
+    log.info(
+        "{name}: {best:.4g} {unit}/s at concurrency {concurrency} (the best of {n} complete runs)",
+        name=name,
+        best=best.throughput,
+        unit=unit,
+        concurrency=best.requests,
+        n=len(complete),
+    )
+
+
 def _log_run(result: RunResult, name: str, unit: str) -> None:
     if result.complete:
         log.info(
@@ -428,39 +466,13 @@ async def measure(
     request: Callable[[int], Request],
     count: Count,
     settings: RunSettings,
-    *,
-    warmup: Request | bool = True,
-    unit: str = "units",
-    name: str = "benchmark",
+    **options: Unpack[RunOptions],
 ) -> float:
     """
     The best throughput of the complete runs of :func:`measure_runs` (same
-    parameters), in units per second.
+    parameters, the same defaults), in units per second.
 
     :raise BenchmarkError: when the warm-up fails, or no run completed.
     """
-    results = await measure_runs(
-        session, request, count, settings, warmup=warmup, unit=unit, name=name
-    )
-    complete = [r for r in results if r.complete]
-    best = max(complete, key=lambda r: r.throughput)
-    stopped = results[-1]
-    if not stopped.complete:
-        log.warn(
-            "{name}: at concurrency {concurrency}, {n} of {concurrency} requests failed ({why}): "
-            "measured at {best_level}",
-            name=name,
-            concurrency=stopped.requests,
-            n=stopped.requests - stopped.succeeded,
-            why=stopped.failure,
-            best_level=best.requests,
-        )
-    log.info(
-        "{name}: {best:.4g} {unit}/s at concurrency {concurrency} (the best of {n} complete runs)",
-        name=name,
-        best=best.throughput,
-        unit=unit,
-        concurrency=best.requests,
-        n=len(complete),
-    )
-    return best.throughput
+    runs = await measure_runs(session, request, count, settings, **options)
+    return max(r.throughput for r in runs if r.complete)

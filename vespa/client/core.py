@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import KW_ONLY, asdict, dataclass, replace
 from typing import Any
 
 from treq.client import HTTPClient
@@ -85,34 +85,26 @@ class Reply:
             self.answer.discard()
 
 
+@dataclass(eq=False, repr=False)
 class ClientCore:
     """
     Requests of one endpoint, from call to reply.
 
-    :param dispatcher: routes, sends, retries and hedges.
-    :param clock: for deadlines.
-    :param defaults: the preferences a request starts from.
-    :param default_cost: the cost when nothing gives one.
-    :param limiter: the in-flight limit and its queue.
-    :param endpoint: the endpoint name.
+    :ivar dispatcher: routes, sends, retries and hedges.
+    :ivar clock: for deadlines.
+    :ivar defaults: the preferences a request starts from.
+    :ivar default_cost: the cost when nothing gives one.
+    :ivar limiter: the in-flight limit and its queue.
+    :ivar endpoint: the endpoint name.
     """
 
-    def __init__(
-        self,
-        dispatcher: Dispatcher,
-        clock: IReactorTime,
-        *,
-        defaults: Preferences,
-        default_cost: float,
-        limiter: Limiter,
-        endpoint: str,
-    ) -> None:
-        self.dispatcher = dispatcher
-        self.clock = clock
-        self.defaults = defaults
-        self.default_cost = default_cost
-        self.limiter = limiter
-        self.endpoint = endpoint
+    dispatcher: Dispatcher
+    clock: IReactorTime
+    _: KW_ONLY
+    defaults: Preferences
+    default_cost: float
+    limiter: Limiter
+    endpoint: str
 
     def call(
         self,

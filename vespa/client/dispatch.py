@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -87,35 +87,28 @@ class DispatchFailed(Exception):
 Builder = Callable[[str, Mapping[str, Any], int], WorkerRequest]
 
 
+@dataclass(eq=False, repr=False)
 class Dispatcher:
     """
     Routes, sends, retries and hedges requests; shared by the daemon and the API.
 
-    :param router: asks the autoscaler for workers.
-    :param sender: sends requests to workers.
-    :param clock: for backoff, hedge delays and deadlines.
-    :param retry_budget: the budget of retries.
-    :param hedge_budget: the budget of hedges.
-    :param rng: the jitter's randomness.
+    :ivar router: asks the autoscaler for workers.
+    :ivar sender: sends requests to workers.
+    :ivar clock: for backoff, hedge delays and deadlines.
+    :ivar retry_budget: the budget of retries.
+    :ivar hedge_budget: the budget of hedges.
+    :ivar rng: the jitter's randomness.
+    :ivar stats: the counters ``/health`` shows.
     """
 
-    def __init__(
-        self,
-        router: Router,
-        sender: Sender,
-        clock: IReactorTime,
-        *,
-        retry_budget: Budget,
-        hedge_budget: Budget,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.router = router
-        self.sender = sender
-        self.clock = clock
-        self.retry_budget = retry_budget
-        self.hedge_budget = hedge_budget
-        self.rng = rng or random.Random()
-        self.stats = DispatchStats()
+    router: Router
+    sender: Sender
+    clock: IReactorTime
+    _: KW_ONLY
+    retry_budget: Budget
+    hedge_budget: Budget
+    rng: random.Random = field(default_factory=random.Random)
+    stats: DispatchStats = field(init=False, default_factory=DispatchStats)
 
     def dispatch(
         self,

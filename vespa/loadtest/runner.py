@@ -22,6 +22,7 @@ for a worker that could not be reached or broke off; an answer is
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, InitVar, dataclass
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -70,49 +71,52 @@ def cause_of_error(error: VespaError) -> str:
     return "client"
 
 
+@dataclass(eq=False, repr=False)
 class LoadRun:
     """
     One load test.
 
-    :param target: where requests go.
-    :param source: makes request ``i``.
-    :param clock: the schedule's and the measurements' clock.
+    :ivar target: where requests go.
+    :ivar source: makes request ``i``.
+    :ivar clock: the schedule's and the measurements' clock.
     :param offsets: the arrival times, seconds from the start.
     :param profile: the asked rate (for the figures).
     :param requests: arrivals in all, or ``None``.
     :param duration: seconds of arrivals, or ``None``.
-    :param max_in_flight: requests in flight at most.
-    :param timeout: seconds a request may take in all, or ``None``.
+    :ivar max_in_flight: requests in flight at most.
+    :ivar timeout: seconds a request may take in all, or ``None``.
     :ivar finished: fires with the :class:`Stats` once every request sent has ended.
     """
 
-    def __init__(
+    target: Target
+    source: Source
+    clock: IReactorTime
+    _: KW_ONLY
+    offsets: InitVar[Iterator[float]]
+    profile: InitVar[RateProfile]
+    requests: InitVar[int | None]
+    duration: InitVar[float | None]
+    max_in_flight: int
+    timeout: float | None = None
+
+    def __post_init__(
         self,
-        target: Target,
-        source: Source,
-        clock: IReactorTime,
-        *,
         offsets: Iterator[float],
         profile: RateProfile,
         requests: int | None,
         duration: float | None,
-        max_in_flight: int,
-        timeout: float | None = None,
     ) -> None:
-        self.target = target
-        self.source = source
-        self.clock = clock
-        self.max_in_flight = max_in_flight
-        self.timeout = timeout
         self.stats = Stats(profile)
         self.finished: Deferred[Stats] = Deferred()
-        self.started_at = clock.seconds()
+        self.started_at = self.clock.seconds()
         self.ended_at: float | None = None
         self.stopping = False
         self.abandoning = False
         self._pending: dict[int, _Request] = {}
         self._source_failed = False
-        self.arrivals = Arrivals(clock, offsets, self._arrive, limit=requests, duration=duration)
+        self.arrivals = Arrivals(
+            self.clock, offsets, self._arrive, limit=requests, duration=duration
+        )
 
     def start(self) -> Deferred[Stats]:
         """Start sending; returns :attr:`finished`."""

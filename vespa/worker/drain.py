@@ -11,6 +11,7 @@ reporter sends its final reports, and the pools close.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -26,66 +27,61 @@ from vespa.worker.state import Phase, WorkerState
 log = get_logger(__name__)
 
 
+@dataclass(eq=False, repr=False)
 class Drain(Service):
     """
     Waits, at shutdown, for in-flight requests.
 
-    :param clock: for the deadline.
-    :param state: moved to ``DRAINING`` (so nothing new is admitted).
-    :param ledger: tells when the last request in flight ends.
-    :param timeout: seconds to wait for them.
-    :param reactor: whose shutdown status is set to success after a clean
+    :ivar clock: for the deadline.
+    :ivar state: moved to ``DRAINING`` (so nothing new is admitted).
+    :ivar ledger: tells when the last request in flight ends.
+    :ivar timeout: seconds to wait for them.
+    :ivar reactor: whose shutdown status is set to success after a clean
         drain (twistd otherwise exits 143 after SIGTERM); ``None`` to leave it.
+    :ivar drained: whether the last drain ended with nothing in flight;
+        ``None`` before one.
     """
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        state: WorkerState,
-        ledger: Ledger,
-        timeout: float,
-        reactor: Any = None,
-    ) -> None:
-        self._clock = clock
-        self._state = state
-        self._ledger = ledger
-        self._timeout = timeout
-        self._reactor = reactor
-        self.drained: bool | None = None
+    clock: IReactorTime
+    state: WorkerState
+    ledger: Ledger
+    timeout: float
+    reactor: Any = None
+    drained: bool | None = field(default=None, init=False)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return ensureDeferred(self._drain())
 
     async def _drain(self) -> None:
-        self._state.set_phase(Phase.DRAINING)
-        waiting = self._ledger.in_flight_count
+        self.state.set_phase(Phase.DRAINING)
+        waiting = self.ledger.in_flight_count
         log.info(
-            "draining: {n} requests in flight, waiting up to {t:g} s", n=waiting, t=self._timeout
+            "draining: {n} requests in flight, waiting up to {t:g} s", n=waiting, t=self.timeout
         )
-        idle = self._ledger.when_idle()
-        idle.addTimeout(self._timeout, self._clock)
+        idle = self.ledger.when_idle()
+        idle.addTimeout(self.timeout, self.clock)
         try:
             await idle
         except defer.TimeoutError:
             pass  # told below, with how many are cut
         # One more turn, so the last response is written out before the
         # reactor goes on to close every connection.
-        await deferLater(self._clock, 0)
-        left = self._ledger.in_flight_count
+        await deferLater(self.clock, 0)
+        left = self.ledger.in_flight_count
         self.drained = left == 0
         if left:
             log.warn(
                 "drain timeout: {n} requests still in flight after {t:g} s are cut",
                 n=left,
-                t=self._timeout,
+                t=self.timeout,
             )
             return
         log.info("drained")
-        if self._reactor is not None:
+        if self.reactor is not None:
             # A clean drain is a clean exit (0); after a cut one twistd still
             # ends by the signal, as a process killed mid-work should.
-            forget_exit_signal(self._reactor)
+            forget_exit_signal(self.reactor)
 
 
 def forget_exit_signal(reactor: Any) -> None:

@@ -80,6 +80,7 @@ _STATUS = {
 }
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class Ticket:
     """
     The handle of one admitted request, from :meth:`Ledger.receive` to
@@ -92,24 +93,12 @@ class Ticket:
     :ivar work_started_at: wall time its backend call started, 0.0 until then.
     """
 
-    __slots__ = (
-        "_key",
-        "entered_queue_at",
-        "reqnum",
-        "request_idx",
-        "work_started_at",
-        "workload",
-    )
-
-    def __init__(
-        self, key: int, request_idx: int, reqnum: int, workload: float, entered_queue_at: float
-    ) -> None:
-        self._key = key
-        self.request_idx = request_idx
-        self.reqnum = reqnum
-        self.workload = workload
-        self.entered_queue_at = entered_queue_at
-        self.work_started_at = 0.0
+    _key: int
+    request_idx: int
+    reqnum: int
+    workload: float
+    entered_queue_at: float
+    work_started_at: float = field(default=0.0, init=False)
 
     def __repr__(self) -> str:
         return (

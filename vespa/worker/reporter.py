@@ -157,43 +157,37 @@ def _describe(failure: BaseException) -> str:
 
 
 @implementer(IReportFailures)
+@dataclass(eq=False, repr=False)
 class Reporter(Service):
     """
     Pushes the worker's status and finished requests to the autoscaler (see
     the module docstring).
 
-    :param clock: drives the loop and the timeouts.
-    :param http: the HTTP client for the reports.
-    :param settings: where and how often.
-    :param identity: the worker's identity, in every message.
-    :param state: the worker's lifecycle state (phase, error, max_perf, loadtime).
-    :param ledger: the request accounting.
-    :param disk_usage: returns the bytes used on ``/`` (default: statvfs);
+    :ivar clock: drives the loop and the timeouts.
+    :ivar http: the HTTP client for the reports.
+    :ivar settings: where and how often.
+    :ivar identity: the worker's identity, in every message.
+    :ivar state: the worker's lifecycle state (phase, error, max_perf, loadtime).
+    :ivar ledger: the request accounting.
+    :ivar disk_usage: returns the bytes used on ``/`` (default: statvfs);
         ``additional_disk_usage`` is its growth in GB since the last accepted
         report. If it raises, 0.0 is reported and the baseline kept.
     """
 
     name = "reporter"
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        http: treq.client.HTTPClient,
-        settings: ReportSettings,
-        identity: WorkerIdentity,
-        state: WorkerState,
-        ledger: Ledger,
-        disk_usage: Callable[[], float] | None = None,
-    ) -> None:
-        self._clock = clock
-        self._http = http
-        self._settings = settings
-        self._identity = identity
-        self._state = state
-        self._ledger = ledger
-        self._disk_usage = disk_usage if disk_usage is not None else _root_disk_used
-        self._status_addresses = settings.addresses
-        self._delete_addresses = tuple(a for a in settings.addresses if a.rstrip("/") != _REDIS_API)
+    clock: IReactorTime
+    http: treq.client.HTTPClient
+    settings: ReportSettings
+    identity: WorkerIdentity
+    state: WorkerState
+    ledger: Ledger
+    disk_usage: Callable[[], float] = _root_disk_used
+
+    def __post_init__(self) -> None:
+        addresses = self.settings.addresses
+        self._status_addresses = addresses
+        self._delete_addresses = tuple(a for a in addresses if a.rstrip("/") != _REDIS_API)
         self._loop: LoopingCall | None = None
         self._busy = False
         self._idle_waiters: list[Deferred[None]] = []
@@ -224,13 +218,13 @@ class Reporter(Service):
     def startService(self) -> None:
         """Take the disk baseline and start the loop (first tick at once)."""
         super().startService()
-        if not self._settings.addresses:
+        if not self.settings.addresses:
             log.info("No report address: the autoscaler is not told anything (local mode)")
         self._disk_baseline = self._read_disk()
         loop = LoopingCall(self._tick)
-        loop.clock = self._clock
+        loop.clock = self.clock
         self._loop = loop
-        loop.start(self._settings.interval, now=True).addErrback(
+        loop.start(self.settings.interval, now=True).addErrback(
             lambda f: log.failure("The report loop stopped", f)
         )
 
@@ -245,12 +239,12 @@ class Reporter(Service):
             self._loop.stop()
         self._loop = None
         final = Deferred.fromCoroutine(self._exclusive(force=True))
-        final.addTimeout(self._settings.stop_timeout, self._clock)
+        final.addTimeout(self.settings.stop_timeout, self.clock)
 
         def gave_up(failure: Failure) -> None:
             log.warn(
                 "The final report did not complete within {timeout} s: {why}",
-                timeout=self._settings.stop_timeout,
+                timeout=self.settings.stop_timeout,
                 why=failure.getErrorMessage() or repr(failure.value),
             )
             if self._tick_cycle is not None:
@@ -321,16 +315,16 @@ class Reporter(Service):
     def _status_due(self, now: float) -> bool:
         return (
             self._last_accepted_at is None
-            or self._state.version != self._last_state_version
-            or self._ledger.version != self._last_ledger_version
-            or now - self._last_accepted_at >= self._settings.heartbeat
+            or self.state.version != self._last_state_version
+            or self.ledger.version != self._last_ledger_version
+            or now - self._last_accepted_at >= self.settings.heartbeat
         )
 
     async def _report_status(self, force: bool) -> None:
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         if not (force or self._status_due(now)):
             return
-        state, ledger = self._state, self._ledger
+        state, ledger = self.state, self.ledger
         state_version, ledger_version = state.version, ledger.version
         window = ledger.window()
         disk_now = self._read_disk()
@@ -340,7 +334,7 @@ class Reporter(Service):
             growth = 0.0
         disk_used = disk_now if disk_now is not None else self._disk_baseline
         built = reports.worker_status(
-            self._identity,
+            self.identity,
             loadtime=state.loadtime,
             cur_load=ledger.in_flight_workload,
             rej_load=window[Outcome.REJECTED].workload,
@@ -364,16 +358,16 @@ class Reporter(Service):
                 self._disk_baseline = disk_now
 
     async def _report_deletions(self, force: bool) -> None:
-        batch = self._ledger.take_deletions(self._settings.max_deletions_per_post)
+        batch = self.ledger.take_deletions(self.settings.max_deletions_per_post)
         if not batch:
             return
-        if self._settings.delete_format == "records":
-            await self._send_deletions(batch, reports.delete_records(self._identity, batch.records))
+        if self.settings.delete_format == "records":
+            await self._send_deletions(batch, reports.delete_records(self.identity, batch.records))
             return
         for success in (True, False):
             part = batch.part(success)
             if part:
-                built = reports.delete_requests(self._identity, part.request_idxs(success), success)
+                built = reports.delete_requests(self.identity, part.request_idxs(success), success)
                 await self._send_deletions(part, built)
 
     async def _send_deletions(self, batch: Deletions, built: reports.Built) -> None:
@@ -385,7 +379,7 @@ class Reporter(Service):
         if empty or await self._post(
             DELETE_PATH, built.body, self._delete_addresses, self._delete_outage
         ):
-            self._ledger.deletions_sent(batch)
+            self.ledger.deletions_sent(batch)
 
     def _note_dropped(self, what: str, built: reports.Built) -> None:
         """
@@ -405,7 +399,7 @@ class Reporter(Service):
 
     def _read_disk(self) -> float | None:
         try:
-            used = float(self._disk_usage())
+            used = float(self.disk_usage())
         except Exception as e:
             if not self._disk_failing:
                 self._disk_failing = True
@@ -442,12 +436,12 @@ class Reporter(Service):
                 reason = _describe(e)
             else:
                 if 200 <= code < 300:
-                    outage.succeeded(self._clock.seconds())
+                    outage.succeeded(self.clock.seconds())
                     return True
                 reason = f"HTTP {code}"
             log.debug("POST {url} failed: {reason}", url=url, reason=reason)
             reasons.append(f"{url}: {reason}")
-        outage.failed(self._clock.seconds(), "; ".join(reasons))
+        outage.failed(self.clock.seconds(), "; ".join(reasons))
         return False
 
     async def _attempt(self, url: str, body: dict[str, Any]) -> int:
@@ -456,15 +450,15 @@ class Reporter(Service):
 
         :return: the response's status code.
         """
-        timeout = self._settings.timeout
-        deadline = self._clock.seconds() + timeout
-        requested = self._http.post(url, json=body, unbuffered=True, allow_redirects=False)
-        requested.addTimeout(timeout, self._clock)
+        timeout = self.settings.timeout
+        deadline = self.clock.seconds() + timeout
+        requested = self.http.post(url, json=body, unbuffered=True, allow_redirects=False)
+        requested.addTimeout(timeout, self.clock)
         response = await requested
         # The status is the answer; the body is read (to free the connection)
         # within what is left of the deadline, and its loss changes nothing.
         drained = _discard_body(response)
-        drained.addTimeout(max(deadline - self._clock.seconds(), 0.0), self._clock)
+        drained.addTimeout(max(deadline - self.clock.seconds(), 0.0), self.clock)
         try:
             await drained
         except CancelledError:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -76,52 +76,42 @@ _CALLER_KEY_PARAMS = frozenset({"api_key"})
 RETRY_AFTER = {Phase.LOADING: 10, Phase.BENCHMARKING: 10, Phase.ERRORED: 30, Phase.DRAINING: 30}
 
 
+@dataclass(eq=False, repr=False)
 class WorkerResource(Resource):
     """
     The root resource of the worker.
 
-    :param relay: relays requests to the backend.
-    :param state: whether the worker serves now, and its capacity.
-    :param ledger: accounts every request.
-    :param admission: the wait estimate and the concurrency slots.
-    :param verifier: checks signatures; ``None`` in unsecured mode.
-    :param blocklist: paths answered 403.
-    :param workload: computes each request's workload; by default the
+    :ivar relay: relays requests to the backend.
+    :ivar state: whether the worker serves now, and its capacity.
+    :ivar ledger: accounts every request.
+    :ivar admission: the wait estimate and the concurrency slots.
+    :ivar verifier: checks signatures; ``None`` in unsecured mode.
+    :ivar blocklist: paths answered 403.
+    :ivar workload: computes each request's workload; by default the
         autoscaler's cost.
-    :param metrics: observes queue waits and backend times, when given.
-    :param sessions: answers ``/session/*`` and holds the sessions; without
+    :ivar metrics: observes queue waits and backend times, when given.
+    :ivar sessions: answers ``/session/*`` and holds the sessions; without
         it, those paths are relayed like any other.
-    :param reactor: whose thread pool parses large bodies; ``None`` parses
+    :ivar reactor: whose thread pool parses large bodies; ``None`` parses
         every body on the calling thread.
     """
 
     isLeaf = True
 
-    def __init__(
-        self,
-        relay: BackendRelay,
-        *,
-        state: WorkerState,
-        ledger: Ledger,
-        admission: Admission,
-        verifier: SignatureVerifier | None,
-        blocklist: PathBlocklist | None = None,
-        workload: Workload | None = None,
-        metrics: WorkerMetrics | None = None,
-        sessions: Sessions | None = None,
-        reactor: Any = None,
-    ) -> None:
-        super().__init__()
-        self.reactor = reactor
-        self.relay = relay
-        self.state = state
-        self.ledger = ledger
-        self.admission = admission
-        self.verifier = verifier
-        self.blocklist = blocklist or PathBlocklist(())
-        self.workload = workload if workload is not None else Workload("cost", "")
-        self.metrics = metrics
-        self.sessions = sessions
+    relay: BackendRelay
+    _: KW_ONLY
+    state: WorkerState
+    ledger: Ledger
+    admission: Admission
+    verifier: SignatureVerifier | None
+    blocklist: PathBlocklist = field(default_factory=lambda: PathBlocklist(()))
+    workload: Workload = field(default_factory=lambda: Workload("cost", ""))
+    metrics: WorkerMetrics | None = None
+    sessions: Sessions | None = None
+    reactor: Any = None
+
+    def __post_init__(self) -> None:
+        Resource.__init__(self)
 
     def render(self, request: Request) -> bytes | int:
         """

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 
 from treq.client import HTTPClient
@@ -143,6 +143,7 @@ class Session:
         }
 
 
+@dataclass(eq=False, repr=False)
 class Sessions(Service):
     """
     The open sessions of one worker (see the module docstring).
@@ -150,30 +151,22 @@ class Sessions(Service):
     A service: when it stops (first, at shutdown) every session closes, so
     none holds the drain or outlives the process without its ``on_close_route``.
 
-    :param clock: times expiries and stamps ``expiration``.
-    :param ledger: where sessions and their requests are accounted.
-    :param http: a treq-like client (``post(url, json=..., timeout=...)``) for
+    :ivar clock: times expiries and stamps ``expiration``.
+    :ivar ledger: where sessions and their requests are accounted.
+    :ivar http: a treq-like client (``post(url, json=..., timeout=...)``) for
         the ``on_close_route`` POSTs.
-    :param backend_url: the backend's origin, which ``on_close_route`` is a path on.
-    :param max_sessions: how many may be open at once; ``None`` for no limit.
+    :ivar backend_url: the backend's origin, which ``on_close_route`` is a path on.
+    :ivar max_sessions: how many may be open at once; ``None`` for no limit.
     """
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        ledger: Ledger,
-        http: HTTPClient,
-        backend_url: str,
-        *,
-        max_sessions: int | None = 10,
-    ) -> None:
-        self._clock = clock
-        self._ledger = ledger
-        self._http = http
-        self._backend_url = backend_url
-        self.max_sessions = max_sessions
-        self._open: dict[str, Session] = {}
-        self._stopping = False
+    clock: IReactorTime
+    ledger: Ledger
+    http: HTTPClient
+    backend_url: str
+    _: KW_ONLY
+    max_sessions: int | None = 10
+    _open: dict[str, Session] = field(default_factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -204,12 +197,12 @@ class Sessions(Service):
             raise SessionsFull(f"this worker has {len(self._open)} sessions open, its maximum")
         lifetime, route, payload = create_settings(envelope.body)
         auth = envelope.auth
-        ticket = self._ledger.receive(
+        ticket = self.ledger.receive(
             auth.request_idx if auth is not None else 0,
             auth.reqnum if auth is not None else 0,
             workload,
         )
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         session = Session(
             session_id=secrets.token_hex(16),
             auth=auth,
@@ -220,7 +213,7 @@ class Sessions(Service):
             on_close_payload=payload,
             ticket=ticket,
         )
-        session.timer = self._clock.callLater(lifetime, self._expire, session)
+        session.timer = self.clock.callLater(lifetime, self._expire, session)
         self._open[session.session_id] = session
         request.setResponseCode(201)
         return _json(request, {"session_id": session.session_id, "expiration": session.expiration})
@@ -260,9 +253,9 @@ class Sessions(Service):
                 self.close(session, "shutdown")
 
     def _touch(self, session: Session) -> None:
-        session.expiration = max(session.expiration, self._clock.seconds() + session.lifetime)
+        session.expiration = max(session.expiration, self.clock.seconds() + session.lifetime)
         if session.timer is not None and session.timer.active():
-            session.timer.reset(session.expiration - self._clock.seconds())
+            session.timer.reset(session.expiration - self.clock.seconds())
 
     # -- control routes -------------------------------------------------------
 
@@ -319,7 +312,7 @@ class Sessions(Service):
         requests, session.requests = session.requests, set()
         for request in requests:
             _abort(request)
-        self._ledger.finish(session.ticket, Outcome.SERVED)
+        self.ledger.finish(session.ticket, Outcome.SERVED)
         log.debug(
             "session {id} {reason}; {n} requests in flight cancelled",
             id=session.session_id,
@@ -342,8 +335,8 @@ class Sessions(Service):
             body = {"payload": payload}
         body.setdefault("session_id", session.session_id)
         try:
-            d: Deferred[Any] = self._http.post(
-                self._backend_url + route, json=body, timeout=ON_CLOSE_TIMEOUT
+            d: Deferred[Any] = self.http.post(
+                self.backend_url + route, json=body, timeout=ON_CLOSE_TIMEOUT
             )
         except Exception:
             log.failure(

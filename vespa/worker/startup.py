@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any
 
 from treq.client import HTTPClient
@@ -30,7 +31,6 @@ from vespa._typing import Service
 from vespa.backoff import equal_jitter
 from vespa.benchmarks import (
     BenchmarkError,
-    built_in_name,
     resolve_benchmark,
     run_benchmark,
     unit_of,
@@ -110,25 +110,26 @@ class BenchmarkCache:
                 os.unlink(temporary)
 
 
+@dataclass(eq=False, repr=False)
 class Startup(Service):
     """
     Runs the startup chain when started, and again after a failure.
 
-    :param clock: for waits, deadlines and retries.
-    :param state: the worker state the chain moves along.
-    :param http: a ``treq.client.HTTPClient`` for the key, health checks and benchmark.
-    :param backend_url: the backend origin.
-    :param health: started once loaded.
-    :param benchmark: the ``--benchmark`` reference.
-    :param cache: the benchmark cache.
-    :param verifier: receives the public key; ``None`` in unsecured mode.
-    :param pubkey_url: where the key is, ``<REPORT_ADDR>/pubkey/``.
-    :param settings: ``healthcheck_endpoint``, ``healthcheck_timeout``,
+    :ivar clock: for waits, deadlines and retries.
+    :ivar state: the worker state the chain moves along.
+    :ivar http: a ``treq.client.HTTPClient`` for the key, health checks and benchmark.
+    :ivar backend_url: the backend origin.
+    :ivar health: started once loaded.
+    :ivar benchmark: the ``--benchmark`` reference.
+    :ivar cache: the benchmark cache.
+    :ivar verifier: receives the public key; ``None`` in unsecured mode.
+    :ivar pubkey_url: where the key is, ``<REPORT_ADDR>/pubkey/``.
+    :ivar settings: ``healthcheck_endpoint``, ``healthcheck_timeout``,
         ``healthcheck_retry_interval``, ``ready_timeout_initial``,
         ``ready_timeout_resume``, ``pubkey_timeout``, ``startup_retry`` and
         ``benchmark_settings`` (passed to a built-in probe).
-    :param route: the health route, shared with the periodic checker; made
-        from ``settings.healthcheck_endpoint`` and the benchmark when ``None``.
+    :ivar route: the health route, shared with the periodic checker, which
+        startup settles (an ``auto`` route falls back on 404).
     """
 
     #: Backoff of public key fetches: 1, 2, 4 ... capped at this many seconds.
@@ -136,37 +137,23 @@ class Startup(Service):
     #: Failed key fetches after which the worker reports the problem.
     PUBKEY_ATTEMPTS_BEFORE_ERROR = 5
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        state: WorkerState,
-        http: HTTPClient,
-        backend_url: str,
-        health: HealthChecker,
-        *,
-        benchmark: str,
-        cache: BenchmarkCache,
-        verifier: SignatureVerifier | None,
-        pubkey_url: str | None,
-        settings: IStartupSettings,
-        route: HealthRoute | None = None,
-    ) -> None:
-        self._clock = clock
-        self._state = state
-        self._http = http
-        self._backend_url = backend_url
-        self._health = health
-        self._benchmark = benchmark
-        self._cache = cache
-        self._verifier = verifier
-        self._pubkey_url = pubkey_url
-        self._settings = settings
-        self.route = route or HealthRoute(
-            backend_url, settings.healthcheck_endpoint, built_in_name(benchmark)
-        )
+    clock: IReactorTime
+    state: WorkerState
+    http: HTTPClient
+    backend_url: str
+    health: HealthChecker
+    _: KW_ONLY
+    benchmark: str
+    cache: BenchmarkCache
+    verifier: SignatureVerifier | None
+    pubkey_url: str | None
+    settings: IStartupSettings
+    route: HealthRoute
+
+    def __post_init__(self) -> None:
         self._running: Deferred[None] | None = None
         self._retry: IDelayedCall | None = None
-        self.session = BackendSession(http, backend_url, clock)
+        self.session = BackendSession(self.http, self.backend_url, self.clock)
         self.attempts = 0
         #: When the chain's current wait (a retry delay) ends, while it waits.
         self.sleeping_until: float | None = None
@@ -181,7 +168,7 @@ class Startup(Service):
             self._retry.cancel()
         if self._running is not None:
             self._running.cancel()
-        self._health.stop()
+        self.health.stop()
 
     def _start(self) -> None:
         self._retry = None
@@ -193,42 +180,42 @@ class Startup(Service):
         """
         The chain, once.
         """
-        if self._verifier is not None and not self._verifier.has_key:
+        if self.verifier is not None and not self.verifier.has_key:
             await self._fetch_public_key()
-        settings = self._settings
-        cached = self._cache.read()
+        settings = self.settings
+        cached = self.cache.read()
         timeout = settings.ready_timeout_resume if cached else settings.ready_timeout_initial
-        self._state.set_phase(Phase.LOADING)
+        self.state.set_phase(Phase.LOADING)
         await self._wait_for_backend(timeout, "resume" if cached else "initial")
-        unit = unit_of(self._benchmark)
+        unit = unit_of(self.benchmark)
         if cached is None:
-            self._state.set_phase(Phase.BENCHMARKING)
-            log.info("benchmarking the model server: {benchmark}", benchmark=self._benchmark)
-            started = self._clock.seconds()
+            self.state.set_phase(Phase.BENCHMARKING)
+            log.info("benchmarking the model server: {benchmark}", benchmark=self.benchmark)
+            started = self.clock.seconds()
             max_perf = await self._measure()
             log.info(
                 "benchmark done in {elapsed:.1f} s: {perf:.4g} {unit}/s",
-                elapsed=self._clock.seconds() - started,
+                elapsed=self.clock.seconds() - started,
                 perf=max_perf,
                 unit=unit,
             )
-            self._cache.write(max_perf)
+            self.cache.write(max_perf)
         else:
             log.info(
                 "using the cached benchmark from {path}: {perf:.4g} {unit}/s",
-                path=self._cache.path,
+                path=self.cache.path,
                 perf=cached,
                 unit=unit,
             )
             max_perf = cached
-        self._state.loaded(max_perf)
+        self.state.loaded(max_perf)
         log.info(
             "loaded in {loadtime:.1f} s: {perf:.4g} {unit}/s",
-            loadtime=self._state.loadtime,
+            loadtime=self.state.loadtime,
             perf=max_perf,
             unit=unit,
         )
-        self._health.start()
+        self.health.start()
 
     def _failed(self, reason: Failure) -> None:
         self._running = None
@@ -241,48 +228,48 @@ class Startup(Service):
         log.error(
             "{message}; trying again in {retry:g} s",
             message=message,
-            retry=self._settings.startup_retry,
+            retry=self.settings.startup_retry,
         )
-        self._state.errored(message)
-        self._retry = self._clock.callLater(self._settings.startup_retry, self._start)
+        self.state.errored(message)
+        self._retry = self.clock.callLater(self.settings.startup_retry, self._start)
 
     async def _fetch_public_key(self) -> None:
-        assert self._verifier is not None and self._pubkey_url is not None
-        log.info("fetching the autoscaler public key: GET {url}", url=self._pubkey_url)
+        assert self.verifier is not None and self.pubkey_url is not None
+        log.info("fetching the autoscaler public key: GET {url}", url=self.pubkey_url)
         delays = equal_jitter(1.0, self.PUBKEY_MAX_DELAY)
         failures = 0
         while True:
             try:
-                d: Deferred[Any] = self._http.get(self._pubkey_url)
-                d.addTimeout(self._settings.pubkey_timeout or 3600.0, self._clock)
+                d: Deferred[Any] = self.http.get(self.pubkey_url)
+                d.addTimeout(self.settings.pubkey_timeout or 3600.0, self.clock)
                 response = await d
                 body: bytes = await response.content()
                 if response.code != 200:
                     raise ValueError(f"answered {response.code}")
-                self._verifier.set_public_key(body)
+                self.verifier.set_public_key(body)
             except Exception as e:  # CancelledError included: it is an Exception
                 if isinstance(e, CancelledError) and not self.running:
                     raise
                 failures += 1
                 why = (
-                    f"cannot get the autoscaler public key from {self._pubkey_url}: "
+                    f"cannot get the autoscaler public key from {self.pubkey_url}: "
                     f"{e or type(e).__name__}"
                 )
                 if failures == 1:
                     log.warn("{why}; retrying", why=why)
                 if failures == self.PUBKEY_ATTEMPTS_BEFORE_ERROR:
-                    self._state.errored(why)
+                    self.state.errored(why)
                 await self._sleep(delays(failures - 1))
                 continue
             if failures >= self.PUBKEY_ATTEMPTS_BEFORE_ERROR:
-                self._state.recovered()
+                self.state.recovered()
             log.info("got the autoscaler public key")
             return
 
     async def _sleep(self, seconds: float) -> None:
-        self.sleeping_until = self._clock.seconds() + seconds
+        self.sleeping_until = self.clock.seconds() + seconds
         try:
-            await deferLater(self._clock, seconds)
+            await deferLater(self.clock, seconds)
         finally:
             self.sleeping_until = None
 
@@ -291,7 +278,7 @@ class Startup(Service):
         Probe the health route until it answers 200, falling back along the
         ``auto`` routes on 404; a 503 or no answer means "still loading".
         """
-        settings, route, clock = self._settings, self.route, self._clock
+        settings, route, clock = self.settings, self.route, self.clock
         started = clock.seconds()
         deadline = started + timeout
         next_note = started + WAIT_NOTE_INTERVAL
@@ -303,7 +290,7 @@ class Startup(Service):
         )
         while True:
             try:
-                await probe(self._http, route.url, clock, settings.healthcheck_timeout)
+                await probe(self.http, route.url, clock, settings.healthcheck_timeout)
             except BackendNotHealthy as e:
                 last = str(e)
                 if e.status == 404 and route.fall_back():
@@ -347,9 +334,9 @@ class Startup(Service):
 
     async def _measure(self) -> float:
         try:
-            benchmark = resolve_benchmark(self._benchmark)
+            benchmark = resolve_benchmark(self.benchmark)
             return await run_benchmark(
-                benchmark, self._backend_url, self.session, self._settings.benchmark_settings
+                benchmark, self.backend_url, self.session, self.settings.benchmark_settings
             )
         except BenchmarkError as e:
             raise StartupError(f"Benchmark failed: {e}") from e
