@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aioloop
 from backends import HERE, Server, start_json_backend, start_sse_backend, twistd_path
 from cpu_noise import CpuNoise
 from payloads import envelope
@@ -452,7 +453,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pinning_available()
         else "not pinned"
     )
-    print(f"Hot-path benchmark ({'quick' if args.quick else 'full'}); {where}", flush=True)
+    print(
+        f"Hot-path benchmark ({'quick' if args.quick else 'full'}); {where}; "
+        f"SSE backend and load on {aioloop.name()}",
+        flush=True,
+    )
     results: dict[str, dict[str, Any]] = {t: {} for t in TARGETS}
     started = time.monotonic()
     noise = CpuNoise()

@@ -1,12 +1,13 @@
 """
-A Twisted backend for the relay benchmark: paced SSE streams and a fixed JSON answer.
+A backend for the relay benchmarks: paced SSE streams and a fixed JSON answer.
 
-``GET /sse?events=N&interval=S`` answers ``200 text/event-stream`` (chunked)
-and sends N events of about 100 bytes, like an LLM's token chunks: the first at
-once with the headers, then one every S seconds. Events are scheduled on an
-absolute timetable (start + k * S), so timer lateness does not accumulate, and
-each carries the time it was written, so a client can measure how long it
-took to arrive.
+``GET /sse?events=N&interval=S`` (or a ``POST /sse`` whose JSON body, bare or
+inside a Vast envelope, gives ``events`` and ``interval``) answers ``200
+text/event-stream`` (chunked) and sends N events of about 100 bytes, like an
+LLM's token chunks: the first at once with the headers, then one every S
+seconds. Events are scheduled on an absolute timetable (start + k * S), so
+timer lateness does not accumulate, and each carries the time it was
+written, so a client can measure how long it took to arrive.
 
 ``GET /v1/models`` and ``POST /v1/chat/completions`` give minimal
 OpenAI-shaped answers (one model; a completion of 16 tokens), so a worker that
@@ -14,27 +15,43 @@ probes and benchmarks its model server at startup gets ready at once. Every
 other request gets a small fixed JSON body: with ``--json-only`` (no ``/sse``)
 this is the fallback fast backend when nginx is not installed.
 
+Why asyncio protocols and not twisted.web: the backend shares the load CPU
+with the load generator, and what it costs per event is taken from the
+load's share of that core. On twisted.web it cost 16-17 us per event, so
+at 300 streams the backend and the load together used the whole core and
+set the figures (a proxy that changed when events arrived made the load
+side fall behind). Here it speaks just enough HTTP/1.1 for the benchmark
+(kept-alive requests in order, ``Content-Length`` bodies) and runs on
+uvloop when it is installed, as vLLM's server does: about a quarter of that.
+
 Run: ``python benchmarks/sse_backend.py --port 8001``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
+from aioloop import run_loop
 from payloads import COMPLETION_JSON, FIXED_JSON, MODELS_JSON
-from twisted.internet import reactor as global_reactor
-from twisted.internet.interfaces import IDelayedCall
-from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
 
 EVENT_SIZE = 100
 MAX_EVENTS = 100_000
+#: A request head longer than this is refused (the benchmark's are short).
+MAX_HEAD = 16384
+
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
 def sse_event(stream_id: int, index: int, sent_ns: int) -> bytes:
@@ -54,123 +71,201 @@ def sse_event(stream_id: int, index: int, sent_ns: int) -> bytes:
     return head + b"x" * max(0, EVENT_SIZE - len(head) - len(tail)) + tail
 
 
-class _Stream:
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _answer(status: bytes, body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+        status,
+        content_type,
+        len(body),
+        body,
+    )
+
+
+class _Head:
+    """The parts of a request head the backend reads."""
+
+    def __init__(self, raw: bytes) -> None:
+        lines = raw.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            raise ValueError("bad request line")
+        self.method, target, version = parts
+        self.path, _, self.query = target.partition(b"?")
+        self.length = 0
+        self.close = version == b"HTTP/1.0"
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                self.length = int(value)
+                if self.length < 0:
+                    raise ValueError("negative content-length")
+            elif name == b"transfer-encoding":
+                raise ValueError("chunked request bodies are not served here")
+            elif name == b"connection":
+                self.close = value.strip().lower() == b"close"
+
+
+class BenchServer:
     """
-    One SSE response in progress: writes its events on schedule, then finishes.
-    """
+    What every connection shares: the stream numbering and the routes served.
 
-    def __init__(
-        self, request: Request, stream_id: int, events: int, interval: float, clock: Any
-    ) -> None:
-        self._request = request
-        self._id = stream_id
-        self._events = events
-        self._interval = interval
-        self._clock = clock
-        self._sent = 0
-        self._start = time.monotonic()
-        self._call: IDelayedCall | None = None
-        self._gone = False
-
-    def start(self) -> None:
-        self._request.notifyFinish().addErrback(self._client_gone)
-        self._send_next()
-
-    def _send_next(self) -> None:
-        self._call = None
-        if self._gone:
-            return
-        self._request.write(sse_event(self._id, self._sent, time.monotonic_ns()))
-        self._sent += 1
-        if self._sent >= self._events:
-            self._request.finish()
-            return
-        due = self._start + self._sent * self._interval
-        self._call = self._clock.callLater(max(0.0, due - time.monotonic()), self._send_next)
-
-    def _client_gone(self, reason: Failure) -> None:
-        self._gone = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-
-
-class BenchResource(Resource):
-    """
-    ``/sse`` streams; every other path gets :data:`FIXED_JSON`.
-
-    :param clock: schedules the events.
     :param sse: serve ``/sse`` (off for the plain JSON fallback).
     """
 
-    isLeaf = True
+    def __init__(self, sse: bool = True) -> None:
+        self.sse = sse
+        self.next_id = 0
 
-    def __init__(self, clock: Any, sse: bool = True) -> None:
-        super().__init__()
-        self._clock = clock
-        self._sse = sse
-        self._next_id = 0
 
-    def render_GET(self, request: Request) -> bytes | int:
-        if self._sse and request.path == b"/sse":
-            return self._render_sse(request)
-        request.setHeader(b"content-type", b"application/json")
-        return MODELS_JSON if request.path == b"/v1/models" else FIXED_JSON
+class BenchConnection(asyncio.Protocol):
+    """
+    One client connection: requests answered in order, one at a time.
+    """
 
-    def render_POST(self, request: Request) -> bytes | int:
-        if self._sse and request.path == b"/sse":
-            return self._render_sse(request, _body_params(request))
-        request.setHeader(b"content-type", b"application/json")
-        return COMPLETION_JSON if request.path.startswith(b"/v1/") else FIXED_JSON
+    def __init__(self, server: BenchServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._busy = False  # a stream is being written
+        self._close_after = False
+        self._timer: asyncio.TimerHandle | None = None
+        # The stream in progress.
+        self._id = 0
+        self._events = 0
+        self._interval = 0.0
+        self._sent = 0
+        self._start = 0.0
 
-    def _render_sse(self, request: Request, body: dict[str, Any] | None = None) -> bytes | int:
-        params = body or {}
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self._serve()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport = None
+
+    # Requests, in order
+
+    def _serve(self) -> None:
+        while not self._busy and self._transport is not None:
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > MAX_HEAD:
+                    self._refuse(b"431 Request Header Fields Too Large", b"head too long\n")
+                return
+            try:
+                head = _Head(bytes(self._buf[:end]))
+            except ValueError as e:
+                self._refuse(b"400 Bad Request", str(e).encode() + b"\n")
+                return
+            if len(self._buf) < end + 4 + head.length:
+                return
+            body = bytes(self._buf[end + 4 : end + 4 + head.length])
+            del self._buf[: end + 4 + head.length]
+            self._close_after = head.close
+            self._respond(head, body)
+
+    def _respond(self, head: _Head, body: bytes) -> None:
+        if self._server.sse and head.path == b"/sse":
+            self._start_stream(head, body)
+            return
+        if head.method == b"GET":
+            answer = MODELS_JSON if head.path == b"/v1/models" else FIXED_JSON
+        else:
+            answer = COMPLETION_JSON if head.path.startswith(b"/v1/") else FIXED_JSON
+        self._write_and_end(_answer(b"200 OK", answer))
+
+    def _refuse(self, status: bytes, reason: bytes) -> None:
+        self._close_after = True
+        self._write_and_end(_answer(status, reason, b"text/plain"))
+
+    def _write_and_end(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+        if self._close_after:
+            self._transport.close()
+            self._transport = None
+
+    # SSE
+
+    def _start_stream(self, head: _Head, body: bytes) -> None:
+        params = _params(head, body)
         try:
-            events = int(params.get("events", _arg(request, b"events", b"100")))
-            interval = float(params.get("interval", _arg(request, b"interval", b"0.02")))
-        except ValueError:
-            request.setResponseCode(400)
-            return b"bad events or interval\n"
+            events = int(params.get("events", 100))
+            interval = float(params.get("interval", 0.02))
+        except (TypeError, ValueError):
+            self._refuse(b"400 Bad Request", b"bad events or interval\n")
+            return
         if not (1 <= events <= MAX_EVENTS and 0 <= interval <= 60):
-            request.setResponseCode(400)
-            return b"events or interval out of range\n"
-        request.setHeader(b"content-type", b"text/event-stream")
-        request.setHeader(b"cache-control", b"no-cache")
-        self._next_id += 1
-        _Stream(request, self._next_id, events, interval, self._clock).start()
-        return NOT_DONE_YET
+            self._refuse(b"400 Bad Request", b"events or interval out of range\n")
+            return
+        self._server.next_id += 1
+        self._id = self._server.next_id
+        self._events = events
+        self._interval = interval
+        self._sent = 0
+        self._start = self._loop.time()
+        self._busy = True
+        self._send_next(_SSE_HEAD)
+
+    def _send_next(self, prefix: bytes = b"") -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        data = prefix + _chunk(sse_event(self._id, self._sent, time.monotonic_ns()))
+        self._sent += 1
+        if self._sent < self._events:
+            transport.write(data)
+            due = self._start + self._sent * self._interval
+            self._timer = self._loop.call_at(due, self._send_next)
+            return
+        self._busy = False
+        self._write_and_end(data + _LAST_CHUNK)
+        if self._buf:
+            self._serve()
 
 
-def _body_params(request: Request) -> dict[str, Any]:
+def _params(head: _Head, body: bytes) -> dict[str, Any]:
     """
-    The stream's parameters from a POST's JSON body: either bare, as a worker
-    relays the payload, or inside a Vast envelope, as a direct request carries it.
+    The stream's parameters: from a POST's JSON body, either bare (as a worker
+    relays the payload) or inside a Vast envelope (as a direct request
+    carries it); else from the query string.
     """
-    try:
-        assert request.content is not None
-        body = json.loads(request.content.read() or b"{}")
-    except ValueError:
-        return {}
-    if isinstance(body, dict) and isinstance(body.get("payload"), dict):
-        body = body["payload"]
-    return body if isinstance(body, dict) else {}
+    if body:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return {}
+        if isinstance(parsed, dict) and isinstance(parsed.get("payload"), dict):
+            parsed = parsed["payload"]
+        return parsed if isinstance(parsed, dict) else {}
+    query = parse_qs(head.query.decode("latin-1"))
+    return {name: values[0] for name, values in query.items()}
 
 
-def _arg(request: Request, name: bytes, default: bytes) -> bytes:
-    values = (request.args or {}).get(name)
-    return values[0] if values else default
-
-
-class _QuietSite(Site):
-    """
-    No access log: a log line per request would make the backend the bottleneck.
-
-    (``HTTPChannel`` sets ``TCP_NODELAY`` itself, so each event leaves at once.)
-    """
-
-    noisy = False
-
-    def log(self, request: http.Request) -> None:
-        pass
+async def serve(port: int, sse: bool) -> None:
+    """Serve on 127.0.0.1 until cancelled."""
+    shared = BenchServer(sse)
+    loop = asyncio.get_running_loop()
+    # A backlog large enough for 1,000 streams connecting at once. asyncio and
+    # uvloop set TCP_NODELAY, so each event leaves at once.
+    server = await loop.create_server(
+        lambda: BenchConnection(shared), "127.0.0.1", port, backlog=2048
+    )
+    print(f"sse_backend listening on 127.0.0.1:{port}", flush=True)
+    async with server:
+        await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,12 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--json-only", action="store_true", help="serve only the fixed JSON")
     args = parser.parse_args(argv)
-    reactor: Any = global_reactor
-    site = _QuietSite(BenchResource(reactor, sse=not args.json_only))
-    # A backlog large enough for 1,000 streams connecting at once.
-    reactor.listenTCP(args.port, site, backlog=2048, interface="127.0.0.1")
-    print(f"sse_backend listening on 127.0.0.1:{args.port}", flush=True)
-    reactor.run()
+    try:
+        run_loop(serve(args.port, not args.json_only))
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -38,6 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from aioloop import run_loop
 from payloads import envelope
 
 # Connections opened concurrently during the ramp. This does not bound the
@@ -113,8 +114,9 @@ class SSEConnection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport  # asyncio sets TCP_NODELAY itself
+        # asyncio and uvloop set TCP_NODELAY themselves; uvloop's transports
+        # are not subclasses of asyncio.Transport, only alike.
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self._state == _IDLE:
@@ -516,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = Stats()
     runner = run_window if config.mode == "window" else run_once
     wall, cpu = time.monotonic(), time.process_time()
-    timing = asyncio.run(runner(config, stats))
+    timing = run_loop(runner(config, stats))
     timing["wall_s"] = time.monotonic() - wall
     timing["cpu_s"] = time.process_time() - cpu
     json.dump(summary(config, stats, timing), sys.stdout)
