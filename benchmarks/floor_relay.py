@@ -75,7 +75,7 @@ class Backend(Protocol):
         self.caller.pending = []
 
     def dataReceived(self, data: bytes) -> None:
-        send_now(self.caller.transport, (data,))
+        send_now(self.caller.transport, data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.caller.transport.loseConnection()  # type: ignore[union-attr]
