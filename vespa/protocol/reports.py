@@ -334,26 +334,21 @@ def delete_records(identity: WorkerIdentity, records: Iterable[DeletionRecord]) 
                 }
             )
             continue
-        request_idx = check.index("request_idx", record.request_idx)
-        if request_idx is None:
+        index = check.index("request_idx", request_idx)
+        if index is None:
             continue
-        status = record.status
         if status not in STATUSES:
             check.dropped.append(f"status: unknown ({_show(status)}), sent as Error")
             status = "Error"
         requests.append(
             {
-                "request_idx": request_idx,
-                "success": bool(record.success),
+                "request_idx": index,
+                "success": bool(success),
                 "status": status,
-                "entered_queue_at": check.number(
-                    "entered_queue_at", record.entered_queue_at, 0.0, MAX_SECONDS
-                ),
-                "work_started_at": check.number(
-                    "work_started_at", record.work_started_at, 0.0, MAX_SECONDS
-                ),
+                "entered_queue_at": check.number("entered_queue_at", entered, 0.0, MAX_SECONDS),
+                "work_started_at": check.number("work_started_at", started, 0.0, MAX_SECONDS),
                 "work_completed_at": check.number(
-                    "work_completed_at", record.work_completed_at, 0.0, MAX_SECONDS
+                    "work_completed_at", completed, 0.0, MAX_SECONDS
                 ),
             }
         )
