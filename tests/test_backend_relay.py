@@ -22,14 +22,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from tests.support import HTTPClient, listen, raw_connect, start_tls_worker, start_worker, until
 from tests.support_chunks import CHUNKS, FRAMED, LAST, RELAYED
 from vespa.http.endpoints import Origin
-from vespa.http.relay import BackendRelay
+from vespa.http.relay import BackendRelay, _BodyRelay
 from vespa.http.site import ProxySite
 from vespa.testing.echo_backend import echo_site
 from vespa.tls import make_self_signed
@@ -348,3 +348,30 @@ class TLSBackendTests(TestCase):
         self.assertEqual(body, b'data: {"n": 0}\n\ndata: {"n": 1}\n\ndata: {"n": 2}\n\n')
         # Both exchanges went over one kept-alive TLS connection.
         self.assertEqual(len(relay.pool.idle_connections), 1)
+
+
+class _GoneRequest:
+    """A twisted.web request whose caller went away before its head was written."""
+
+    startedWriting = 0
+    _disconnected = True
+    channel = None
+    sentLength = 0
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class CallerGoneTests(SynchronousTestCase):
+    def test_a_chunk_for_a_caller_gone_before_the_head_is_dropped(self) -> None:
+        """
+        A raw chunk for a caller that left before anything was written (its
+        request has no channel any more) is dropped, not sent nor counted.
+        """
+        request = _GoneRequest()
+        body = _BodyRelay(None, request, Clock(), None, raw=True)  # type: ignore[arg-type]
+        body.dataReceived(b"5\r\nhello\r\n")
+        self.assertEqual((request.written, request.sentLength), ([], 0))

@@ -409,6 +409,8 @@ class _BodyRelay(BodyReader):
             if not self._raw:
                 request.write(data)
                 return
+            if request._disconnected:  # gone: its channel with it
+                return
             if not request.startedWriting:
                 request.write(b"")  # the status line and headers go first
             # The caller's connection (ProxyChannel.write's own target): from
