@@ -20,6 +20,7 @@ Run: ``python benchmarks/floor_relay.py LISTEN_PORT BACKEND_PORT``; with
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -36,6 +37,16 @@ from vespa.http.eager import send_now
 
 LOCALHOST = "127.0.0.1"
 reactor: object = _reactor
+
+# A tree from before issue 14's round four (PYTHONPATH set to it, in an A/B)
+# has a send_now taking a sequence of pieces, not one bytes.
+if "pieces" in inspect.signature(send_now).parameters:
+
+    def _send(transport: object, data: bytes) -> None:
+        send_now(transport, (data,))  # type: ignore[arg-type]
+
+else:
+    _send = send_now
 
 
 class Caller(Protocol):
@@ -75,7 +86,7 @@ class Backend(Protocol):
         self.caller.pending = []
 
     def dataReceived(self, data: bytes) -> None:
-        send_now(self.caller.transport, (data,))
+        _send(self.caller.transport, data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.caller.transport.loseConnection()  # type: ignore[union-attr]

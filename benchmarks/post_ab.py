@@ -2,9 +2,13 @@
 Worker CPU per relayed POST, two trees A/B: two ``twistd vespa`` workers
 (unsecured, metrics off), each run with ``PYTHONPATH`` set to its tree, side
 by side on the proxy CPU in front of one nginx; wrk c=32 windows alternate
-between them (A B, B A, ...), so both see the same machine.
+between them (A B, B A, ...), so both see the same machine. With
+``--secured``, each is a secured worker with its own autoscaler stand-in,
+every request carrying the same url-only signature (``run_hotpath.py``'s
+``secured`` column).
 
     .venv/bin/python benchmarks/post_ab.py /work/main . --rounds 8 --seconds 4
+    .venv/bin/python benchmarks/post_ab.py /work/main . --secured
 
 Prints each window's worker CPU per request and each tree's median.
 """
@@ -23,7 +27,7 @@ from backends import Server, start_json_backend
 from cpu_noise import CpuNoise
 from payloads import envelope
 from processes import PROXY_CPU, ProcessSet, free_port
-from run_hotpath import JSON_ROUTE, Plan, _ready, _vespa_command, measure_post
+from run_hotpath import JSON_ROUTE, Plan, _ready, _vespa_command, measure_post, start_secured
 from wrk import post_script
 
 
@@ -44,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("trees", nargs=2, help="two source trees (e.g. /work/main and .)")
     parser.add_argument("--rounds", type=int, default=8, help="windows per tree")
     parser.add_argument("--seconds", type=int, default=4, help="length of each window")
+    parser.add_argument("--secured", action="store_true", help="secured workers, signed requests")
     args = parser.parse_args(argv)
     plan = Plan(wrk_seconds=args.seconds, wrk_warmup=1, sse_window=0.0, rss_streams=0)
     noise = CpuNoise()
@@ -51,16 +56,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     got: dict[str, list[float]] = {tree: [] for tree in args.trees}
     tmp = tempfile.TemporaryDirectory(prefix="vespa-post-ab-")
     with tmp, ProcessSet(Path(tmp.name)) as procs:
-        body = envelope({"model": "bench", "prompt": "hello", "max_tokens": 16})
-        script = post_script(procs.workdir / "post.lua", body)
+        payload = {"model": "bench", "prompt": "hello", "max_tokens": 16}
+        body = envelope(payload)
         probe = b"POST " + JSON_ROUTE.encode() + b" " + body
         nginx = start_json_backend(procs)
-        workers = [
-            (tree, start_tree_worker(procs, nginx, f"vespa-{i}", tree, probe))
-            for i, tree in enumerate(args.trees)
-        ]
+        workers: list[tuple[str, Server, Path]] = []
+        for i, tree in enumerate(args.trees):
+            if args.secured:
+                # Signatures are bound to each worker's url: a body each.
+                secured = start_secured(procs, nginx, f"vespa-{i}", payload, pythonpath=tree)
+                server, signed = secured.server, secured.body
+            else:
+                server, signed = start_tree_worker(procs, nginx, f"vespa-{i}", tree, probe), body
+            workers.append((tree, server, post_script(procs.workdir / f"post-{i}.lua", signed)))
         for round_ in range(args.rounds):
-            for tree, server in workers if round_ % 2 == 0 else workers[::-1]:
+            for tree, server, script in workers if round_ % 2 == 0 else workers[::-1]:
                 result = measure_post(plan, server, server.child.pid, script)
                 cpu = result["cpu_us_per_request"]
                 got[tree].append(cpu)

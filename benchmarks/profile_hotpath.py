@@ -32,7 +32,7 @@ from pathlib import Path
 from backends import start_json_backend, start_sse_backend
 from payloads import envelope
 from processes import LOAD_CPU, ProcessSet, pinned
-from run_hotpath import JSON_ROUTE, SSE_ROUTE, start_vespa
+from run_hotpath import JSON_ROUTE, SSE_ROUTE, start_secured, start_vespa
 from run_relay import sse_load
 from wrk import post_script, run_wrk
 
@@ -189,20 +189,30 @@ def summarise(raw: Path, label: str = "") -> str:
     return "\n".join(lines)
 
 
-def profile_post(procs: ProcessSet, out: Path, seconds: int) -> str:
-    """Vespa in front of nginx, wrk c=32 POSTs for ``seconds``, recorded."""
-    body = envelope({"model": "bench", "prompt": "hello", "max_tokens": 16})
-    script = post_script(procs.workdir / "post.lua", body)
+def profile_post(procs: ProcessSet, out: Path, seconds: int, *, secured: bool = False) -> str:
+    """
+    Vespa in front of nginx, wrk c=32 POSTs for ``seconds``, recorded; with
+    ``secured``, a secured Vespa and a signed envelope (``run_hotpath.py``'s
+    ``secured`` column).
+    """
+    payload = {"model": "bench", "prompt": "hello", "max_tokens": 16}
+    body = envelope(payload)
     nginx = start_json_backend(procs)
-    vespa = start_vespa(procs, nginx, "vespa-json", b"POST " + JSON_ROUTE.encode() + b" " + body)
+    if secured:
+        signed = start_secured(procs, nginx, "vespa-secured", payload)
+        vespa, body = signed.server, signed.body
+    else:
+        probe = b"POST " + JSON_ROUTE.encode() + b" " + body
+        vespa = start_vespa(procs, nginx, "vespa-json", probe)
+    script = post_script(procs.workdir / "post.lua", body)
     run_wrk(vespa.url + JSON_ROUTE, 32, 2, script=script)  # warm-up
     raw = record(
-        vespa.child.pid, seconds, out / "post",
+        vespa.child.pid, seconds, out / ("post-secured" if secured else "post"),
         lambda: run_wrk(vespa.url + JSON_ROUTE, 32, seconds + 1, script=script),
     )  # fmt: skip
     procs.stop(vespa.child)
     procs.stop(nginx.child)
-    return summarise(raw, label="POST c=32, small JSON")
+    return summarise(raw, label=f"POST c=32, small JSON{', secured' if secured else ''}")
 
 
 def profile_sse(procs: ProcessSet, out: Path, seconds: int) -> str:
@@ -231,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--summarise", type=Path, nargs="+", metavar="RAW",
         help="only print the summary of raw files already recorded",
     )  # fmt: skip
+    parser.add_argument(
+        "--secured", action="store_true",
+        help="profile a secured worker under the POST load only (signed envelopes)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.summarise:
         for raw in args.summarise:
@@ -239,8 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vespa-profile-") as tmp:
         with ProcessSet(Path(tmp)) as procs:
-            print(profile_post(procs, args.out, args.seconds), flush=True)
-            print(profile_sse(procs, args.out, args.seconds), flush=True)
+            print(profile_post(procs, args.out, args.seconds, secured=args.secured), flush=True)
+            if not args.secured:
+                print(profile_sse(procs, args.out, args.seconds), flush=True)
     return 0
 
 

@@ -12,6 +12,10 @@ to first byte p99 of 128 streams started together, and wrk c=32 POSTs (CPU
 per request, p50, p99). Printed: each round, then the median over them.
 
 Run: ``python benchmarks/reactor_ab.py [--rounds N]`` (about 80 s a round).
+
+With ``--trees A B`` the variants are instead the worker of two source trees
+(each run with ``PYTHONPATH`` set to it, on Vespa's reactor) and the floor
+relay on Vespa's reactor: a tree A/B of the per-event cost, interleaved.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from backends import Server, start_json_backend, start_sse_backend
 from cpu_noise import CpuNoise
 from payloads import envelope
+from post_ab import start_tree_worker
 from processes import PROXY_CPU, ProcessSet, free_port
 from run_hotpath import (
     FLOOR_RELAY,
@@ -77,6 +82,15 @@ def worker(twistd_reactor: str | None) -> Starter:
     return start
 
 
+def tree(path: str) -> Starter:
+    """The worker of the source tree at ``path`` (``PYTHONPATH``), unsecured, metrics off."""
+
+    def start(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
+        return start_tree_worker(procs, backend, name, path, probe)
+
+    return start
+
+
 #: The variants, in the order they run in each round.
 VARIANTS: dict[str, Starter] = {
     "floor/twisted": floor("twisted"),
@@ -92,7 +106,7 @@ def one_round(procs: ProcessSet, starters: dict[str, Starter]) -> dict[str, dict
     sse = start_sse_backend(procs)
     probe = b"POST " + SSE_ROUTE.encode() + b" " + envelope({"events": 1, "interval": 0})
     for name, start in starters.items():
-        server = start(procs, sse, name.replace("/", "-") + "-sse", probe)
+        server = start(procs, sse, name.replace("/", "-").replace(" ", "") + "-sse", probe)
         pid = server.child.pid
         results[name]["ttfb_p99_ms"] = measure_ttfb(server)["ttfb_p99_ms"]
         for streams in (300, 600):
@@ -107,7 +121,7 @@ def one_round(procs: ProcessSet, starters: dict[str, Starter]) -> dict[str, dict
     script = post_script(procs.workdir / "post.lua", body)
     probe = b"POST " + JSON_ROUTE.encode() + b" " + body
     for name, start in starters.items():
-        server = start(procs, nginx, name.replace("/", "-") + "-json", probe)
+        server = start(procs, nginx, name.replace("/", "-").replace(" ", "") + "-json", probe)
         got = measure_post(PLAN, server, server.child.pid, script)
         results[name]["post_us"] = got["cpu_us_per_request"]
         results[name]["post_p50_ms"] = got["p50_ms"]
@@ -144,14 +158,19 @@ def report(rounds: list[dict[str, dict[str, Any]]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--trees", nargs=2, metavar="TREE", help="A/B two source trees instead")
     args = parser.parse_args(argv)
+    variants = VARIANTS
+    if args.trees:
+        variants = {"floor/vespa": floor("vespa")}
+        variants.update((f"tree {path}", tree(path)) for path in args.trees)
     noise = CpuNoise()
     noise.start()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="vespa-reactor-ab-") as tmp:
         with ProcessSet(Path(tmp)) as procs:
             for i in range(args.rounds):
-                rounds.append(one_round(procs, VARIANTS))
+                rounds.append(one_round(procs, variants))
                 print(f"round {i + 1}:\n{report(rounds[-1:])}", flush=True)
     print(f"\nmedian of {args.rounds} rounds:\n{report(rounds)}")
     print(f"\n{noise.report()}")

@@ -146,12 +146,18 @@ class Secured:
 
 
 def start_secured(
-    procs: ProcessSet, backend: Server, name: str, payload: dict[str, Any]
+    procs: ProcessSet,
+    backend: Server,
+    name: str,
+    payload: dict[str, Any],
+    *,
+    pythonpath: str | None = None,
 ) -> Secured:
     """
     The autoscaler stand-in on the load CPU, then a secured Vespa (metrics
     off) on the proxy CPU that fetches its public key and binds signatures to
     its url, as on Vast; ready once a request signed for that url relays.
+    With ``pythonpath``, the worker runs that source tree.
     """
     key_file = procs.workdir / "autoscaler-key.pem"
     key = load_or_create_key(str(key_file))
@@ -173,6 +179,8 @@ def start_secured(
         "CONTAINER_ID": "1",
         "MASTER_TOKEN": "bench",
     }
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.path.abspath(pythonpath)
     child = procs.start(name, _vespa_command(backend, port), cpu=PROXY_CPU, env=env)
     body = envelope(payload, signature=sign_auth(key, {"url": url}, mode="url"), url=url)
     return Secured(_ready(child, port, name, b"POST " + JSON_ROUTE.encode() + b" " + body), body)

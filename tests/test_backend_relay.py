@@ -9,6 +9,7 @@ the test's.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from h2.config import H2Configuration
@@ -21,17 +22,18 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tests.support import HTTPClient, listen, raw_connect, start_tls_worker, start_worker
+from tests.support import HTTPClient, listen, raw_connect, start_tls_worker, start_worker, until
 from tests.support_chunks import CHUNKS, FRAMED, LAST, RELAYED
 from vespa.http.endpoints import Origin
-from vespa.http.relay import BackendRelay
+from vespa.http.relay import BackendRelay, _BodyRelay
 from vespa.http.site import ProxySite
 from vespa.testing.echo_backend import echo_site
 from vespa.tls import make_self_signed
+from vespa.worker.tally import Outcome
 
 CHUNKED_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -109,6 +111,53 @@ class RawPassthroughTests(TestCase):
         self.assertEqual(_body(client.data), RELAYED + b"0\r\n\r\n")
         self.assertIn(b"transfer-encoding: chunked", client.data.lower())
         client.transport.loseConnection()
+
+    async def test_the_access_log_counts_the_relayed_bytes(self) -> None:
+        """
+        The chunks go to the caller's connection straight, past twisted.web's
+        ``Request.write``: the access log still counts every byte of them.
+        """
+        log = Path(self.mktemp())
+        _, port = start_worker(self, listen(self, self.backend), access_log=str(log))
+        client = await raw_connect(port)
+        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        backend = await self.backend.requests.get()
+        backend.transport.write(CHUNKED_HEAD + FRAMED + LAST)
+        await client.wait_for(RELAYED + b"0\r\n\r\n")
+        client.transport.loseConnection()
+        await until(lambda: log.exists() and log.read_text().count("\n") >= 1)
+        self.assertIn(f'"GET /sse HTTP/1.1" 200 {len(RELAYED)} ', log.read_text())
+
+    async def test_a_caller_gone_mid_stream_closes_the_backend(self) -> None:
+        """
+        The caller leaves mid-stream: the backend's connection is closed
+        and the request is accounted as cancelled.
+        """
+        resource, port = start_worker(self, listen(self, self.backend))
+        client = await raw_connect(port)
+        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        backend = await self.backend.requests.get()
+        backend.transport.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
+        await client.wait_for(b"5\r\nhello\r\n")
+        client.transport.loseConnection()
+        await client.closed
+        backend.transport.write(b"5\r\nworld\r\n")
+        await backend.lost
+        await until(lambda: resource.ledger.totals[Outcome.CANCELLED].requests == 1)
+
+    async def test_the_backend_reads_reach_its_connection_directly(self) -> None:
+        """
+        Once connected, the TCP transport hands each backend read to the
+        relay's connection itself, not through Twisted's endpoint wrappers.
+        """
+        resource, port = start_worker(self, listen(self, self.backend))
+        answer = Deferred.fromCoroutine(HTTPClient(self, port).request(b"GET", b"/sse"))
+        backend = await self.backend.requests.get()
+        backend.transport.write(CHUNKED_HEAD + FRAMED + LAST)
+        _, body = await answer
+        self.assertEqual(body, b"".join(CHUNKS))
+        (connection,) = resource.relay.pool.idle_connections
+        self.assertIs(connection.transport.protocol, connection)  # type: ignore[attr-defined]
 
     async def test_a_parsing_client_reads_the_relayed_framing(self) -> None:
         """A real HTTP client decodes the relayed chunks to the backend's payload."""
@@ -299,3 +348,30 @@ class TLSBackendTests(TestCase):
         self.assertEqual(body, b'data: {"n": 0}\n\ndata: {"n": 1}\n\ndata: {"n": 2}\n\n')
         # Both exchanges went over one kept-alive TLS connection.
         self.assertEqual(len(relay.pool.idle_connections), 1)
+
+
+class _GoneRequest:
+    """A twisted.web request whose caller went away before its head was written."""
+
+    startedWriting = 0
+    _disconnected = True
+    channel = None
+    sentLength = 0
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class CallerGoneTests(SynchronousTestCase):
+    def test_a_chunk_for_a_caller_gone_before_the_head_is_dropped(self) -> None:
+        """
+        A raw chunk for a caller that left before anything was written (its
+        request has no channel any more) is dropped, not sent nor counted.
+        """
+        request = _GoneRequest()
+        body = _BodyRelay(None, request, Clock(), None, raw=True)  # type: ignore[arg-type]
+        body.dataReceived(b"5\r\nhello\r\n")
+        self.assertEqual((request.written, request.sentLength), ([], 0))

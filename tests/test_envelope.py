@@ -283,6 +283,53 @@ class BodyEnvelopeTests(SynchronousTestCase):
         error = self.assertRaises(EnvelopeInvalid, post, template % b"1e400")
         self.assertEqual(error.details, {"auth_data": {"cost": "must be a finite number"}})
 
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(
+        st.fixed_dictionaries(
+            {},
+            optional=dict.fromkeys(
+                AUTH_FIELDS,
+                st.one_of(
+                    st.integers(-5, 5), st.booleans(), st.none(), st.floats(-2, 1e300),
+                    st.text(max_size=4), st.sampled_from(["1", "2.5", "-1", "1e3"]),
+                ),
+            ),
+        )
+    )  # fmt: skip
+    def test_any_auth_data_is_read_alike(self, auth: dict[str, Any]) -> None:
+        """
+        Whatever the six fields hold, the routing data is accepted with
+        every value and its type as sent exactly when each field is sound,
+        and otherwise refused naming exactly the fields that are not.
+        """
+        bad: dict[str, str] = {}
+        for name in AUTH_FIELDS:
+            value = auth.get(name, ...)
+            if value is ...:
+                bad[name] = "missing parameter"
+            elif name in ("reqnum", "request_idx"):
+                if type(value) is not int:
+                    bad[name] = "must be an integer"
+            elif name != "cost":
+                if type(value) is not str:
+                    bad[name] = "must be a string"
+            elif isinstance(value, bool) or value is None:
+                bad[name] = "must be a number"
+            elif isinstance(value, str) and not envelope_module._NUMBER.fullmatch(value):
+                bad[name] = "must be a number"
+            elif float(value) < 0:
+                bad[name] = "must not be negative"
+        body = {"auth_data": auth, "payload": 1}
+        if bad:
+            error = self.assertRaises(EnvelopeInvalid, post, body)
+            self.assertEqual(error.details, {"auth_data": bad})
+            return
+        envelope = post(body)
+        assert envelope.auth is not None
+        sent = [getattr(envelope.auth, name) for name in AUTH_FIELDS]
+        self.assertEqual(sent, [auth[name] for name in AUTH_FIELDS])
+        self.assertEqual([type(v) for v in sent], [type(auth[name]) for name in AUTH_FIELDS])
+
     def test_all_field_problems_reported_at_once(self) -> None:
         """Missing and mistyped fields are named together."""
         auth = with_auth(cost=None, reqnum="1", url=3)

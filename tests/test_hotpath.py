@@ -80,7 +80,7 @@ class EagerWriteTests(TestCase):
         """With bytes already waiting, new ones queue behind them, not ahead."""
         transport = StringTransport()
         transport.write(b"first ")
-        send_now(transport, [b"second", b" third"])
+        send_now(transport, b"second third")
         self.assertEqual(transport.value(), b"first second third")
 
 

@@ -210,3 +210,59 @@ class DispatchTests(SynchronousTestCase):
         self.reactor.callLater(0, fired.append, True)
         spin(self.reactor, lambda: fired)
         self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+
+
+class MainLoopTests(SynchronousTestCase):
+    """``run()``'s loop: turns with no timer due skip Twisted's timer steps, nothing else."""
+
+    def setUp(self) -> None:
+        self.reactor = VespaReactor()
+        self.addCleanup(self.reactor.disconnectAll)
+
+    def test_timers_fire_in_order_while_io_flows(self) -> None:
+        """
+        Events keep the loop turning with a timer pending (the turns that
+        skip Twisted's steps); each timer still fires, in order, once due.
+        """
+        reactor = self.reactor
+        pipe = Pipe(reactor, None)
+        self.addCleanup(pipe.close)
+        reads: list[None] = []
+
+        def read() -> None:
+            os.read(pipe.read_end, 100)
+            reads.append(None)
+            os.write(pipe.write_end, b"x")  # readable again: a busy loop of turns
+
+        pipe.doRead = read  # type: ignore[method-assign]
+        reactor.addReader(pipe)
+        os.write(pipe.write_end, b"x")
+        fired: list[str] = []
+        reactor.callLater(0.05, fired.append, "second")
+        reactor.callLater(0.01, fired.append, "first")
+        reactor.callLater(0.1, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertEqual(fired, ["first", "second"])
+        self.assertGreater(len(reads), 10)
+
+    def test_an_error_escaping_a_turn_is_logged_and_the_loop_goes_on(self) -> None:
+        """As in Twisted's loop: logged once as an unexpected error, then the next turn."""
+        reactor = self.reactor
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        polls = {"count": 0}
+        poll = reactor.doIteration
+
+        def failing_once(timeout: float | None) -> None:
+            polls["count"] += 1
+            if polls["count"] == 1:
+                raise Boom("raised by a poll")
+            poll(timeout)
+
+        reactor.doIteration = failing_once  # type: ignore[method-assign]
+        reactor.callLater(0.01, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+        self.assertIn("Unexpected error in main loop", [e.get("log_format") for e in events])
+        self.assertGreater(polls["count"], 1)

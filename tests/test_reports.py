@@ -280,6 +280,12 @@ ANY_VALUE = st.one_of(
     st.text(max_size=5),
 )
 
+#: A time the reports send as it is: a float or an int within the bounds.
+SOUND_TIME = st.one_of(
+    st.floats(min_value=0.0, max_value=reports.MAX_SECONDS),
+    st.integers(min_value=0, max_value=int(reports.MAX_SECONDS)),
+)
+
 
 def _all_finite(value: Any) -> bool:
     if isinstance(value, float):
@@ -356,6 +362,37 @@ class BuilderPropertyTests(SynchronousTestCase):
             for name in ("entered_queue_at", "work_started_at", "work_completed_at"):
                 self.assertTrue(0.0 <= record[name] <= reports.MAX_SECONDS)
         self.assertLessEqual(len(built.body["requests"]), len(records))
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(
+        records=st.lists(
+            st.builds(
+                DeletionRecord,
+                request_idx=st.integers(0, reports.MAX_INDEX),
+                success=st.booleans(),
+                status=st.sampled_from(reports.STATUSES),
+                entered_queue_at=SOUND_TIME,
+                work_started_at=SOUND_TIME,
+                work_completed_at=SOUND_TIME,
+            ),
+            max_size=6,
+        )
+    )
+    def test_sound_records_are_sent_as_they_are(self, records: list[DeletionRecord]) -> None:
+        """
+        Sound records (as the ledger writes them: float times, or ints)
+        are each sent with exactly their values, times as floats, none dropped.
+        """
+        built = delete_records(IDENTITY, records)
+        self.assertEqual(built.dropped, ())
+        expected = [
+            dict(zip(reports.DELETE_RECORD_FIELDS, (*r[:3], *map(float, r[3:])), strict=True))
+            for r in records
+        ]
+        self.assertEqual(built.body["requests"], expected)
+        for sent in built.body["requests"]:
+            times = [sent[name] for name in reports.DELETE_RECORD_FIELDS[3:]]
+            self.assertEqual([type(t) for t in times], [float] * 3)
 
 
 class PurityTests(SynchronousTestCase):

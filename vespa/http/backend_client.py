@@ -26,7 +26,9 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error as ierror
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -137,6 +139,21 @@ class BackendConnection(Protocol):
         self._paused = False
         self._closed_waiters: list[Deferred[None]] = []
 
+    def connectionMade(self) -> None:
+        # Twisted's client endpoints put forwarding protocols between the TCP
+        # transport and this one; once connected they only pass each read and
+        # the end on. The transport is pointed here instead, so that each read
+        # of the backend (each relayed SSE event) skips a call per wrapper.
+        transport: Any = self.transport
+        if type(transport) is not tcp.Client:
+            return  # TLS, or a test's transport: left as it is
+        wrapper = transport.protocol
+        while isinstance(wrapper, _WrappingProtocol):
+            wrapper = wrapper._wrappedProtocol
+            if wrapper is self:
+                transport.protocol = self
+                return
+
     # Sending
 
     def send(self, request: OutgoingRequest, handler: ResponseHandler) -> None:
@@ -209,14 +226,24 @@ class BackendConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._handler is None:
-            # Bytes nobody asked for: the connection cannot be trusted again.
-            self.abort()
-            return
-        self.received_any = True
+        body = self._body
         try:
-            if self._body is None:
+            if body is None:
+                if self._handler is None:
+                    # Bytes nobody asked for: the connection cannot be trusted again.
+                    self.abort()
+                    return
+                self.received_any = True
                 self._head_received(data)
+            elif self._chunks is not None:
+                # A read of a chunked body, one SSE event most often: handed
+                # to the body from here, with no call in between (the relay's
+                # per-event path).
+                out, ended = self._chunks.feed(data)
+                if out:
+                    body.dataReceived(out)
+                if ended >= 0 and not self._closing:
+                    self._complete(data[ended:])
             else:
                 self._body_received(data)
         except MalformedResponse as e:
@@ -256,21 +283,13 @@ class BackendConnection(Protocol):
         if head.framing is Framing.NONE or (head.framing is Framing.LENGTH and not self._left):
             self._complete(buffer)
         elif buffer and not self._closing:
-            self._body_received(buffer)
+            self.dataReceived(buffer)
 
     def _body_received(self, data: bytes) -> None:
+        """A read of a body delimited by its length or the connection's close."""
         body = self._body
         assert body is not None
-        framing = self._framing
-        if framing is Framing.CHUNKED:
-            chunks = self._chunks
-            assert chunks is not None
-            out, ended = chunks.feed(data)
-            if out:
-                body.dataReceived(out)
-            if ended >= 0 and not self._closing:
-                self._complete(data[ended:])
-        elif framing is Framing.LENGTH:
+        if self._framing is Framing.LENGTH:
             left = self._left
             if len(data) < left:
                 self._left = left - len(data)

@@ -19,7 +19,6 @@ reactor then handles fewer sockets per turn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import tcp
@@ -27,18 +26,18 @@ from twisted.internet import tcp
 __all__ = ["send_now"]
 
 
-def send_now(transport: Any, pieces: Sequence[bytes]) -> None:
+def send_now(transport: Any, data: bytes) -> None:
     """
-    Write ``pieces`` to ``transport``, sent at once when it can be.
+    Write ``data`` to ``transport``, sent at once when it can be.
 
     Only a plain TCP server connection (no TLS layer) with nothing buffered,
     not closing, is sent to directly; anything else, and whatever the socket
-    does not take, goes through ``transport.writeSequence``. A socket error
+    does not take, goes through ``transport.write``. A socket error
     is left for the reactor to report, as it would have been: the bytes are
     buffered and its next write attempt fails the connection.
 
     :param transport: the connection's transport.
-    :param pieces: the bytes to send, in order.
+    :param data: the bytes to send.
     """
     if (
         type(transport) is tcp.Server
@@ -48,12 +47,11 @@ def send_now(transport: Any, pieces: Sequence[bytes]) -> None:
         and not transport._tempDataLen
         and transport.offset == len(transport.dataBuffer)
     ):
-        data = b"".join(pieces)
         try:
             sent: int = transport.socket.send(data)
         except OSError:  # EAGAIN, or an error the reactor reports on its next write
             sent = 0
         if sent == len(data):
             return
-        pieces = [data[sent:]]
-    transport.writeSequence(pieces)
+        data = data[sent:]
+    transport.write(data)

@@ -279,10 +279,10 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
     # whole unary response still leave on the reactor's next turn, batched.
 
     def write(self, data: bytes) -> None:
-        send_now(self.transport, (data,))
+        send_now(self.transport, data)
 
     def writeSequence(self, iovec: list[bytes]) -> None:
-        send_now(self.transport, iovec)
+        send_now(self.transport, b"".join(iovec))
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase is _Phase.BUSY or self._handlingRequest:

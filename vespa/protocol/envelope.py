@@ -34,10 +34,12 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from vespa.errors import BadRequest, VespaError
+from vespa.protocol.auth_data import AuthData as AuthData  # re-exported: where callers find it
 from vespa.protocol.members import NOT_PARSED as NOT_PARSED  # re-exported, for Envelope.payload
 from vespa.protocol.members import NotAnObject, TooLarge, byte_span, walk
 
@@ -54,6 +56,7 @@ _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 _STRING_FIELDS = ("endpoint", "signature", "url")
 _INT_FIELDS = ("reqnum", "request_idx")
+_AUTH_VALUES = itemgetter(*AUTH_FIELDS)
 SMALL_BODY = 64 * 1024
 """
 Bodies up to this size (bytes) are parsed in C with every member built, so
@@ -85,36 +88,6 @@ class NestedTooDeep(EnvelopeInvalid):
     called. A thread's stack is shallower than the reactor's: parsing there
     again may succeed.
     """
-
-
-@dataclass(frozen=True)
-class AuthData:
-    """
-    The routing data the autoscaler attached to a request.
-
-    :param cost: the workload, exactly as received: an ``int``, a ``float``, or a
-        numeric string, never converted, because the signature covers its JSON text.
-    :param endpoint: the Vast endpoint name (not the HTTP path).
-    :param reqnum: the autoscaler's request number.
-    :param request_idx: the autoscaler's id for the request over its whole life.
-    :param signature: the standard base64 RSA signature.
-    :param url: the worker URL the autoscaler routed to.
-    """
-
-    cost: int | float | str
-    endpoint: str
-    reqnum: int
-    request_idx: int
-    signature: str
-    url: str
-
-    @property
-    def workload(self) -> float:
-        """
-        The workload this request adds: ``cost`` as a float. :func:`parse_envelope`
-        only builds instances whose cost is a finite, non-negative number.
-        """
-        return float(self.cost)
 
 
 @dataclass(frozen=True)
@@ -374,6 +347,15 @@ def _auth_from_json(fields: object) -> AuthData:
         raise EnvelopeInvalid(
             "auth_data must be a JSON object", details={"auth_data": "must be an object"}
         )
+    try:
+        cost, endpoint, reqnum, request_idx, signature, url = _AUTH_VALUES(fields)
+    except KeyError:
+        pass  # reported below
+    else:  # the common case, every field sound, in one pass with no report built
+        strings = type(endpoint) is str and type(signature) is str and type(url) is str
+        if strings and type(reqnum) is int and type(request_idx) is int:
+            if _cost_problem(cost) is None:
+                return AuthData(cost, endpoint, reqnum, request_idx, signature, url)
     problems: dict[str, str] = {}
     for name in AUTH_FIELDS:
         if name not in fields:
@@ -393,14 +375,7 @@ def _auth_from_json(fields: object) -> AuthData:
     if problems:
         said = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
         raise EnvelopeInvalid(f"invalid auth_data ({said})", details={"auth_data": problems})
-    return AuthData(
-        cost=fields["cost"],
-        endpoint=fields["endpoint"],
-        reqnum=fields["reqnum"],
-        request_idx=fields["request_idx"],
-        signature=fields["signature"],
-        url=fields["url"],
-    )
+    return AuthData(*_AUTH_VALUES(fields))
 
 
 def _cost_problem(value: object) -> str | None:

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The 18 fields of a ``/worker_status/`` body, in the official worker's order.
 WORKER_STATUS_FIELDS: tuple[str, ...] = (
@@ -136,10 +136,12 @@ class WorkerIdentity:
     version: str
 
 
-@dataclass(frozen=True)
-class DeletionRecord:
+class DeletionRecord(NamedTuple):
     """
     How one request ended, for the records form of ``/delete_requests/``.
+
+    A named tuple, not a frozen dataclass: the ledger builds one for every
+    request, and a tuple is built in a third of the time.
 
     :ivar request_idx: the autoscaler's index of the request.
     :ivar success: served or cancelled (``True``); errored or rejected.
@@ -307,26 +309,46 @@ def delete_records(identity: WorkerIdentity, records: Iterable[DeletionRecord]) 
     check = _Checker()
     requests = []
     for record in records:
-        request_idx = check.index("request_idx", record.request_idx)
-        if request_idx is None:
+        request_idx, success, status, entered, started, completed = record
+        if (
+            type(request_idx) is int
+            and 0 <= request_idx <= MAX_INDEX
+            and status in STATUSES
+            and type(entered) is float
+            and type(started) is float
+            and type(completed) is float
+            and 0.0 <= entered <= MAX_SECONDS
+            and 0.0 <= started <= MAX_SECONDS
+            and 0.0 <= completed <= MAX_SECONDS
+        ):
+            # Sound as the ledger writes every record: sent as it is, with
+            # none of the checks below and their calls (a record a request).
+            requests.append(
+                {
+                    "request_idx": request_idx,
+                    "success": bool(success),
+                    "status": status,
+                    "entered_queue_at": entered,
+                    "work_started_at": started,
+                    "work_completed_at": completed,
+                }
+            )
             continue
-        status = record.status
+        index = check.index("request_idx", request_idx)
+        if index is None:
+            continue
         if status not in STATUSES:
             check.dropped.append(f"status: unknown ({_show(status)}), sent as Error")
             status = "Error"
         requests.append(
             {
-                "request_idx": request_idx,
-                "success": bool(record.success),
+                "request_idx": index,
+                "success": bool(success),
                 "status": status,
-                "entered_queue_at": check.number(
-                    "entered_queue_at", record.entered_queue_at, 0.0, MAX_SECONDS
-                ),
-                "work_started_at": check.number(
-                    "work_started_at", record.work_started_at, 0.0, MAX_SECONDS
-                ),
+                "entered_queue_at": check.number("entered_queue_at", entered, 0.0, MAX_SECONDS),
+                "work_started_at": check.number("work_started_at", started, 0.0, MAX_SECONDS),
                 "work_completed_at": check.number(
-                    "work_completed_at", record.work_completed_at, 0.0, MAX_SECONDS
+                    "work_completed_at", completed, 0.0, MAX_SECONDS
                 ),
             }
         )
