@@ -310,7 +310,7 @@ def delete_records(identity: WorkerIdentity, records: Iterable[DeletionRecord]) 
     requests = []
     for record in records:
         request_idx, success, status, entered, started, completed = record
-        if (
+        if not (
             type(request_idx) is int
             and 0 <= request_idx <= MAX_INDEX
             and status in STATUSES
@@ -321,35 +321,27 @@ def delete_records(identity: WorkerIdentity, records: Iterable[DeletionRecord]) 
             and 0.0 <= started <= MAX_SECONDS
             and 0.0 <= completed <= MAX_SECONDS
         ):
-            # Sound as the ledger writes every record: sent as it is, with
-            # none of the checks below and their calls (a record a request).
-            requests.append(
-                {
-                    "request_idx": request_idx,
-                    "success": bool(success),
-                    "status": status,
-                    "entered_queue_at": entered,
-                    "work_started_at": started,
-                    "work_completed_at": completed,
-                }
-            )
-            continue
-        index = check.index("request_idx", request_idx)
-        if index is None:
-            continue
-        if status not in STATUSES:
-            check.dropped.append(f"status: unknown ({_show(status)}), sent as Error")
-            status = "Error"
+            # Not as the ledger writes every record: each value checked, and
+            # a dropped one named. A sound record (one a request) skips these
+            # calls and is sent as it is.
+            index = check.index("request_idx", request_idx)
+            if index is None:
+                continue
+            request_idx = index
+            if status not in STATUSES:
+                check.dropped.append(f"status: unknown ({_show(status)}), sent as Error")
+                status = "Error"
+            entered = check.number("entered_queue_at", entered, 0.0, MAX_SECONDS)
+            started = check.number("work_started_at", started, 0.0, MAX_SECONDS)
+            completed = check.number("work_completed_at", completed, 0.0, MAX_SECONDS)
         requests.append(
             {
-                "request_idx": index,
+                "request_idx": request_idx,
                 "success": bool(success),
                 "status": status,
-                "entered_queue_at": check.number("entered_queue_at", entered, 0.0, MAX_SECONDS),
-                "work_started_at": check.number("work_started_at", started, 0.0, MAX_SECONDS),
-                "work_completed_at": check.number(
-                    "work_completed_at", completed, 0.0, MAX_SECONDS
-                ),
+                "entered_queue_at": entered,
+                "work_started_at": started,
+                "work_completed_at": completed,
             }
         )
     body = {
