@@ -31,5 +31,6 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     if name() == "uvloop":
         import uvloop
 
-        return uvloop.run(main)
+        result: T = uvloop.run(main)
+        return result
     return asyncio.run(main)

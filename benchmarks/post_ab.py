@@ -21,13 +21,14 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from backends import Server, start_json_backend
 from cpu_noise import CpuNoise
 from payloads import envelope
 from processes import PROXY_CPU, ProcessSet, free_port
-from run_hotpath import JSON_ROUTE, Plan, _ready, _vespa_command, measure_post, start_secured
+from run_hotpath import JSON_ROUTE, QUICK, _ready, _vespa_command, measure_post, start_secured
 from wrk import post_script
 
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=4, help="length of each window")
     parser.add_argument("--secured", action="store_true", help="secured workers, signed requests")
     args = parser.parse_args(argv)
-    plan = Plan(wrk_seconds=args.seconds, wrk_warmup=1, sse_window=0.0, rss_streams=0)
+    plan = replace(QUICK, wrk_seconds=args.seconds, sse_window=0.0, rss_streams=0, ttfb_bursts=0)
     noise = CpuNoise()
     noise.start()
     got: dict[str, list[float]] = {tree: [] for tree in args.trees}

@@ -32,9 +32,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from vespa._typing import Resource
 from vespa.http.endpoints import Origin
 from vespa.http.relay import BackendRelay
 from vespa.http.site import ProxySite

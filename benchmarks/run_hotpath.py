@@ -411,7 +411,7 @@ def table(results: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
             mine, direct = r[section][key], results["direct"][section][key]
             if mine is None or direct is None:
                 return None
-            return mine / direct if ratio else mine - direct
+            return float(mine / direct if ratio else mine - direct)
 
         return get
 

@@ -19,9 +19,9 @@ import time
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from vespa._typing import Resource
 from vespa.http.site import ProxySite
 
 BODY = json.dumps(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -161,6 +161,10 @@ if TYPE_CHECKING:
         def getResourceFor(self, request: server.Request) -> IResource:
             found: IResource = super().getResourceFor(request)
             return found
+
+        def buildProtocol(self, addr: IAddress | None) -> GenericHTTPChannelProtocol:
+            built: GenericHTTPChannelProtocol = super().buildProtocol(addr)
+            return built
 
 else:
     Request = server.Request
