@@ -212,6 +212,110 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
 
 
+class WriteTests(SynchronousTestCase):
+    """
+    A write leaves at the end of the turn that made it, with no ``epoll``
+    registration; only bytes the socket cannot take are left to ``epoll``.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = VespaReactor()
+        self.addCleanup(self.reactor.disconnectAll)
+        self.factory = Factory.forProtocol(Echo)
+        self.factory.connections = []  # type: ignore[attr-defined]
+        port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(self.sock.close)
+        self.sock.settimeout(5)
+        spin(self.reactor, lambda: self.factory.connections)  # type: ignore[attr-defined]
+        self.server: Echo = self.factory.connections[0]  # type: ignore[attr-defined]
+
+    def written(self) -> bool:
+        """Whether epoll watches the server's connection for writability."""
+        return self.server.transport.fileno() in self.reactor._writes  # type: ignore[union-attr]
+
+    def turn_once_readable(self) -> None:
+        """Turn the reactor until a turn has read the client's bytes."""
+        transport: Any = self.server.transport
+        spin(self.reactor, lambda: select.select([transport.socket], [], [], 0)[0])
+        self.reactor.iterate(5)
+
+    def test_a_reply_leaves_in_the_turn_that_read_the_request(self) -> None:
+        """One turn reads, echoes and sends; epoll never watched the socket for writing."""
+        self.sock.sendall(b"hello")
+        self.turn_once_readable()
+        self.assertEqual(select.select([self.sock], [], [], 0)[0], [self.sock])
+        self.assertEqual(self.sock.recv(100), b"hello")
+        self.assertFalse(self.written())
+        self.assertNotIn(self.server.transport, self.reactor.getWriters())
+
+    def test_writes_of_one_turn_leave_together(self) -> None:
+        """Two writes in one dispatch reach the peer in one piece, in order."""
+        transport: Any = self.server.transport
+        self.server.dataReceived = lambda data: (  # type: ignore[method-assign]
+            transport.write(b"head;"), transport.write(b"body")
+        )
+        self.sock.sendall(b"go")
+        self.turn_once_readable()
+        self.assertEqual(self.sock.recv(100), b"head;body")
+
+    def test_a_write_made_by_a_timer_leaves_without_waiting_for_io(self) -> None:
+        """Written outside a dispatch: the next poll sends it before it waits."""
+        transport: Any = self.server.transport
+        self.reactor.callLater(0, transport.write, b"from a timer")
+        self.reactor.runUntilCurrent()
+        self.reactor.doIteration(None)  # would wait forever if it polled first
+        self.assertEqual(self.sock.recv(100), b"from a timer")
+
+    def test_what_the_socket_cannot_take_is_left_to_epoll(self) -> None:
+        """
+        A write bigger than the socket's buffers: what is left waits for
+        epoll to say the socket is writable, and all of it arrives, in order.
+        """
+        payload = bytes(range(256)) * (16 * 1024)  # 4 MiB
+        transport: Any = self.server.transport
+        transport.write(payload)
+        self.reactor.iterate(0)
+        self.assertTrue(self.written())
+        got = bytearray()
+        while len(got) < len(payload):
+            self.reactor.iterate(0.01)
+            try:
+                got += self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        self.assertEqual(bytes(got), payload)
+        spin(self.reactor, lambda: not self.written())
+
+    def test_a_writer_removed_before_its_flush_is_not_written(self) -> None:
+        """``stopWriting`` between the write and the end of the turn: nothing is sent."""
+        pipe = Pipe(self.reactor, None)
+        self.addCleanup(pipe.close)
+        calls: list[None] = []
+        pipe.doWrite = lambda: calls.append(None)  # type: ignore[method-assign]
+        self.reactor.addWriter(pipe)
+        self.assertIn(pipe, self.reactor.getWriters())
+        self.reactor.removeWriter(pipe)
+        self.assertNotIn(pipe, self.reactor.getWriters())
+        self.reactor.iterate(0)
+        self.assertEqual(calls, [])
+
+    def test_a_flush_that_raises_disconnects_its_writer_and_is_logged(self) -> None:
+        """As a failing ``doWrite`` in a dispatch: logged once, disconnected, reactor runs on."""
+        transport: Any = self.server.transport
+
+        def boom() -> None:
+            raise Boom("raised by doWrite")
+
+        transport.doWrite = boom
+        transport.write(b"x")
+        self.reactor.iterate(0)
+        spin(self.reactor, lambda: self.server.lost)
+        self.server.lost[0].trap(Boom)
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+
+
 class MainLoopTests(SynchronousTestCase):
     """``run()``'s loop: turns with no timer due skip Twisted's timer steps, nothing else."""
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_reactor -*-
 """
 :class:`VespaReactor`: Twisted's epoll reactor, minus the legacy log context
-around every I/O event.
+around every I/O event, writing at the end of the turn that wrote.
 
 Twisted's :class:`~twisted.internet.epollreactor.EPollReactor` calls each ready
 descriptor's ``doRead``/``doWrite`` through ``log.callWithLogger``: it asks the
@@ -23,6 +23,11 @@ an I/O callback is labelled ``[-]`` instead of, say,
 either way; of Twisted's legacy lines, only rare error paths run inside I/O
 callbacks (``tcp.Connection``'s half-close errors), and an exception escaping
 ``doRead``/``doWrite`` keeps its label, see above.
+
+Writes: Twisted's reactor registers a socket that was written to for
+writability (``epoll_ctl``) and sends on a later turn; :class:`VespaReactor`
+sends once the turn's events are dispatched, and leaves to ``epoll`` only
+the bytes the socket does not take (see :meth:`VespaReactor.addWriter`).
 
 Linux only (this module imports epoll); :mod:`vespa.reactor` installs it.
 """
@@ -49,6 +54,9 @@ _WRITABLE = select.EPOLLOUT
 #: as Twisted's ``timeout()`` bounds it.
 _LONGEST_WAIT = 2147483.0
 
+#: A marker for "not in the dict".
+_ABSENT = object()
+
 #: The reason a descriptor whose ``fileno()`` says -1 is disconnected with.
 _DESCRIPTOR_GONE = error.ConnectionFdescWentAway("File descriptor lost")
 
@@ -69,12 +77,96 @@ class VespaReactor(EPollReactor):
 
     def __init__(self) -> None:
         super().__init__()  # a typed constructor: EPollReactor's is unannotated
+        # Writers that asked to write since the last poll, in order: each is
+        # written to once before the next poll, and registered with epoll
+        # only if its bytes did not all leave (see addWriter).
+        self._unflushed: dict[Any, None] = {}
+        # The writer being flushed; None once it has stopped writing.
+        self._flushing: Any = None
+
+    # Writers
+
+    def addWriter(self, writer: Any) -> None:
+        """
+        Have ``writer`` write before the next poll; epoll watches it only if
+        it cannot write everything then.
+
+        A transport asks for this when bytes are written to it. Twisted's
+        reactor registers the socket for writability at once (``epoll_ctl``),
+        the bytes leave on the next turn (``epoll_wait`` reports it, a
+        dispatch, ``send``) and the socket is unregistered (``epoll_ctl``).
+        A socket with room in its buffer is nearly always writable, so here
+        the writer is tried at the end of the turn that wrote to it: the same
+        ``send``, with everything written in that turn still sent together,
+        but no ``epoll_ctl`` and no extra turn. A request's head reaches the
+        backend, and a response's head the caller, a turn sooner.
+        """
+        if writer is self._flushing or writer in self._unflushed:
+            return
+        if writer.fileno() in self._writes:  # epoll already watches it
+            return
+        self._unflushed[writer] = None
+
+    def removeWriter(self, writer: Any) -> None:
+        """Stop watching ``writer`` for writability, or forget it before its flush."""
+        if self._unflushed.pop(writer, _ABSENT) is not _ABSENT:
+            return
+        if writer is self._flushing:
+            self._flushing = None
+            return
+        super().removeWriter(writer)
+
+    def getWriters(self) -> list[Any]:
+        """Every writer, the ones waiting for their flush included."""
+        writers: list[Any] = super().getWriters()
+        return writers + [w for w in self._unflushed if w not in writers]
+
+    def removeAll(self) -> list[Any]:
+        """Remove every reader and writer (at shutdown); return them."""
+        pending = list(self._unflushed)
+        self._unflushed.clear()
+        removed: list[Any] = super().removeAll()
+        return removed + [w for w in pending if w not in removed]
+
+    def _flush(self) -> None:
+        """
+        Let each writer of this turn write; register with epoll the ones
+        that still have bytes to write (their socket's buffer is full, or a
+        connect is still under way).
+        """
+        pending, self._unflushed = self._unflushed, {}
+        for writer in pending:
+            self._flushing = writer
+            try:
+                why = _DESCRIPTOR_GONE if writer.fileno() == -1 else writer.doWrite()
+            except BaseException as e:
+                why = e
+                log.failure(
+                    "I/O callback of {log_system} failed; disconnecting it",
+                    Failure(),
+                    log_system=_system_of(writer),
+                )
+            still_writing = self._flushing is writer
+            self._flushing = None
+            if why:
+                self._disconnect(writer, why, False)
+            elif still_writing:
+                super().addWriter(writer)
+
+    # The loop
 
     def doPoll(self, timeout: float | None) -> None:
         """
-        Wait for I/O events (at most ``timeout`` seconds, forever if ``None``)
-        and dispatch each ready descriptor's events.
+        Wait for I/O events (at most ``timeout`` seconds, forever if ``None``),
+        dispatch each ready descriptor's events, then flush the writers they
+        wrote to.
         """
+        if self._unflushed:
+            # Written to outside a dispatch (a timer, or before the reactor
+            # ran): what the flush did (a timer set, a stop) is only seen
+            # once this poll returns, so it does not wait.
+            self._flush()
+            timeout = 0
         try:
             # As many events as descriptors tracked, as Twisted's doPoll asks.
             events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
@@ -118,6 +210,8 @@ class VespaReactor(EPollReactor):
             if why:
                 # A reason returned or an exception raised disconnects it.
                 self._disconnect(selectable, why, in_read)
+        if self._unflushed:
+            self._flush()
 
     doIteration = doPoll
 

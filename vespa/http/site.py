@@ -276,7 +276,7 @@ class ProxyChannel(LazyTimeoutMixin, HTTPChannel):
     # A response's writes, sent at once when nothing is buffered: each event
     # of a stream leaves as it is written (see vespa.http.eager). The first
     # write follows the headers, which twisted.web buffers, so it and a
-    # whole unary response still leave on the reactor's next turn, batched.
+    # whole unary response leave together at the end of the reactor's turn.
 
     def write(self, data: bytes) -> None:
         send_now(self.transport, data)
