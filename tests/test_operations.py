@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 from typing import Any
 
@@ -30,10 +31,11 @@ from tests.support import (
 from tests.support_worker import Harness
 from vespa.config import ConfigError, WorkerConfig
 from vespa.log import _JSONLinesObserver
+from vespa.worker import request_ids
 from vespa.worker.drain import Drain
 from vespa.worker.ledger import Ledger, Outcome
 from vespa.worker.metrics import WorkerMetrics
-from vespa.worker.resource import new_request_id
+from vespa.worker.request_ids import BATCH, new_request_id
 from vespa.worker.state import Phase, WorkerState
 
 
@@ -172,6 +174,36 @@ class NewRequestIdTests(SynchronousTestCase):
             ones, zeros = ones | value, zeros | ~value
         fixed = (0xF << 76) | (0x3 << 62)
         self.assertEqual(ones & zeros & ~fixed & ((1 << 128) - 1), ((1 << 128) - 1) & ~fixed)
+
+    def test_the_kernel_is_asked_once_per_batch_of_ids(self) -> None:
+        """``os.urandom`` (a system call) once per :data:`BATCH` ids, not once per id."""
+        calls: list[int] = []
+        real = os.urandom
+
+        def urandom(count: int) -> bytes:
+            calls.append(count)
+            return real(count)
+
+        self.patch(request_ids.os, "urandom", urandom)
+        made = {new_request_id() for _ in range(BATCH * 4)}
+        self.assertEqual(len(made), BATCH * 4)
+        self.assertLessEqual(len(calls), 5)
+
+    def test_a_forked_child_does_not_reuse_its_parents_random_bytes(self) -> None:
+        new_request_id()  # bytes are waiting in the parent
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next id, then gone at once
+            try:
+                os.write(write_end, new_request_id())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        self.addCleanup(os.close, read_end)
+        os.waitpid(pid, 0)
+        childs = os.read(read_end, 100)
+        self.assertEqual(len(childs), 36)
+        self.assertNotEqual(childs, new_request_id())
 
 
 class AccessLogTests(TestCase):

@@ -56,6 +56,7 @@ from vespa.protocol.envelope import (
 from vespa.worker.admission import Admission, Slot
 from vespa.worker.ledger import Ledger, Outcome, Ticket
 from vespa.worker.refusal import refuse
+from vespa.worker.request_ids import new_request_id
 from vespa.worker.sessions import CREATE_PATH, Sessions
 from vespa.worker.state import Phase, WorkerState
 from vespa.worker.workload import Workload
@@ -451,20 +452,6 @@ def _request_id(request: Request) -> bytes:
     request_id = new_request_id()
     request.requestHeaders.setRawHeaders(b"x-request-id", [request_id])
     return request_id
-
-
-# A UUID4's fixed bits: version 4 in bits 76-79, the RFC 4122 variant (10) in bits 62-63.
-_UUID4_RANDOM = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
-_UUID4_FIXED = (4 << 76) | (2 << 62)
-
-
-def new_request_id() -> bytes:
-    """
-    A new random UUID4 in its canonical text form, as ``str(uuid.uuid4())``
-    spells it, in half the time (no :class:`uuid.UUID` built).
-    """
-    digits = b"%032x" % (int.from_bytes(os.urandom(16), "big") & _UUID4_RANDOM | _UUID4_FIXED)
-    return b"-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
 
 
 def _outcome(result: RelayResult) -> Outcome:
