@@ -301,6 +301,26 @@ class WriteTests(SynchronousTestCase):
         self.reactor.iterate(0)
         self.assertEqual(calls, [])
 
+    def test_a_writer_removed_by_an_earlier_flush_is_not_written(self) -> None:
+        """One writer's flush stops another of the same turn: that one is left out."""
+        first, second = Pipe(self.reactor, None), Pipe(self.reactor, None)
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        calls: list[str] = []
+
+        def first_writes() -> None:
+            calls.append("first")
+            self.reactor.removeWriter(first)
+            self.reactor.removeWriter(second)  # as closing its connection would
+
+        first.doWrite = first_writes  # type: ignore[method-assign]
+        second.doWrite = lambda: calls.append("second")  # type: ignore[method-assign]
+        self.reactor.addWriter(first)
+        self.reactor.addWriter(second)
+        self.reactor.iterate(0)
+        self.assertEqual(calls, ["first"])
+        self.assertEqual(self.reactor.getWriters(), [])
+
     def test_a_flush_that_raises_disconnects_its_writer_and_is_logged(self) -> None:
         """As a failing ``doWrite`` in a dispatch: logged once, disconnected, reactor runs on."""
         transport: Any = self.server.transport

@@ -69,6 +69,15 @@ def _system_of(selectable: Any) -> str:
         return "(buggy logPrefix method)"
 
 
+def _log_callback_failure(selectable: Any) -> None:
+    """Log, once, the exception a descriptor's ``doRead``/``doWrite`` just raised."""
+    log.failure(
+        "I/O callback of {log_system} failed; disconnecting it",
+        Failure(),
+        log_system=_system_of(selectable),
+    )
+
+
 class VespaReactor(EPollReactor):
     """
     An :class:`EPollReactor` dispatching I/O events without the legacy log
@@ -81,6 +90,9 @@ class VespaReactor(EPollReactor):
         # written to once before the next poll, and registered with epoll
         # only if its bytes did not all leave (see addWriter).
         self._unflushed: dict[Any, None] = {}
+        # The writers of the flush under way not yet flushed: one removed
+        # meanwhile (another's flush closed it) is left out.
+        self._batch: dict[Any, None] = {}
         # The writer being flushed; None once it has stopped writing.
         self._flushing: Any = None
 
@@ -101,7 +113,7 @@ class VespaReactor(EPollReactor):
         but no ``epoll_ctl`` and no extra turn. A request's head reaches the
         backend, and a response's head the caller, a turn sooner.
         """
-        if writer is self._flushing or writer in self._unflushed:
+        if writer is self._flushing or writer in self._unflushed or writer in self._batch:
             return
         if writer.fileno() in self._writes:  # epoll already watches it
             return
@@ -111,6 +123,8 @@ class VespaReactor(EPollReactor):
         """Stop watching ``writer`` for writability, or forget it before its flush."""
         if self._unflushed.pop(writer, _ABSENT) is not _ABSENT:
             return
+        if self._batch.pop(writer, _ABSENT) is not _ABSENT:
+            return
         if writer is self._flushing:
             self._flushing = None
             return
@@ -119,11 +133,13 @@ class VespaReactor(EPollReactor):
     def getWriters(self) -> list[Any]:
         """Every writer, the ones waiting for their flush included."""
         writers: list[Any] = super().getWriters()
-        return writers + [w for w in self._unflushed if w not in writers]
+        waiting = [*self._batch, *self._unflushed]
+        return writers + [w for w in waiting if w not in writers]
 
     def removeAll(self) -> list[Any]:
         """Remove every reader and writer (at shutdown); return them."""
-        pending = list(self._unflushed)
+        pending = [*self._batch, *self._unflushed]
+        self._batch.clear()
         self._unflushed.clear()
         removed: list[Any] = super().removeAll()
         return removed + [w for w in pending if w not in removed]
@@ -134,18 +150,17 @@ class VespaReactor(EPollReactor):
         that still have bytes to write (their socket's buffer is full, or a
         connect is still under way).
         """
-        pending, self._unflushed = self._unflushed, {}
-        for writer in pending:
+        batch = self._batch = self._unflushed
+        self._unflushed = {}
+        for writer in list(batch):
+            if batch.pop(writer, _ABSENT) is _ABSENT:  # removed by an earlier one's flush
+                continue
             self._flushing = writer
             try:
                 why = _DESCRIPTOR_GONE if writer.fileno() == -1 else writer.doWrite()
             except BaseException as e:
                 why = e
-                log.failure(
-                    "I/O callback of {log_system} failed; disconnecting it",
-                    Failure(),
-                    log_system=_system_of(writer),
-                )
+                _log_callback_failure(writer)
             still_writing = self._flushing is writer
             self._flushing = None
             if why:
@@ -202,11 +217,7 @@ class VespaReactor(EPollReactor):
                             in_read = False
                 except BaseException as e:
                     why = e
-                    log.failure(
-                        "I/O callback of {log_system} failed; disconnecting it",
-                        Failure(),
-                        log_system=_system_of(selectable),
-                    )
+                    _log_callback_failure(selectable)
             if why:
                 # A reason returned or an exception raised disconnects it.
                 self._disconnect(selectable, why, in_read)
