@@ -38,6 +38,7 @@ import select
 from typing import Any
 
 from twisted.internet import error
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python.failure import Failure
@@ -53,6 +54,10 @@ _WRITABLE = select.EPOLLOUT
 #: The longest a poll waits for a timer: epoll_wait's limit in milliseconds,
 #: as Twisted's ``timeout()`` bounds it.
 _LONGEST_WAIT = 2147483.0
+
+#: Bytes a writer may have buffered in a turn and still be flushed at its
+#: end: what one ``send`` of Twisted's transports takes at most.
+_FLUSH_LIMIT = FileDescriptor.SEND_LIMIT
 
 #: A marker for "not in the dict".
 _ABSENT = object()
@@ -154,6 +159,13 @@ class VespaReactor(EPollReactor):
         self._unflushed = {}
         for writer in list(batch):
             if batch.pop(writer, _ABSENT) is _ABSENT:  # removed by an earlier one's flush
+                continue
+            if getattr(writer, "_tempDataLen", 0) > _FLUSH_LIMIT:
+                # Megabytes written in this turn (a large body relayed): joined
+                # and sent on a turn of their own, as Twisted does, so that one
+                # turn does not both make them and copy them (a stream's events
+                # wait for the whole turn).
+                super().addWriter(writer)
                 continue
             self._flushing = writer
             try:
