@@ -26,7 +26,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tests.support import HTTPClient, listen, raw_connect, start_tls_worker, start_worker, until
+from tests.support import (
+    HTTPClient,
+    RawClient,
+    listen,
+    raw_connect,
+    start_tls_worker,
+    start_worker,
+    until,
+)
 from tests.support_chunks import CHUNKS, FRAMED, LAST, RELAYED
 from vespa.http.endpoints import Origin
 from vespa.http.relay import BackendRelay, _BodyRelay
@@ -79,6 +87,12 @@ class RawPassthroughTests(TestCase):
         self.backend = _ScriptedBackend()
         _, self.port = start_worker(self, listen(self, self.backend))
 
+    async def open_stream(self, port: int) -> tuple[RawClient, _BackendConnection]:
+        """A caller's ``GET /sse`` through the worker on ``port``, and the backend's end of it."""
+        client = await raw_connect(port)
+        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        return client, await self.backend.requests.get()
+
     async def test_chunks_reach_the_caller_byte_for_byte_however_they_are_read(self) -> None:
         """
         Odd sizes, extensions, chunks and size lines split across the
@@ -86,9 +100,7 @@ class RawPassthroughTests(TestCase):
         framing as it was (extensions dropped), then twisted.web's own last
         chunk; the trailers stay behind.
         """
-        client = await raw_connect(self.port)
-        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = await self.backend.requests.get()
+        client, backend = await self.open_stream(self.port)
         mid_data = FRAMED.index(b"0123") + 4
         ext_line = FRAMED.index(b"7 ; ext")
         plain_line = FRAMED.index(b"A\r\n")
@@ -119,9 +131,7 @@ class RawPassthroughTests(TestCase):
         """
         log = Path(self.mktemp())
         _, port = start_worker(self, listen(self, self.backend), access_log=str(log))
-        client = await raw_connect(port)
-        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = await self.backend.requests.get()
+        client, backend = await self.open_stream(port)
         backend.transport.write(CHUNKED_HEAD + FRAMED + LAST)
         await client.wait_for(RELAYED + b"0\r\n\r\n")
         client.transport.loseConnection()
@@ -134,9 +144,7 @@ class RawPassthroughTests(TestCase):
         and the request is accounted as cancelled.
         """
         resource, port = start_worker(self, listen(self, self.backend))
-        client = await raw_connect(port)
-        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = await self.backend.requests.get()
+        client, backend = await self.open_stream(port)
         backend.transport.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
         await client.wait_for(b"5\r\nhello\r\n")
         client.transport.loseConnection()
@@ -169,9 +177,7 @@ class RawPassthroughTests(TestCase):
 
     async def test_a_stream_cut_mid_chunk_ends_abnormally(self) -> None:
         """The backend dies mid-chunk: the caller's connection closes with no last chunk."""
-        client = await raw_connect(self.port)
-        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = await self.backend.requests.get()
+        client, backend = await self.open_stream(self.port)
         backend.transport.write(CHUNKED_HEAD + b"5\r\nhel")
         await client.wait_for(b"5\r\nhel")
         backend.transport.loseConnection()
@@ -180,9 +186,7 @@ class RawPassthroughTests(TestCase):
 
     async def test_broken_framing_mid_stream_ends_abnormally(self) -> None:
         """Garbage for a chunk: the caller's stream ends abnormally, the backend is closed."""
-        client = await raw_connect(self.port)
-        client.transport.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = await self.backend.requests.get()
+        client, backend = await self.open_stream(self.port)
         backend.transport.write(CHUNKED_HEAD + b"2\r\nok\r\n")
         await client.wait_for(b"2\r\nok\r\n")
         backend.transport.write(b"not a size\r\n")
