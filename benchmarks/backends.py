@@ -131,24 +131,25 @@ def start_nginx(procs: ProcessSet, binary: str) -> Server:
     return Server("nginx", child, port)
 
 
-def start_twisted_json(procs: ProcessSet) -> Server:
+def start_fallback_json(procs: ProcessSet) -> Server:
     """
-    Start the fallback fast backend (Twisted, fixed JSON), pinned to the load CPU.
+    Start the fallback fast backend (``sse_backend.py --json-only``: asyncio,
+    fixed JSON), pinned to the load CPU.
     """
     port = free_port()
     command = [sys.executable, str(SSE_BACKEND), "--port", str(port), "--json-only"]
     child = procs.start("json-backend", command, cpu=LOAD_CPU)
     wait_for_port(child, port)
-    return Server("twisted static (nginx not found)", child, port)
+    return Server("sse_backend.py --json-only (nginx not found)", child, port)
 
 
 def start_json_backend(procs: ProcessSet) -> Server:
     """
-    Start the fixed-response backend: nginx if installed, else the Twisted fallback.
+    Start the fixed-response backend: nginx if installed, else the asyncio fallback.
     """
     binary = nginx_path()
     if binary is None:
-        return start_twisted_json(procs)
+        return start_fallback_json(procs)
     return start_nginx(procs, binary)
 
 

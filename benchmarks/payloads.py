@@ -24,6 +24,18 @@ COMPLETION_JSON = (
 )
 
 
+#: The small model request every POST benchmark sends, in an :func:`envelope`.
+POST_PAYLOAD: dict[str, object] = {"model": "bench", "prompt": "hello", "max_tokens": 16}
+
+#: The SSE backend's shortest stream: what a readiness probe asks of it.
+ONE_EVENT: dict[str, object] = {"events": 1, "interval": 0}
+
+
+def probe_request(route: str, body: bytes) -> bytes:
+    """What a worker's readiness wait sends: ``body`` POSTed to ``route``."""
+    return b"POST " + route.encode() + b" " + body
+
+
 def envelope(payload: dict[str, object], *, signature: str = "unsigned", url: str = "") -> bytes:
     """
     A request as Vast's autoscaler routes it: ``{"auth_data": ..., "payload": ...}``.

@@ -16,31 +16,18 @@ Prints each window's worker CPU per request and each tree's median.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from backends import Server, start_json_backend
 from cpu_noise import CpuNoise
-from payloads import envelope
-from processes import PROXY_CPU, ProcessSet, free_port
-from run_hotpath import JSON_ROUTE, QUICK, _ready, _vespa_command, measure_post, start_secured
+from payloads import POST_PAYLOAD, envelope, probe_request
+from processes import ProcessSet, run_with_processes
+from run_hotpath import JSON_ROUTE, QUICK, measure_post, start_secured, start_vespa
 from wrk import post_script
-
-
-def start_tree_worker(
-    procs: ProcessSet, backend: Server, name: str, tree: str, probe: bytes
-) -> Server:
-    """``twistd vespa --unsecured`` with ``tree`` first on its path, ready once it relays."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-    command = _vespa_command(backend, port, "--unsecured")
-    child = procs.start(name, command, cpu=PROXY_CPU, env=env)
-    return _ready(child, port, tree, probe)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,20 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     noise = CpuNoise()
     noise.start()
     got: dict[str, list[float]] = {tree: [] for tree in args.trees}
-    tmp = tempfile.TemporaryDirectory(prefix="vespa-post-ab-")
-    with tmp, ProcessSet(Path(tmp.name)) as procs:
-        payload = {"model": "bench", "prompt": "hello", "max_tokens": 16}
-        body = envelope(payload)
-        probe = b"POST " + JSON_ROUTE.encode() + b" " + body
+
+    def run(procs: ProcessSet) -> None:
+        body = envelope(POST_PAYLOAD)
         nginx = start_json_backend(procs)
         workers: list[tuple[str, Server, Path]] = []
         for i, tree in enumerate(args.trees):
             if args.secured:
                 # Signatures are bound to each worker's url: a body each.
-                secured = start_secured(procs, nginx, f"vespa-{i}", payload, pythonpath=tree)
+                secured = start_secured(procs, nginx, f"vespa-{i}", POST_PAYLOAD, pythonpath=tree)
                 server, signed = secured.server, secured.body
             else:
-                server, signed = start_tree_worker(procs, nginx, f"vespa-{i}", tree, probe), body
+                probe = probe_request(JSON_ROUTE, body)
+                server = start_vespa(procs, nginx, f"vespa-{i}", probe, pythonpath=tree)
+                signed = body
             workers.append((tree, server, post_script(procs.workdir / f"post-{i}.lua", signed)))
         for round_ in range(args.rounds):
             for tree, server, script in workers if round_ % 2 == 0 else workers[::-1]:
@@ -80,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{result['requests_per_s']:,.0f} req/s, errors {result['errors']}",
                     flush=True,
                 )
+
+    failed = run_with_processes("vespa-post-ab-", run)
+    if failed is not None:
+        return failed
     for tree, values in got.items():
         listed = ", ".join(f"{value:.1f}" for value in values)
         print(f"{tree}: median {statistics.median(values):.1f} us/request (all: {listed})")

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from backends import start_json_backend, start_sse_backend
-from payloads import envelope
+from payloads import ONE_EVENT, POST_PAYLOAD, envelope, probe_request
 from processes import LOAD_CPU, ProcessSet, pinned
 from run_hotpath import JSON_ROUTE, SSE_ROUTE, start_secured, start_vespa
 from run_relay import sse_load
@@ -195,15 +195,13 @@ def profile_post(procs: ProcessSet, out: Path, seconds: int, *, secured: bool = 
     ``secured``, a secured Vespa and a signed envelope (``run_hotpath.py``'s
     ``secured`` column).
     """
-    payload = {"model": "bench", "prompt": "hello", "max_tokens": 16}
-    body = envelope(payload)
+    body = envelope(POST_PAYLOAD)
     nginx = start_json_backend(procs)
     if secured:
-        signed = start_secured(procs, nginx, "vespa-secured", payload)
+        signed = start_secured(procs, nginx, "vespa-secured", POST_PAYLOAD)
         vespa, body = signed.server, signed.body
     else:
-        probe = b"POST " + JSON_ROUTE.encode() + b" " + body
-        vespa = start_vespa(procs, nginx, "vespa-json", probe)
+        vespa = start_vespa(procs, nginx, "vespa-json", probe_request(JSON_ROUTE, body))
     script = post_script(procs.workdir / "post.lua", body)
     run_wrk(vespa.url + JSON_ROUTE, 32, 2, script=script)  # warm-up
     raw = record(
@@ -218,7 +216,7 @@ def profile_post(procs: ProcessSet, out: Path, seconds: int, *, secured: bool = 
 def profile_sse(procs: ProcessSet, out: Path, seconds: int) -> str:
     """Vespa in front of the SSE backend, 300 streams for ``seconds``, recorded."""
     backend = start_sse_backend(procs)
-    probe = b"POST " + SSE_ROUTE.encode() + b" " + envelope({"events": 1, "interval": 0})
+    probe = probe_request(SSE_ROUTE, envelope(ONE_EVENT))
     vespa = start_vespa(procs, backend, "vespa-sse", probe)
     raw = record(
         vespa.child.pid, seconds, out / "sse",

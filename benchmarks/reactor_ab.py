@@ -21,30 +21,26 @@ relay on Vespa's reactor: a tree A/B of the per-event cost, interleaved.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from backends import Server, start_json_backend, start_sse_backend
 from cpu_noise import CpuNoise
-from payloads import envelope
-from post_ab import start_tree_worker
-from processes import PROXY_CPU, ProcessSet, free_port
+from payloads import ONE_EVENT, POST_PAYLOAD, envelope, probe_request
+from processes import ProcessSet, run_with_processes
 from run_hotpath import (
-    FLOOR_RELAY,
     JSON_ROUTE,
     QUICK,
     SSE_ROUTE,
-    _ready,
-    _vespa_command,
     measure_post,
     measure_sse,
     measure_ttfb,
+    start_floor,
+    start_vespa,
 )
 from wrk import post_script
 
@@ -52,42 +48,29 @@ from wrk import post_script
 #: that start and end inside it.
 PLAN = replace(QUICK, sse_window=4.0)
 
-#: A variant: its name and how to start it in front of a backend.
+#: How to start a variant in front of a backend (``run_hotpath.start_vespa``'s
+#: arguments: procs, backend, process name, readiness probe).
 Starter = Callable[[ProcessSet, Server, str, bytes], Server]
 
 
 def floor(reactor: str) -> Starter:
     """``floor_relay.py`` on ``reactor`` (``twisted``: the default; ``vespa``)."""
-
-    def start(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
-        port = free_port()
-        command = [sys.executable, str(FLOOR_RELAY), str(port), str(backend.port)]
-        env = {**os.environ, "FLOOR_REACTOR": reactor}
-        return _ready(procs.start(name, command, cpu=PROXY_CPU, env=env), port, name, probe)
-
-    return start
+    return partial(start_floor, reactor=reactor)
 
 
 def worker(twistd_reactor: str | None) -> Starter:
     """``twistd [--reactor NAME] vespa``, unsecured, metrics off; ``None``: no option."""
-
-    def start(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
-        port = free_port()
-        command = _vespa_command(backend, port, "--unsecured")
-        if twistd_reactor is not None:
-            command[1:1] = ["--reactor", twistd_reactor]
-        return _ready(procs.start(name, command, cpu=PROXY_CPU), port, name, probe)
-
-    return start
+    return partial(start_vespa, twistd_reactor=twistd_reactor)
 
 
 def tree(path: str) -> Starter:
     """The worker of the source tree at ``path`` (``PYTHONPATH``), unsecured, metrics off."""
+    return partial(start_vespa, pythonpath=path)
 
-    def start(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
-        return start_tree_worker(procs, backend, name, path, probe)
 
-    return start
+def _process_name(variant: str, backend: str) -> str:
+    """A variant's process name in front of ``backend``: ``floor-vespa-sse``."""
+    return f"{variant.replace('/', '-').replace(' ', '')}-{backend}"
 
 
 #: The variants, in the order they run in each round.
@@ -103,9 +86,9 @@ def one_round(procs: ProcessSet, starters: dict[str, Starter]) -> dict[str, dict
     """Every variant in turn, fresh, in front of the SSE backend, then of nginx."""
     results: dict[str, dict[str, Any]] = {name: {} for name in starters}
     sse = start_sse_backend(procs)
-    probe = b"POST " + SSE_ROUTE.encode() + b" " + envelope({"events": 1, "interval": 0})
+    probe = probe_request(SSE_ROUTE, envelope(ONE_EVENT))
     for name, start in starters.items():
-        server = start(procs, sse, name.replace("/", "-").replace(" ", "") + "-sse", probe)
+        server = start(procs, sse, _process_name(name, "sse"), probe)
         pid = server.child.pid
         results[name]["ttfb_p99_ms"] = measure_ttfb(PLAN, server)["ttfb_p99_ms"]
         for streams in (300, 600):
@@ -116,11 +99,11 @@ def one_round(procs: ProcessSet, starters: dict[str, Starter]) -> dict[str, dict
         procs.stop(server.child)
     procs.stop(sse.child)
     nginx = start_json_backend(procs)
-    body = envelope({"model": "bench", "prompt": "hello", "max_tokens": 16})
+    body = envelope(POST_PAYLOAD)
     script = post_script(procs.workdir / "post.lua", body)
-    probe = b"POST " + JSON_ROUTE.encode() + b" " + body
+    probe = probe_request(JSON_ROUTE, body)
     for name, start in starters.items():
-        server = start(procs, nginx, name.replace("/", "-").replace(" ", "") + "-json", probe)
+        server = start(procs, nginx, _process_name(name, "json"), probe)
         got = measure_post(PLAN, server, server.child.pid, script)
         results[name]["post_us"] = got["cpu_us_per_request"]
         results[name]["post_p50_ms"] = got["p50_ms"]
@@ -165,12 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants.update((f"tree {path}", tree(path)) for path in args.trees)
     noise = CpuNoise()
     noise.start()
-    rounds = []
-    with tempfile.TemporaryDirectory(prefix="vespa-reactor-ab-") as tmp:
-        with ProcessSet(Path(tmp)) as procs:
-            for i in range(args.rounds):
-                rounds.append(one_round(procs, variants))
-                print(f"round {i + 1}:\n{report(rounds[-1:])}", flush=True)
+    rounds: list[dict[str, dict[str, Any]]] = []
+
+    def run(procs: ProcessSet) -> None:
+        for i in range(args.rounds):
+            rounds.append(one_round(procs, variants))
+            print(f"round {i + 1}:\n{report(rounds[-1:])}", flush=True)
+
+    failed = run_with_processes("vespa-reactor-ab-", run)
+    if failed is not None:
+        return failed
     print(f"\nmedian of {args.rounds} rounds:\n{report(rounds)}")
     print(f"\n{noise.report()}")
     return 0

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from Crypto.PublicKey import RSA
-from payloads import envelope
+from payloads import POST_PAYLOAD, envelope
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
@@ -35,7 +35,6 @@ from vespa.worker.resource import WorkerResource
 from vespa.worker.state import WorkerState
 from vespa.worker.workload import Workload
 
-PAYLOAD = {"model": "bench", "prompt": "hello", "max_tokens": 16}
 URL = "http://127.0.0.1:8000"
 
 
@@ -67,12 +66,12 @@ def render_one(secured: bool) -> Callable[[], object]:
     state = WorkerState(clock)
     state.loaded(100.0)
     verifier = None
-    body = envelope(PAYLOAD)
+    body = envelope(POST_PAYLOAD)
     if secured:
         key = RSA.generate(2048)
         verifier = SignatureVerifier(key.public_key().export_key(), own_url=URL)
         signature = sign(key.export_key(), {"url": URL}, "url")
-        body = envelope(PAYLOAD, signature=signature, url=URL)
+        body = envelope(POST_PAYLOAD, signature=signature, url=URL)
     resource = WorkerResource(
         InstantRelay(clock),  # type: ignore[arg-type]
         state=state,

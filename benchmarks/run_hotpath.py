@@ -4,8 +4,10 @@ relayed SSE event, beside the backend direct and the official Vast worker.
 
 In one run and one process tree, against the same backends (nginx for small
 JSON, ``sse_backend.py`` for SSE), each target is measured in turn: the
-backend ``direct``, ``vespa`` (``twistd vespa --unsecured``, metrics off) and
-``official`` (``vastai.serverless.server`` 1.9.1, aiohttp, ``UNSECURED``),
+backend ``direct``, ``floor`` (``floor_relay.py``: a byte relay with no HTTP,
+what the reactor alone costs), ``vespa`` (``twistd vespa --unsecured``,
+metrics off) and ``official`` (``vastai.serverless.server`` 1.9.1, aiohttp,
+``UNSECURED``),
 and for the POST path also ``secured``: Vespa verifying the url-only
 signature Vast's autoscaler issues today, the same one on every request,
 with the autoscaler stand-in (``python -m vespa.testing.autoscaler``)
@@ -36,7 +38,7 @@ from typing import Any
 import aioloop
 from backends import HERE, Server, start_json_backend, start_sse_backend, twistd_path
 from cpu_noise import CpuNoise
-from payloads import envelope
+from payloads import ONE_EVENT, POST_PAYLOAD, envelope, probe_request
 from processes import (
     LOAD_CPU,
     LOCALHOST,
@@ -117,19 +119,50 @@ class CpuMeter:
 # The workers
 
 
-def start_vespa(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
-    """``twistd vespa`` unsecured with metrics off, on the proxy CPU, ready once it relays."""
+def start_vespa(
+    procs: ProcessSet,
+    backend: Server,
+    name: str,
+    probe: bytes,
+    *,
+    pythonpath: str | None = None,
+    twistd_reactor: str | None = None,
+) -> Server:
+    """
+    ``twistd vespa`` unsecured with metrics off, on the proxy CPU, ready once
+    it relays. With ``pythonpath``, the worker runs that source tree; with
+    ``twistd_reactor``, on the reactor twistd's ``--reactor`` names.
+    """
     port = free_port()
-    child = procs.start(name, _vespa_command(backend, port, "--unsecured"), cpu=PROXY_CPU)
+    command = _vespa_command(backend, port, "--unsecured")
+    if twistd_reactor is not None:
+        command[1:1] = ["--reactor", twistd_reactor]
+    child = procs.start(name, command, cpu=PROXY_CPU, env=_environment(pythonpath))
     return _ready(child, port, name, probe)
 
 
-def start_floor(procs: ProcessSet, backend: Server, name: str, probe: bytes) -> Server:
-    """``floor_relay.py`` (bytes relayed, no HTTP) on the proxy CPU, ready once it relays."""
+def start_floor(
+    procs: ProcessSet, backend: Server, name: str, probe: bytes, *, reactor: str | None = None
+) -> Server:
+    """
+    ``floor_relay.py`` (bytes relayed, no HTTP) on the proxy CPU, ready once
+    it relays; on Twisted's default reactor, or ``reactor`` (``vespa``).
+    """
     port = free_port()
     command = [sys.executable, str(FLOOR_RELAY), str(port), str(backend.port)]
-    child = procs.start(name, command, cpu=PROXY_CPU)
+    env = None if reactor is None else {**os.environ, "FLOOR_REACTOR": reactor}
+    child = procs.start(name, command, cpu=PROXY_CPU, env=env)
     return _ready(child, port, name, probe)
+
+
+def _environment(pythonpath: str | None, **more: str) -> dict[str, str] | None:
+    """This process's environment with ``more``, and ``PYTHONPATH`` set to a tree if given."""
+    if pythonpath is None and not more:
+        return None
+    env = {**os.environ, **more}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.path.abspath(pythonpath)
+    return env
 
 
 def _vespa_command(backend: Server, port: int, *extra: str) -> list[str]:
@@ -176,19 +209,17 @@ def start_secured(
     wait_for_port(standin, autoscaler_port)
     port = free_port()
     url = f"http://{LOCALHOST}:{port}"
-    env = {
-        **os.environ,
-        "REPORT_ADDR": f"http://{LOCALHOST}:{autoscaler_port}",
-        "PUBLIC_IPADDR": LOCALHOST,
-        f"VAST_TCP_PORT_{port}": str(port),
-        "CONTAINER_ID": "1",
-        "MASTER_TOKEN": "bench",
-    }
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.path.abspath(pythonpath)
+    env = _environment(
+        pythonpath,
+        REPORT_ADDR=f"http://{LOCALHOST}:{autoscaler_port}",
+        PUBLIC_IPADDR=LOCALHOST,
+        CONTAINER_ID="1",
+        MASTER_TOKEN="bench",
+        **{f"VAST_TCP_PORT_{port}": str(port)},
+    )
     child = procs.start(name, _vespa_command(backend, port), cpu=PROXY_CPU, env=env)
     body = envelope(payload, signature=sign_auth(key, {"url": url}, mode="url"), url=url)
-    return Secured(_ready(child, port, name, b"POST " + JSON_ROUTE.encode() + b" " + body), body)
+    return Secured(_ready(child, port, name, probe_request(JSON_ROUTE, body)), body)
 
 
 def start_official(
@@ -327,10 +358,9 @@ def run_all(plan: Plan, procs: ProcessSet, results: dict[str, dict[str, Any]]) -
     in turn; each worker is fresh for its phase, so the SSE phase's peak RSS
     is that of the 1,000 streams (measured first).
     """
-    post_payload: dict[str, Any] = {"model": "bench", "prompt": "hello", "max_tokens": 16}
-    post_body = envelope(post_payload)
+    post_body = envelope(POST_PAYLOAD)
     script = post_script(procs.workdir / "post.lua", post_body)
-    json_probe = b"POST " + JSON_ROUTE.encode() + b" " + post_body
+    json_probe = probe_request(JSON_ROUTE, post_body)
 
     nginx = start_json_backend(procs)
     workers = {
@@ -347,7 +377,7 @@ def run_all(plan: Plan, procs: ProcessSet, results: dict[str, dict[str, Any]]) -
     for server, pid in workers.values():
         if pid is not None:
             procs.stop(server.child)
-    secured = start_secured(procs, nginx, "vespa-secured", post_payload)
+    secured = start_secured(procs, nginx, "vespa-secured", POST_PAYLOAD)
     signed_script = post_script(procs.workdir / "signed.lua", secured.body)
     pid = secured.server.child.pid
     results["secured"]["post"] = measure_post(plan, secured.server, pid, signed_script)
@@ -356,7 +386,7 @@ def run_all(plan: Plan, procs: ProcessSet, results: dict[str, dict[str, Any]]) -
     procs.stop(nginx.child)
 
     sse = start_sse_backend(procs)
-    sse_probe = b"POST " + SSE_ROUTE.encode() + b" " + envelope({"events": 1, "interval": 0})
+    sse_probe = probe_request(SSE_ROUTE, envelope(ONE_EVENT))
     workers = {
         "direct": (sse, None),
         "floor": _worker(start_floor(procs, sse, "floor-sse", sse_probe)),

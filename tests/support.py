@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -33,6 +34,14 @@ def listen(testcase: TestCase, site: Any) -> int:
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     testcase.addCleanup(port.stopListening)
     return port.getHost().port  # type: ignore[no-any-return]
+
+
+def connect_in_memory(site: Any) -> tuple[Any, StringTransport]:
+    """A new connection of ``site`` on an in-memory transport: the channel, and that transport."""
+    connection = site.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    return connection, transport
 
 
 def start_echo_backend(testcase: TestCase, clock: Any = None) -> tuple[EchoBackend, int]:

@@ -1,9 +1,10 @@
 """
 End to end on loopback: the worker relays a chunked backend body as it is
 (framing and all) to an HTTP/1.1 caller, decoded to an HTTP/1.0 or HTTP/2
-caller, and ends a broken stream abnormally. The backend here is a raw TCP
-server the test scripts write by write, so the reads the worker sees are
-the test's.
+caller, and ends a broken stream abnormally; the access log counts the
+relayed bytes, a caller gone mid-stream closes the backend's connection, and
+an https backend works alike. The backend here is mostly a raw TCP server
+the test scripts write by write, so the reads the worker sees are the test's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -40,7 +41,7 @@ from vespa.http.endpoints import Origin
 from vespa.http.relay import BackendRelay, _BodyRelay
 from vespa.http.site import ProxySite
 from vespa.testing.echo_backend import echo_site
-from vespa.tls import make_self_signed
+from vespa.tls import make_self_signed, server_options
 from vespa.worker.tally import Outcome
 
 CHUNKED_HEAD = (
@@ -325,14 +326,13 @@ class TLSBackendTests(TestCase):
     async def test_a_stream_and_a_post_through_a_tls_backend(self) -> None:
         cert, key = self.mktemp(), self.mktemp()
         make_self_signed(cert, key, ("127.0.0.1",))
-        with open(key, "rb") as k, open(cert, "rb") as c:
-            pair = PrivateCertificate.loadPEM(k.read() + c.read())
         clock = Clock()
         site = echo_site(clock)
-        backend_port = reactor.listenSSL(0, site, pair.options(), interface="127.0.0.1")
+        backend_port = reactor.listenSSL(0, site, server_options(cert, key), interface="127.0.0.1")
         self.addCleanup(backend_port.stopListening)
         port = backend_port.getHost().port
-        tls = optionsForClientTLS("127.0.0.1", trustRoot=Certificate(pair.original))
+        with open(cert, "rb") as c:
+            tls = optionsForClientTLS("127.0.0.1", trustRoot=Certificate.loadPEM(c.read()))
         relay = BackendRelay(
             reactor,
             Origin("https", "127.0.0.1", port),

@@ -5,7 +5,9 @@ A response write leaves at once, in one piece, over a real loopback socket;
 where it cannot (something already buffered, another transport), the bytes
 still arrive whole and in order through the transport's own buffer. A body's
 idle deadline is one timer checked when it fires, not moved per chunk, and
-still expires exactly that long after the last chunk.
+still expires exactly that long after the last chunk; so are a connection's
+header and keep-alive deadlines. A connection's addresses are read once, and
+a response head is written in one piece.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from vespa.http.eager import send_now
 from vespa.http.site import ProxyChannel, ProxySite
 from vespa.http.stream import BodyReader
 
-from .support import listen, raw_connect
+from .support import connect_in_memory, listen, raw_connect
 
 
 class _Stream(Resource):
@@ -144,9 +146,7 @@ class ConnectionDeadlineTests(TestCase):
 
         clock.callLater = counted  # type: ignore[method-assign]
         site = ProxySite(_Ok(), reactor=clock, header_timeout=15.0, keepalive_timeout=60.0)
-        connection = site.buildProtocol(None)
-        transport = StringTransport()
-        connection.makeConnection(transport)
+        connection, transport = connect_in_memory(site)
         return connection, transport, clock, scheduled
 
     def test_kept_alive_requests_schedule_no_timer(self) -> None:

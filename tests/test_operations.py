@@ -112,12 +112,12 @@ class MetricsTests(TestCase):
 
 
     async def test_no_metrics_without_a_metrics_port(self) -> None:
-        """``--metrics-listen none``: no registry, nothing observed per request."""
+        """``--metrics-listen none``: no registry; requests are served and refused without one."""
         env = await start_secured_worker(self, unsecured=True)
         self.assertIsNone(env.worker.resource.metrics)
         response, _ = await env.client.request(b"GET", b"/echo")
         self.assertEqual(response.code, 200)
-        response, _ = await env.client.request(b"TRACE", b"/echo")  # refused: not counted
+        response, _ = await env.client.request(b"TRACE", b"/echo")  # the refusal path
         self.assertEqual(response.code, 405)
 
 

@@ -16,7 +16,6 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -27,6 +26,8 @@ from vespa.http.backend_response import parse_head
 from vespa.http.headers import HOP_BY_HOP, connection_tokens, copy_response_lines
 from vespa.http.request_head import parse_request_head
 from vespa.http.site import ProxyChannel, ProxySite
+
+from .support import connect_in_memory
 
 #: A request every run ends with: it shows the connection's state after the first.
 FOLLOW_UP = b"GET /next HTTP/1.1\r\nHost: y\r\n\r\n"
@@ -147,9 +148,7 @@ def _serve(data: bytes, *, whole_heads: bool) -> tuple[list[tuple[Any, ...]], by
     site = ProxySite(
         resource, reactor=Clock(), max_body_size=10, header_timeout=15.0, keepalive_timeout=60.0
     )
-    connection = site.buildProtocol(None)
-    transport = StringTransport()
-    connection.makeConnection(transport)
+    connection, transport = connect_in_memory(site)
     line_parser_only = mock.patch.object(ProxyChannel, "_whole_head", return_value=False)
     with contextlib.nullcontext() if whole_heads else line_parser_only:
         for read in (data, FOLLOW_UP):
@@ -209,9 +208,7 @@ class FastPathTests(TestCase):
         """Only the head need come whole: the body's rest goes through the length decoder."""
         resource = _Record()
         site = ProxySite(resource, reactor=Clock())
-        connection = site.buildProtocol(None)
-        transport = StringTransport()
-        connection.makeConnection(transport)
+        connection, _ = connect_in_memory(site)
         connection.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab")
         self.assertEqual(resource.seen, [])
         connection.dataReceived(b"cdef")

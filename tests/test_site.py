@@ -21,7 +21,14 @@ from vespa.http.site import ProxySite
 from vespa.protocol.envelope import wrap_body
 from vespa.testing.echo_backend import EchoBackend
 
-from .support import listen, raw_connect, start_secured_worker, start_worker, until
+from .support import (
+    connect_in_memory,
+    listen,
+    raw_connect,
+    start_secured_worker,
+    start_worker,
+    until,
+)
 from .support_raw import (
     FORM_SIZE,
     MULTIPART,
@@ -200,8 +207,7 @@ class FormBodyTests(TestCase):
             (MULTIPART, multipart_form(1000)),
             (MULTIPART, b"--not-the-boundary\r\ngarbage"),
         ):
-            channel = site.buildProtocol(None)
-            channel.makeConnection(StringTransport())
+            channel, _ = connect_in_memory(site)
             channel.dataReceived(post_head(b"/form?q=1&q=2", content_type, len(body)) + body)
             self.assertEqual(received.pop(), ({b"q": [b"1", b"2"]}, body))
 
@@ -235,9 +241,7 @@ class DeadlineTests(TestCase):
             header_timeout=deadlines.get("header_timeout", 15.0),
             keepalive_timeout=deadlines.get("keepalive_timeout", 60.0),
         )
-        connection = site.buildProtocol(None)
-        transport = StringTransport()
-        connection.makeConnection(transport)
+        connection, transport = connect_in_memory(site)
         return connection, transport, clock
 
     @staticmethod

@@ -88,9 +88,11 @@ def forget_exit_signal(reactor: Any) -> None:
     """
     Make twistd exit 0, not by the SIGTERM (status 143), once the reactor stops.
 
-    This is the one private Twisted name of Vespa, kept here alone. Twisted's
-    SIGTERM handler (``ReactorBase.sigTerm``) stops the reactor and records
-    the signal in the reactor's ``_exitSignal``; twistd's runner copies it
+    It sets a private Twisted name: the lifecycle's only one (the hot path's,
+    in ``vespa.http`` and ``vespa.epoll_reactor``, are each held by their
+    own tests too). Twisted's SIGTERM handler (``ReactorBase.sigTerm``) stops
+    the reactor and records the signal in the reactor's ``_exitSignal``;
+    twistd's runner copies it
     (``ApplicationRunner.startReactor``, for a reactor that provides
     ``_ISupportsExitSignalCapturing``) and re-raises it on its way out. No
     public API says "this signal was handled". The public alternative, our
