@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes, urlencode
@@ -906,10 +907,43 @@ def _mutations(data: bytes, cuts: list[tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
-#: Bodies as a hostile caller sends them: random bytes, or envelopes with
-#: JSON's structural characters, NaN, bad bytes and extra members inserted.
+#: How bodies start that may or may not be JSON: the large-body parser judges
+#: a body by its start before it decodes the whole (forms, uploads, literals).
+_STARTS = [
+    b"true",
+    b"tru",
+    b"falsey",
+    b"null",
+    b"nul",
+    b"-1",
+    b"-x",
+    b"--boundary\r\n",
+    b"field0000001=vvv&",
+    b' \r\n\t"text"',
+    b"\xef\xbb\xbf{",
+    b"\xef\xbb\xbfform=1",
+    b"[1, 2]",
+    b"0",
+    b"",
+]
+
+#: Bodies as a hostile caller sends them: random bytes, a start from
+#: :data:`_STARTS` with anything after it, any JSON value between whitespace,
+#: or envelopes with JSON's structural characters, NaN, bad bytes and extra
+#: members inserted.
 _hostile_bodies = st.one_of(
     st.binary(max_size=200),
+    st.builds(
+        operator.add,
+        st.sampled_from(_STARTS),
+        st.one_of(st.binary(max_size=20), st.sampled_from([b"", b" ", b"}", b"]"])),
+    ),
+    st.builds(
+        lambda before, value, after: before + json.dumps(value).encode("utf-8") + after,
+        st.sampled_from([b"", b" ", b"\r\n\t ", b"\xef\xbb\xbf"]),
+        _json_values,
+        st.sampled_from([b"", b" ", b"x"]),
+    ),
     st.builds(
         _mutations,
         st.builds(

@@ -18,7 +18,9 @@ small body (:data:`SMALL_BODY`) is parsed in C, its payload's value kept for
 the workload estimate; of a larger one only ``auth_data`` and ``session_id``
 are built (a large payload costs no memory beyond its bytes), and the parser
 calls back into Python for every object and number, so that in a thread (see
-:data:`LARGE_BODY`) it gives the reactor thread the interpreter lock often.
+:data:`LARGE_BODY`) it gives the reactor thread the interpreter lock often. A
+large body that cannot be JSON by how it starts (a form, a file upload) is
+judged by that start alone: decoding it would hold the lock throughout.
 
 The values are kept with the JSON type they arrived with (``100`` stays an
 ``int``, ``100.0`` a ``float``), because the signature covers their JSON text.
@@ -321,6 +323,10 @@ def _members(body: bytes) -> tuple[dict[str, Any], tuple[int, int] | None]:
     """
     try:
         encoding = json.detect_encoding(body)
+        if len(body) > SMALL_BODY and _starts_as_no_json(body, encoding):
+            # Decoding a large body holds the interpreter lock throughout
+            # (30 ms for a 60 MB form, a stall of the reactor thread).
+            raise EnvelopeInvalid("invalid JSON")
         text = body.decode(encoding, "surrogatepass")
     except (UnicodeDecodeError, LookupError):
         raise EnvelopeInvalid("invalid JSON") from None
@@ -340,6 +346,28 @@ def _members(body: bytes) -> tuple[dict[str, Any], tuple[int, int] | None]:
     if "payload" not in start_ends:
         return members, None
     return members, byte_span(body, text, encoding, *start_ends["payload"])
+
+
+#: How a JSON value starts, in UTF-8.
+_VALUE_START = re.compile(rb'[{\["0-9]|-[0-9]|true|false|null')
+#: How much of a body :func:`_starts_as_no_json` looks at.
+_PREFIX = 4096
+
+
+def _starts_as_no_json(body: bytes, encoding: str) -> bool:
+    """
+    Whether the UTF-8 ``body`` cannot be JSON, judged by how its first value
+    starts (a form or a file upload): ``False`` when it might be, or when it
+    is in another encoding.
+    """
+    if encoding == "utf-8-sig":
+        body = body[3 : 3 + _PREFIX]
+    elif encoding != "utf-8":
+        return False
+    start = body[:_PREFIX].lstrip(b" \t\r\n")
+    if len(start) < len(b"false"):
+        return False  # whitespace, or too little to tell: the parse decides
+    return _VALUE_START.match(start) is None
 
 
 def _auth_from_json(fields: object) -> AuthData:
