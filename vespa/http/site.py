@@ -4,7 +4,8 @@ The ``twisted.web`` site a proxy serves with: what a client on the internet
 may send, and how long it may take.
 
 twisted.web reads the whole request body before a resource sees the request
-(memory below 100 kB, else a temporary file) and sets no size limit, so the
+(memory below 100 kB, else a temporary file, closed off the reactor thread:
+:mod:`vespa.http.body_file`) and sets no size limit, so the
 limit is enforced here, while the body arrives: an over-size body is refused
 with 413 as soon as it is known to be too large, and never stored.
 
@@ -50,6 +51,7 @@ from vespa.errors import (
     write_error,
 )
 from vespa.http.access_log import timed_log_formatter
+from vespa.http.body_file import body_file
 from vespa.http.connection_limit import ConnectionLimit
 from vespa.http.eager import send_now
 from vespa.http.headers import head_lines
@@ -112,7 +114,7 @@ class ProxyRequest(Request):
         if length is not None and limit is not None and length > limit:
             self._refuse_body(f"the request body of {length} bytes is over the limit of {limit}")
             return
-        super().gotLength(length)
+        self.content = body_file(length, getattr(site, "reactor", None))
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large or self.refused:
