@@ -182,9 +182,11 @@ class WorkerResource(Resource):
             drop_params=_CALLER_KEY_PARAMS if secured else frozenset(),
             read_span=read_span,
         )
-        if envelope.body is None and request.method in BODY_METHODS:
-            # A passthrough: the body is already in memory, so the relay
-            # sends these bytes rather than reading request.content again.
+        if envelope.body is None and request.method in BODY_METHODS and fd is None:
+            # A small passthrough: the body is already in memory, so the relay
+            # sends these bytes rather than reading request.content again. A
+            # large one is relayed from its file in pieces: written in one
+            # piece, the reactor thread would copy tens of megabytes at once.
             envelope = replace(envelope, body=body)
         return envelope
 
