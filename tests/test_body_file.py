@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from vespa.http.body_file import IN_MEMORY, body_file
+from vespa.http.body_file import CLOSED_HERE, IN_MEMORY, body_file
 from vespa.http.site import ProxySite
 
 from .support import connect_in_memory, listen, until
@@ -65,7 +65,7 @@ class BodyFileTests(SynchronousTestCase):
         handed function runs; a second close hands over nothing.
         """
         content = body_file(None, self.reactor)
-        content.write(b"kept until flushed")
+        content.write(b"x" * CLOSED_HERE)
         fd = content.fileno()
         content.close()
         content.close()
@@ -75,6 +75,14 @@ class BodyFileTests(SynchronousTestCase):
         self.assertTrue(content.closed)
         with self.assertRaises(OSError):
             os.fstat(fd)
+
+    def test_small_file_closed_at_once(self) -> None:
+        """A file under :data:`CLOSED_HERE` closes at once: a thread would cost more."""
+        content = body_file(None, self.reactor)
+        content.write(b"x" * (CLOSED_HERE - 1))
+        content.close()
+        self.assertTrue(content.closed)
+        self.assertEqual(self.handed, [])
 
     def test_without_threads_closed_where_closed(self) -> None:
         """Without a thread to close it, the file closes at once."""
@@ -119,7 +127,7 @@ class SiteBodyFileTests(TestCase):
         self.patch(reactor, "callInThread", recording)
         keeper = _Keeper()
         port = listen(self, ProxySite(keeper, reactor=reactor))
-        body = b"v" * (4 * IN_MEMORY)
+        body = b"v" * (2 * CLOSED_HERE)
         head = post_head(b"/upload", b"text/plain", len(body))
         descriptors = 0
         for sent in range(1, 6):

@@ -13,6 +13,7 @@ lock while the kernel works.
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from collections.abc import Callable
 from typing import IO
@@ -21,6 +22,10 @@ from twisted.internet.interfaces import IReactorThreads
 
 #: Bodies of a known length below this stay in memory (twisted.web's threshold).
 IN_MEMORY = 100_000
+
+#: Files smaller than this are closed where they are closed: freeing them
+#: takes about as long (30 µs at 1 MiB) as handing the close to a thread.
+CLOSED_HERE = 1 << 20
 
 #: Runs a function in a worker thread (``IReactorThreads.callInThread``).
 InThread = Callable[[Callable[[], None]], None]
@@ -43,9 +48,16 @@ class ThreadClosedFile(io.BufferedRandom):
         self._in_thread = in_thread
 
     def close(self) -> None:
-        """Hand the close to a worker thread (the first call only)."""
+        """
+        Hand the close to a worker thread (the first call only), unless the
+        file is small enough to close here sooner than a thread would start.
+        """
         in_thread, self._in_thread = self._in_thread, None
-        if in_thread is not None:
+        if in_thread is None:
+            return
+        if os.fstat(self.fileno()).st_size < CLOSED_HERE:
+            super().close()
+        else:
             in_thread(super().close)
 
 
