@@ -100,9 +100,9 @@ class HTTPClient:
         headers: dict[bytes, list[bytes]] | None = None,
         body: bytes | None = None,
     ) -> tuple[IResponse, bytes]:
-        from vespa.http.outbound import BytesBodyProducer
+        from vespa.http.outbound import body_producer
 
-        producer = BytesBodyProducer(body) if body is not None else None
+        producer = body_producer(body) if body is not None else None
         response = await self.agent.request(
             method, self.base + target, Headers(headers or {}), producer
         )

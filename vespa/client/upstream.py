@@ -53,7 +53,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from vespa.client.errors import WorkerTimeout, WorkerUnavailable
 from vespa.errors import VespaError
 from vespa.http.endpoints import WorkerEndpoints, quiet_pool
-from vespa.http.outbound import BytesBodyProducer, connection_error
+from vespa.http.outbound import body_producer, connection_error
 from vespa.http.stream import BodyReader, Discard, ended_cleanly
 from vespa.log import get_logger
 
@@ -231,7 +231,7 @@ class _Attempt:
 
     def start(self) -> Deferred[Answer]:
         request = self._request
-        producer = BytesBodyProducer(request.body) if request.body is not None else None
+        producer = body_producer(request.body) if request.body is not None else None
         try:
             pending = self._sender.agent.request(
                 request.method, request.url, request.headers, producer

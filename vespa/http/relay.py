@@ -29,7 +29,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer
 from twisted.web.server import Request
 
 from vespa.errors import BackendTimeout, BackendUnavailable, VespaError, write_error
@@ -40,16 +39,13 @@ from vespa.http.deadlines import Deadlines
 from vespa.http.eager import send_now
 from vespa.http.endpoints import Origin, backend_endpoint
 from vespa.http.headers import copy_response_lines, forwarded_headers, head_lines
-from vespa.http.outbound import connection_error
+from vespa.http.outbound import ONE_WRITE, connection_error, pieces_producer
 from vespa.http.site import ProxyChannel
 from vespa.http.stream import BodyReader, end_response, ended_cleanly
 from vespa.log import get_logger
 
 log = get_logger(__name__)
 
-# Bodies up to this size are sent in one write; larger ones stream from their
-# file through a cooperator so one upload cannot monopolise the reactor.
-_ONE_WRITE_BODY = 256 * 1024
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
@@ -202,24 +198,26 @@ class BackendRelay:
         self, method: bytes, head: bytes, body: bytes | None, content: IO[bytes] | None
     ) -> OutgoingRequest:
         if body is None and content is not None:
-            content.seek(0, io.SEEK_END)
-            length = content.tell()
+            length = content.seek(0, io.SEEK_END)
             content.seek(0)
-            if length > _ONE_WRITE_BODY:
-                producer = (
-                    FileBodyProducer(content)
-                    if self._cooperator is None
-                    else FileBodyProducer(content, cooperator=self._cooperator)
-                )
-                head += b"Content-Length: %d\r\n\r\n" % (length,)
-                return OutgoingRequest(method, head, producer=producer)
+            if length > ONE_WRITE:
+                return self._in_pieces(method, head, content, length)
             if length or method in _BODY_METHODS:
                 body = content.read()
         elif body is None and method in _BODY_METHODS:
             body = b""
         if body is None:
             return OutgoingRequest(method, head + b"\r\n")
+        if len(body) > ONE_WRITE:
+            return self._in_pieces(method, head, io.BytesIO(body), len(body))
         return OutgoingRequest(method, head + b"Content-Length: %d\r\n\r\n" % (len(body),), body)
+
+    def _in_pieces(
+        self, method: bytes, head: bytes, body: IO[bytes], length: int
+    ) -> OutgoingRequest:
+        """A large body, streamed a piece at a time so that no write monopolises the reactor."""
+        head += b"Content-Length: %d\r\n\r\n" % (length,)
+        return OutgoingRequest(method, head, producer=pieces_producer(body, self._cooperator))
 
     def close(self) -> Deferred[Any]:
         """
