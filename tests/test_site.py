@@ -43,7 +43,7 @@ from .support_raw import (
 #: The stream's events are this far apart; a stall shows as a longer gap.
 EVENT_INTERVAL = 0.01
 #: How much longer than before a stream's longest gap may grow while a 60 MB
-#: form is relayed: it grows 0-4 ms, and grew 25-38 ms while the form was
+#: form is relayed: it grows 0-10 ms, and grew 25-38 ms while the form was
 #: decoded, written and freed in one piece each on the reactor thread.
 MAX_GAP = 0.02
 #: Events of the stream before the request whose longest gap is the baseline.
@@ -145,6 +145,7 @@ class FormBodyTests(TestCase):
             gaps.append(await self.unsecured_upload(URLENCODED, body))
             if gaps[-1] < MAX_GAP:
                 break
+        print(f"\n60 MB form: stream delay added {min(gaps) * 1000:.1f} ms")
         self.assertLess(min(gaps), MAX_GAP)
 
 
