@@ -185,8 +185,8 @@ class WorkerResource(Resource):
         if envelope.body is None and request.method in BODY_METHODS and fd is None:
             # A small passthrough: the body is already in memory, so the relay
             # sends these bytes rather than reading request.content again. A
-            # large one is relayed from its file in pieces: written in one
-            # piece, the reactor thread would copy tens of megabytes at once.
+            # large one, read here in a thread, is relayed from its file: this
+            # copy is dropped now instead of held for the whole relay.
             envelope = replace(envelope, body=body)
         return envelope
 
