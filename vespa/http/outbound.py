@@ -1,7 +1,8 @@
-# -*- test-case-name: tests.test_worker_relay,tests.test_client_upstream -*-
+# -*- test-case-name: tests.test_outbound,tests.test_worker_relay,tests.test_client_upstream -*-
 """
 What the worker's relay and the client's attempts both send out: a request
-body already in memory, and the error for a request that got no response.
+body (a small one in one write, a large one, from memory or its file, a
+piece at a time), and the error for a request that got no response.
 """
 
 from __future__ import annotations
